@@ -1,0 +1,5 @@
+import sys
+
+from haidang.cli import main
+
+sys.exit(main())
