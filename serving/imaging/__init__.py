@@ -1,0 +1,1 @@
+"""Imaging pre- and post-processing for serving (numpy only; no torch)."""
