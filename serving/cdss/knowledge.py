@@ -1,0 +1,439 @@
+"""The prescription knowledge base: drugs, interactions and protocol rules in memory.
+
+Everything clinical lives in reviewable data files (`datasets/knowledge/*.csv`, each row
+with its `source`) and in the Ministry of Health list of contraindicated pairs
+(`datasets/ddi-vn/`, QĐ 5948/QĐ-BYT). `KnowledgeBase.load()` compiles them once into dict
+indexes so that a prescription check is a handful of dictionary look-ups.
+
+Class sides (`class:nsaid`) and combination sides (`atazanavir/ritonavir`) are expanded at
+load time: a row naming a class applies to every member the drug dictionary lists for it.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.cdss import names
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_ROOT = REPO_ROOT / "datasets" / "knowledge"
+SEVERITIES = ("contraindicated", "major", "moderate", "minor")
+QD5948_SOURCE = "QĐ 5948/QĐ-BYT (30/12/2021)"
+
+
+class KnowledgeError(ValueError):
+    """The data files are inconsistent; the message names the file, row and fix."""
+
+
+@dataclass(frozen=True)
+class Drug:
+    inn: str  # canonical key: lowercase English INN, e.g. "amiodarone"
+    name_vi: str  # as the MoH list spells it, e.g. "Amiodaron"
+    atc_codes: tuple[str, ...]
+    classes: frozenset[str]  # tags such as "nsaid", "qt-prolonging", "maoi"
+    max_daily_dose_mg: float | None  # adult, oral unless the dose source says otherwise
+    source: str
+    dose_source: str | None = None
+
+
+@dataclass(frozen=True)
+class DrugMatch:
+    text: str  # the prescribed line as given
+    drugs: tuple[Drug, ...]  # several for a combination product
+    matched: str  # the name/alias/brand that matched
+    strength_mg: float | None  # parsed from the line when present ("200mg")
+
+
+@dataclass(frozen=True)
+class Interaction:
+    id: str  # stable: "qd5948-012" or "cur-0003"
+    a: str  # side as written in the source: inn, "inn/inn" (combination) or "class:<tag>"
+    b: str
+    severity: str  # "contraindicated" | "major" | "moderate" | "minor"
+    mechanism_vi: str
+    consequence_vi: str
+    management_vi: str
+    mechanism_en: str | None
+    consequence_en: str | None
+    management_en: str | None
+    source: str  # e.g. "QĐ 5948/QĐ-BYT (30/12/2021), STT 12"
+
+
+@dataclass(frozen=True)
+class IndicationRule:
+    id: str
+    drug: str  # inn or "class:<tag>"
+    icd_ranges: tuple[str, ...]  # "J00-J22", "K25-K28", "I10"
+    note_vi: str
+    note_en: str
+    source: str
+
+
+@dataclass(frozen=True)
+class DiseaseContraindication:
+    id: str
+    drug: str  # inn or "class:<tag>"
+    icd_ranges: tuple[str, ...]
+    severity: str  # "contraindicated" | "major" | "moderate"
+    message_vi: str
+    message_en: str
+    source: str
+
+
+@dataclass(frozen=True)
+class PregnancyRule:
+    id: str
+    drug: str  # inn or "class:<tag>"
+    trimesters: frozenset[int]  # {1, 2, 3}: when the risk applies
+    severity: str
+    message_vi: str
+    message_en: str
+    source: str
+
+
+@dataclass
+class _Index:
+    drugs: dict[str, Drug] = field(default_factory=dict)
+    names: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
+    classes: dict[str, dict[str, str]] = field(default_factory=dict)
+    members: dict[str, set[str]] = field(default_factory=dict)
+    brands: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    pairs: dict[tuple[str, str], list[Interaction]] = field(default_factory=dict)
+    interactions: list[Interaction] = field(default_factory=list)
+    indications: dict[str, list[IndicationRule]] = field(default_factory=dict)
+    contraindications: dict[str, list[DiseaseContraindication]] = field(default_factory=dict)
+    pregnancy: dict[str, PregnancyRule] = field(default_factory=dict)
+    qd5948_sides: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    qd5948_unmapped: list[str] = field(default_factory=list)
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split("|") if v.strip()]
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = []
+        for number, row in enumerate(csv.DictReader(handle), start=2):
+            row = {k: (v or "").strip() for k, v in row.items() if k is not None}
+            if not any(row.values()) or row.get(next(iter(row), ""), "").startswith("#"):
+                continue
+            row["_where"] = f"{path.name}:{number}"
+            rows.append(row)
+        return rows
+
+
+class KnowledgeBase:
+    """Compiled drug dictionary, interaction pair index and protocol rules."""
+
+    def __init__(self, index: _Index, root: Path):
+        self._ix = index
+        self.root = root
+        self._cache: dict[str, DrugMatch | None] = {}
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, root: Path | None = None) -> KnowledgeBase:
+        """Compile `root` (default `<repo>/datasets/knowledge`) and `root/../ddi-vn`."""
+        root = Path(root) if root is not None else DEFAULT_ROOT
+        ix = _Index()
+        _load_classes(ix, root / "classes.csv")
+        _load_drugs(ix, root / "drugs.csv")
+        _load_brands(ix, root / "brands.csv")
+        _load_qd5948(ix, root / "qd5948-names.csv", root / "qd5948-text-fixes.csv",
+                     root.parent / "ddi-vn" / "qd5948-contraindicated-pairs.csv")
+        _load_curated(ix, root / "interactions.csv")
+        _load_rules(ix, root)
+        return cls(ix, root)
+
+    # ------------------------------------------------------------------ look-ups
+    def resolve(self, text: str) -> DrugMatch | None:
+        """The ingredient(s) a prescribed line names, or None when it is not recognised."""
+        if text in self._cache:
+            return self._cache[text]
+        match = self._resolve(text)
+        if len(self._cache) < 50_000:
+            self._cache[text] = match
+        return match
+
+    def _lookup(self, span: str) -> tuple[tuple[str, ...], str] | None:
+        hit = self._ix.names.get(names.fold(span))
+        if hit is None:
+            key = names.fold_without_salts(span)
+            hit = self._ix.names.get(key) if key else None
+        return hit
+
+    def _resolve(self, text: str) -> DrugMatch | None:
+        words = names.name_part(text).split()
+        if not words:
+            return None
+        taken = [False] * len(words)
+        found: list[tuple[int, tuple[str, ...], str]] = []
+        for size in range(len(words), 0, -1):
+            for start in range(0, len(words) - size + 1):
+                if any(taken[start : start + size]):
+                    continue
+                hit = self._lookup(" ".join(words[start : start + size]))
+                if hit is not None:
+                    found.append((start, hit[0], hit[1]))
+                    for i in range(start, start + size):
+                        taken[i] = True
+        if not found:
+            return None
+        found.sort()
+        inns: list[str] = []
+        for _, keys, _label in found:
+            inns.extend(k for k in keys if k not in inns)
+        return DrugMatch(
+            text=text,
+            drugs=tuple(self._ix.drugs[k] for k in inns),
+            matched=" + ".join(label for _, _, label in found),
+            strength_mg=names.parse_strength_mg(text),
+        )
+
+    def drug(self, inn: str) -> Drug:
+        """The dictionary entry of an INN key; KeyError names the key when it is unknown."""
+        return self._ix.drugs[inn]
+
+    @property
+    def drugs(self) -> dict[str, Drug]:
+        return dict(self._ix.drugs)
+
+    def class_members(self, tag: str) -> frozenset[str]:
+        """INN keys of a class tag (`nsaid`, with or without the `class:` prefix)."""
+        return frozenset(self._ix.members.get(tag.removeprefix("class:"), ()))
+
+    def class_names(self, tag: str) -> dict[str, str]:
+        return dict(self._ix.classes.get(tag.removeprefix("class:"), {}))
+
+    @property
+    def brands(self) -> dict[str, tuple[str, ...]]:
+        return dict(self._ix.brands)
+
+    @property
+    def all_interactions(self) -> list[Interaction]:
+        return list(self._ix.interactions)
+
+    def interactions(self, a: Drug, b: Drug) -> list[Interaction]:
+        """Interactions between two ingredients, either order, class rows expanded."""
+        if a.inn == b.inn:
+            return []
+        key = (a.inn, b.inn) if a.inn < b.inn else (b.inn, a.inn)
+        return list(self._ix.pairs.get(key, ()))
+
+    def indications(self, inn: str) -> list[IndicationRule]:
+        """ICD-10 ranges the drug is indicated for; empty means no rule, so don't flag."""
+        return list(self._ix.indications.get(inn, ()))
+
+    def contraindications(self, inn: str) -> list[DiseaseContraindication]:
+        return list(self._ix.contraindications.get(inn, ()))
+
+    def pregnancy_risk(self, inn: str) -> PregnancyRule | None:
+        return self._ix.pregnancy.get(inn)
+
+    def qd5948_side(self, written: str) -> tuple[str, ...]:
+        """INN keys (or `class:tag`) a QĐ 5948 name maps to; empty when unmapped."""
+        return self._ix.qd5948_sides.get(written, ())
+
+    @property
+    def qd5948_unmapped(self) -> list[str]:
+        return list(self._ix.qd5948_unmapped)
+
+    def expand(self, side: str) -> frozenset[str]:
+        """INN keys a side names: an inn, `a/b` combination or `class:<tag>`."""
+        return frozenset(_expand(self._ix, side))
+
+
+# ---------------------------------------------------------------------- compile steps
+def _expand(ix: _Index, side: str) -> set[str]:
+    out: set[str] = set()
+    for part in side.split("/"):
+        part = part.strip()
+        if part.startswith("class:"):
+            out |= ix.members.get(part[6:], set())
+        elif part in ix.drugs:
+            out.add(part)
+    return out
+
+
+def _register_name(ix: _Index, name: str, keys: tuple[str, ...], label: str, where: str):
+    for key in filter(None, {names.fold(name)}):
+        have = ix.names.get(key)
+        if have is not None and have[0] != keys:
+            raise KnowledgeError(
+                f"{where}: name {name!r} folds to {key!r}, already used for "
+                f"{'/'.join(have[0])} ({have[1]!r}); rename or drop one of them."
+            )
+        if have is None:
+            ix.names[key] = (keys, label)
+
+
+def _load_classes(ix: _Index, path: Path) -> None:
+    for row in _read(path):
+        tag = row["tag"]
+        ix.classes[tag] = {"vi": row.get("name_vi", ""), "en": row.get("name_en", ""),
+                           "source": row.get("source", "")}
+        ix.members.setdefault(tag, set())
+
+
+def _load_drugs(ix: _Index, path: Path) -> None:
+    rows = _read(path)
+    for row in rows:
+        inn = row["inn"]
+        if inn in ix.drugs:
+            raise KnowledgeError(f"{row['_where']}: ingredient {inn!r} listed twice.")
+        classes = frozenset(_split(row.get("classes")))
+        unknown = [c for c in classes if c not in ix.classes]
+        if unknown:
+            raise KnowledgeError(f"{row['_where']}: class tag(s) {unknown} not in classes.csv.")
+        dose = row.get("max_daily_dose_mg") or ""
+        ix.drugs[inn] = Drug(
+            inn=inn,
+            name_vi=row.get("name_vi") or inn,
+            atc_codes=tuple(_split(row.get("atc_codes"))),
+            classes=classes,
+            max_daily_dose_mg=float(dose) if dose else None,
+            source=row.get("source", ""),
+            dose_source=row.get("dose_source") or None,
+        )
+        for tag in classes:
+            ix.members[tag].add(inn)
+    for row in rows:
+        inn = row["inn"]
+        for name in [inn, ix.drugs[inn].name_vi, *_split(row.get("aliases"))]:
+            _register_name(ix, name, (inn,), name, row["_where"])
+
+
+def _load_brands(ix: _Index, path: Path) -> None:
+    for row in _read(path):
+        keys = tuple(_split(row["ingredients"]))
+        missing = [k for k in keys if k not in ix.drugs]
+        if missing:
+            raise KnowledgeError(f"{row['_where']}: brand {row['brand']!r} names unknown "
+                                 f"ingredient(s) {missing}; add them to drugs.csv.")
+        ix.brands[row["brand"]] = keys
+        _register_name(ix, row["brand"], keys, row["brand"], row["_where"])
+
+
+def _clean_text(text: str, fixes: list[tuple[str, str]]) -> str:
+    text = re.sub(r"\s*\n\s*", " ", text)
+    for wrong, right in fixes:
+        text = text.replace(wrong, right)
+    return re.sub(r"\s{2,}", " ", text).strip()
+
+
+def _load_qd5948(ix: _Index, names_path: Path, fixes_path: Path, list_path: Path) -> None:
+    sides: dict[str, tuple[str, ...]] = {}
+    index_on: dict[str, str] = {}
+    for row in _read(names_path):
+        keys = tuple(_split(row["ingredients"]))
+        bad = [k for k in keys if not (k in ix.drugs or k[6:] in ix.classes)]
+        if bad:
+            raise KnowledgeError(f"{row['_where']}: {row['name_as_written']!r} maps to "
+                                 f"unknown {bad}; add them to drugs.csv or classes.csv.")
+        sides[row["name_as_written"]] = keys
+        on = _split(row.get("index_on"))
+        index_on[row["name_as_written"]] = "/".join(on or keys)
+        combo = tuple(k for k in keys if not k.startswith("class:"))
+        if len(combo) > 1:  # "Atazanavir/ritonavir" as a prescribed line
+            _register_name(ix, row["name_as_written"], combo, row["name_as_written"],
+                           row["_where"])
+    ix.qd5948_sides = sides
+    fixes = [(r["wrong"], r["right"]) for r in _read(fixes_path)]
+    if not list_path.exists():
+        return
+    for row in _read(list_path):
+        stt = int(row["STT"])
+        one, two = row["HOAT_CHAT_1"], row["HOAT_CHAT_2"]
+        missing = [n for n in (one, two) if n not in sides]
+        if missing:
+            ix.qd5948_unmapped.append(f"STT {stt}: {missing}")
+            continue
+        _add_interaction(ix, Interaction(
+            id=f"qd5948-{stt:03d}",
+            a=index_on[one],
+            b=index_on[two],
+            severity="contraindicated",
+            mechanism_vi=_clean_text(row["CO_CHE"], fixes),
+            consequence_vi=_clean_text(row["HAU_QUA"], fixes),
+            management_vi=_clean_text(row["XU_TRI"], fixes),
+            mechanism_en=None,
+            consequence_en=None,
+            management_en=None,
+            source=f"{QD5948_SOURCE}, STT {stt}",
+        ))
+
+
+def _add_interaction(ix: _Index, item: Interaction) -> None:
+    ix.interactions.append(item)
+    for x in _expand(ix, item.a):
+        for y in _expand(ix, item.b):
+            if x == y:
+                continue
+            bucket = ix.pairs.setdefault((x, y) if x < y else (y, x), [])
+            if all(existing.id != item.id for existing in bucket):
+                bucket.append(item)
+
+
+def _check_side(ix: _Index, side: str, where: str) -> None:
+    for part in side.split("/"):
+        if not (part in ix.drugs or (part.startswith("class:") and part[6:] in ix.classes)):
+            raise KnowledgeError(f"{where}: {part!r} is neither an ingredient in drugs.csv "
+                                 "nor a class:<tag> in classes.csv.")
+
+
+def _load_curated(ix: _Index, path: Path) -> None:
+    for row in _read(path):
+        for side in (row["a"], row["b"]):
+            _check_side(ix, side, row["_where"])
+        if row["severity"] not in SEVERITIES:
+            raise KnowledgeError(f"{row['_where']}: severity {row['severity']!r} is not one "
+                                 f"of {SEVERITIES}.")
+        _add_interaction(ix, Interaction(
+            id=row["id"], a=row["a"], b=row["b"], severity=row["severity"],
+            mechanism_vi=row["mechanism_vi"], consequence_vi=row["consequence_vi"],
+            management_vi=row["management_vi"],
+            mechanism_en=row.get("mechanism_en") or None,
+            consequence_en=row.get("consequence_en") or None,
+            management_en=row.get("management_en") or None,
+            source=row["source"],
+        ))
+
+
+def _by_drug(ix: _Index, side: str, where: str) -> Iterable[str]:
+    _check_side(ix, side, where)
+    return sorted(_expand(ix, side))
+
+
+def _load_rules(ix: _Index, root: Path) -> None:
+    for row in _read(root / "indications.csv"):
+        rule = IndicationRule(
+            id=row["id"], drug=row["drug"], icd_ranges=tuple(_split(row["icd_ranges"])),
+            note_vi=row.get("note_vi", ""), note_en=row.get("note_en", ""),
+            source=row["source"],
+        )
+        for inn in _by_drug(ix, row["drug"], row["_where"]):
+            ix.indications.setdefault(inn, []).append(rule)
+    for row in _read(root / "disease-contraindications.csv"):
+        rule = DiseaseContraindication(
+            id=row["id"], drug=row["drug"], icd_ranges=tuple(_split(row["icd_ranges"])),
+            severity=row["severity"], message_vi=row["message_vi"],
+            message_en=row["message_en"], source=row["source"],
+        )
+        for inn in _by_drug(ix, row["drug"], row["_where"]):
+            ix.contraindications.setdefault(inn, []).append(rule)
+    for row in _read(root / "pregnancy.csv"):
+        rule = PregnancyRule(
+            id=row["id"], drug=row["drug"],
+            trimesters=frozenset(int(t) for t in _split(row["trimesters"])),
+            severity=row["severity"], message_vi=row["message_vi"],
+            message_en=row["message_en"], source=row["source"],
+        )
+        for inn in _by_drug(ix, row["drug"], row["_where"]):
+            ix.pregnancy.setdefault(inn, rule)
