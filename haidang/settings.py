@@ -104,6 +104,11 @@ class SecuritySettings(_Section):
     jwks_file: Path | None = None
     allowed_issuers: list[str] = Field(default_factory=list)
     audit_log: Path = Path("var/audit.log")
+    audit_key: str | None = Field(None, description="HMAC key for patient pseudonyms in audit")
+    public_url: str | None = Field(
+        None, description="external base URL of the CDSS (JWT aud = it + path); default: request"
+    )
+    max_body_bytes: int = Field(1_048_576, description="larger request bodies get 413")
 
 
 class Settings(_Section):
