@@ -1,5 +1,132 @@
-"""Subcommands of this package (placeholder until its issue lands)."""
+"""Subcommands of `serving`: `haidang serve` and `haidang cdss …`.
+
+`serve` runs the HTTP app (CDSS routes, OpenAPI docs at /docs) on uvicorn; other services
+(imaging) can add their own start-up to `serve` in `_serve`. Heavy imports stay inside
+the handlers so `haidang --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
 
 
-def register(sub) -> None:  # noqa: ARG001
-    return None
+def register(sub) -> None:
+    serve = sub.add_parser("serve", help="run the HTTP service (CDSS API, CDS Hooks, docs)")
+    serve.add_argument("--host", default=None, help="default: serving.host")
+    serve.add_argument("--port", type=int, default=None, help="default: serving.port (3000)")
+    serve.add_argument("--workers", type=int, default=1,
+                       help="uvicorn worker processes (each loads the knowledge base)")
+    serve.set_defaults(handler=_serve)
+
+    cdss = sub.add_parser("cdss", help="prescription checks from the command line")
+    cdss_sub = cdss.add_subparsers(dest="cdss_command", metavar="COMMAND", required=True)
+    check = cdss_sub.add_parser("check", help="print the alerts for a prescription file")
+    check.add_argument("file", help="native JSON (QĐ 130 field names) or XML 130")
+    check.add_argument("--lang", choices=["vi", "en"], default=None)
+    check.add_argument("--json", action="store_true", help="print the API's JSON answer")
+    check.set_defaults(handler=_check)
+
+    icd = cdss_sub.add_parser("import-icd",
+                              help="load the MoH ICD-10 catalogue (QĐ 4469, .xlsx or .csv)")
+    icd.add_argument("file")
+    icd.set_defaults(handler=_import_icd)
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from haidang.settings import load_settings
+
+    settings = load_settings(args.config)
+    host = args.host or settings.serving.host
+    port = args.port or settings.serving.port
+    if args.workers > 1:
+        if args.config:
+            os.environ["HAIDANG_CONFIG"] = str(Path(args.config).resolve())
+        uvicorn.run("serving.app:app_from_env", factory=True, host=host, port=port,
+                    workers=args.workers, log_level="warning", access_log=False)
+        return 0
+    from serving.app import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
+                access_log=False)
+    return 0
+
+
+def _check(args) -> int:
+    from pydantic import ValidationError
+
+    from haidang.settings import load_settings
+    from serving.app import load_engine
+    from serving.cdss.models import PrescriptionCheckRequest, prescription_from_native
+    from serving.cdss.xml130 import Xml130Error, parse_xml130
+
+    settings = load_settings(args.config)
+    lang = args.lang or settings.language
+    path = Path(args.file)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        print(f"haidang: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 2
+    try:
+        if raw.lstrip()[:1] == b"<":
+            req = PrescriptionCheckRequest.model_validate(parse_xml130(raw))
+        else:
+            req = PrescriptionCheckRequest.model_validate_json(raw)
+    except Xml130Error as exc:
+        print(f"haidang: {path}: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False, include_input=False):
+            where = ".".join(str(p) for p in err["loc"]) or "body"
+            print(f"haidang: {path}: {where}: {err['msg']}", file=sys.stderr)
+        return 2
+    _, engine = load_engine()
+    result = engine.check(prescription_from_native(req))
+    if args.json:
+        print(json.dumps({"alerts": [a.model_dump() for a in result.alerts],
+                          "recognised": result.recognised}, ensure_ascii=False, indent=2))
+        return 1 if result.alerts else 0
+    for line, inn in zip(req.THUOC, result.recognised, strict=True):
+        print(f"  {line.TEN_THUOC} -> {inn or '?'}")
+    if not result.alerts:
+        print("Không có cảnh báo." if lang == "vi" else "No alerts.")
+        return 0
+    for alert in result.alerts:
+        message = alert.message_vi if lang == "vi" else alert.message_en
+        print(f"[{alert.severity}] {alert.kind}: {message}")
+        management = alert.management_vi if lang == "vi" else alert.management_en
+        if management:
+            print(f"    {'Xử trí' if lang == 'vi' else 'Management'}: {management}")
+        print(f"    {'Nguồn' if lang == 'vi' else 'Source'}: {alert.source}")
+    return 1
+
+
+def _import_icd(args) -> int:
+    from serving.app import ICD_CATALOGUE_DIR, ICD_CATALOGUE_STEM
+    from serving.cdss.icd import Icd10
+    from serving.cdss.knowledge import KnowledgeError
+
+    src = Path(args.file)
+    suffix = src.suffix.lower()
+    if suffix not in (".xlsx", ".csv"):
+        print(f"haidang: {src}: expected an .xlsx or .csv file", file=sys.stderr)
+        return 2
+    try:
+        loaded = Icd10().load_moh_catalogue(src)
+    except (KnowledgeError, OSError, ValueError) as exc:
+        print(f"haidang: {exc}", file=sys.stderr)
+        return 2
+    ICD_CATALOGUE_DIR.mkdir(parents=True, exist_ok=True)
+    for old in ICD_CATALOGUE_DIR.glob(f"{ICD_CATALOGUE_STEM}.*"):
+        old.unlink()
+    dest = ICD_CATALOGUE_DIR / f"{ICD_CATALOGUE_STEM}{suffix}"
+    shutil.copyfile(src, dest)
+    print(f"{loaded} Vietnamese ICD-10 titles loaded from {src}; kept as {dest} "
+          "(used by `haidang serve` and `haidang cdss check` from the next start).")
+    return 0

@@ -259,16 +259,15 @@ class CheckEngine:
                     source=SOURCE_ICD,
                 ))
             for edit in self.icd.sex_age_issues(code, rx.sex, rx.age_days):
+                sev = edit.severity if edit.severity in SEVERITY_RANK else "major"
                 alerts.append(InteractionAlert(
-                    id=f"sex-age:{code}:{getattr(edit, 'rule', '') or getattr(edit, 'id', '')}",
+                    id=f"sex-age:{edit.rule_id}:{edit.kind}:{code}",
                     kind="sex-age",
-                    severity="major",
+                    severity=sev,
                     icd=[code],
-                    message_vi=getattr(edit, "message_vi", "") or f"Mã {code} không phù hợp "
-                    "giới tính/tuổi của người bệnh.",
-                    message_en=getattr(edit, "message_en", "") or f"Code {code} does not fit "
-                    "the patient's sex/age.",
-                    source=getattr(edit, "source", "") or SOURCE_ICD,
+                    message_vi=edit.message_vi,
+                    message_en=edit.message_en,
+                    source=edit.source,
                 ))
         return valid
 

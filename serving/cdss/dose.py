@@ -18,7 +18,9 @@ _COUNT = (
 )
 _MASS = r"(?:mg|g|gam|mcg|ug|µg|microgam|ml)"
 _UNIT = rf"(?:{_MASS}|{_COUNT})"
-_PER_DAY = r"(?:\s*/\s*ngay|\s*/\s*24\s*h|\s*(?:mot|moi|trong|1)\s*ngay|\s*a day|\s*/\s*day|\s*daily)"
+_PER_DAY = (
+    r"(?:\s*/\s*ngay|\s*/\s*24\s*h|\s*(?:mot|moi|trong|1)\s*ngay|\s*a day|\s*/\s*day|\s*daily)"
+)
 
 # "1 viên/lần * 2 lần/ngày", "500mg x 3 lần/ngày", "1 vien x 2 lan"
 _EACH_TIMES = re.compile(

@@ -1,0 +1,309 @@
+"""HTTP routes of the CDSS: the native QĐ 130 check and the CDS Hooks services.
+
+Bodies are read by hand (not by FastAPI's body parsing) so that one route can take JSON or
+XML 130, the size limit is enforced while reading (413), and every bad input becomes a
+400/422 whose message names the field. The check itself runs inline: it is a few dict
+look-ups, cheaper than a hop to a thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+
+from serving.cdss import cdshooks
+from serving.cdss.audit import AuditLog
+from serving.cdss.checks import CheckEngine
+from serving.cdss.models import (
+    PrescriptionCheckRequest,
+    PrescriptionCheckResponse,
+    prescription_from_native,
+)
+from serving.cdss.security import Guard, Unauthorized
+from serving.cdss.xml130 import Xml130Error, parse_xml130
+
+log = logging.getLogger("haidang.cdss")
+XML_TYPES = ("application/xml", "text/xml")
+CHECK_PATH = "/api/v1/prescriptions/check"
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, error: str, fields: list[dict] | None = None):
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.fields = fields or []
+
+    def response(self) -> JSONResponse:
+        body: dict = {"error": self.error}
+        if self.fields:
+            body["fields"] = self.fields
+        return JSONResponse(body, status_code=self.status)
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "body"
+
+
+def validation_error(exc: ValidationError, what: str) -> BadRequest:
+    errors = exc.errors(include_url=False, include_input=False)
+    if any(e["type"] == "json_invalid" for e in errors):
+        msg = next(e["msg"] for e in errors if e["type"] == "json_invalid")
+        return BadRequest(400, f"body is not valid JSON ({msg}); send one JSON object")
+    fields = [{"field": _loc(tuple(e["loc"])), "message": e["msg"]} for e in errors]
+    names = ", ".join(f["field"] for f in fields[:5])
+    return BadRequest(422, f"{what}: invalid field(s) {names}", fields)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BadRequest(413, f"body larger than {limit} bytes; split the request")
+        except ValueError:
+            raise BadRequest(400, "Content-Length is not a number") from None
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(413, f"body larger than {limit} bytes; split the request")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json_object(body: bytes, what: str) -> dict:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(400, f"{what}: body is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BadRequest(422, f"{what}: body must be a JSON object")
+    return data
+
+
+def _inline_schema(model) -> dict:
+    """The model's JSON Schema with its `$defs` inlined (OpenAPI `openapi_extra` has no defs)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+@dataclass
+class CdssState:
+    """What the routes share; `close()` flushes the audit log at shutdown."""
+
+    engine: CheckEngine
+    guard: Guard
+    audit: AuditLog
+    language: str
+    max_body: int
+    public_url: str | None
+    show_minor: bool
+    shown: cdshooks.ShownCards
+    cards: cdshooks.CardIndex
+    knowledge_version: str | None = None
+
+    def close(self) -> None:
+        self.audit.close()
+
+
+def _unauthorized(state: CdssState, exc: Unauthorized, request: Request, api: str) -> Response:
+    state.audit.record("denied", api=api, reason=exc.reason,
+                       client=request.client.host if request.client else None)
+    return JSONResponse({"error": "unauthorized"}, status_code=401,
+                        headers={"WWW-Authenticate": "Bearer" if api == "cds-hooks"
+                                 else 'ApiKey header="X-API-Key"'})
+
+
+def cdss_router(
+    settings,
+    kb,
+    *,
+    engine: CheckEngine | None = None,
+    guard: Guard | None = None,
+    audit: AuditLog | None = None,
+    show_minor: bool = False,
+) -> APIRouter:
+    """The CDSS routes; the router's `.cdss` attribute holds their shared state."""
+    sec = settings.security
+    state = CdssState(
+        engine=engine or CheckEngine(kb),
+        guard=guard or Guard.from_settings(sec),
+        audit=audit or AuditLog(sec.audit_log, key=sec.audit_key),
+        language=getattr(settings, "language", "vi"),
+        max_body=sec.max_body_bytes,
+        public_url=sec.public_url.rstrip("/") if sec.public_url else None,
+        show_minor=show_minor,
+        shown=cdshooks.ShownCards(),
+        cards=cdshooks.CardIndex(),
+        knowledge_version=getattr(kb, "version", None),
+    )
+    router = APIRouter()
+    router.cdss = state  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ native API
+    @router.post(
+        CHECK_PATH,
+        tags=["prescriptions"],
+        summary="Check a prescription (QĐ 130 fields as JSON, or XML 130)",
+        response_model=PrescriptionCheckResponse,
+        responses={400: {"description": "malformed JSON/XML"}, 401: {"description": "no key"},
+                   413: {"description": "body too large"},
+                   422: {"description": "invalid field"}},
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/json": {"schema": _inline_schema(PrescriptionCheckRequest)},
+            "application/xml": {"schema": {"type": "string", "description": "XML 130"}},
+        }}},
+    )
+    async def check_prescription(request: Request) -> Response:
+        started = time.perf_counter()
+        try:
+            caller = state.guard.native(request.headers.get("x-api-key"))
+        except Unauthorized as exc:
+            return _unauthorized(state, exc, request, "native")
+        try:
+            body = await read_body(request, state.max_body)
+            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            try:
+                if ctype in XML_TYPES or ctype.endswith("+xml"):
+                    req = PrescriptionCheckRequest.model_validate(parse_xml130(body))
+                else:
+                    req = PrescriptionCheckRequest.model_validate_json(body)
+            except Xml130Error as exc:
+                raise BadRequest(400, str(exc)) from None
+            except ValidationError as exc:
+                raise validation_error(exc, "prescription") from None
+        except BadRequest as exc:
+            return exc.response()
+        result = state.engine.check(prescription_from_native(req))
+        state.audit.record(
+            "check", api="native", caller=caller.id,
+            patient=state.audit.pseudonym(req.MA_BN), episode=state.audit.pseudonym(req.MA_LK),
+            lines=len(req.THUOC), alerts=[a.id for a in result.alerts],
+            ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        out = PrescriptionCheckResponse(alerts=result.alerts, recognised=result.recognised,
+                                        knowledge_version=state.knowledge_version)
+        return Response(out.model_dump_json(), media_type="application/json")
+
+    # ------------------------------------------------------------------ CDS Hooks
+    @router.get("/cds-services", tags=["cds-hooks"], summary="CDS Hooks discovery")
+    async def discovery() -> dict:
+        return {"services": list(cdshooks.SERVICES.values())}
+
+    def _audience(request: Request) -> str:
+        if state.public_url:
+            return state.public_url + request.url.path
+        return str(request.url.replace(query=""))
+
+    @router.post("/cds-services/{service_id}", tags=["cds-hooks"],
+                 summary="Call a CDS service (order-select / order-sign)")
+    async def call_service(service_id: str, request: Request) -> Response:
+        started = time.perf_counter()
+        service = cdshooks.SERVICES.get(service_id)
+        if service is None:
+            return JSONResponse({"error": f"no CDS service {service_id!r}; see /cds-services"},
+                                status_code=404)
+        try:
+            caller = state.guard.cds_hooks(request.headers.get("authorization"),
+                                           _audience(request))
+        except Unauthorized as exc:
+            return _unauthorized(state, exc, request, "cds-hooks")
+        try:
+            body = await read_body(request, state.max_body)
+            data = _json_object(body, "CDS Hooks request")
+            try:
+                hook = cdshooks.HookRequest.model_validate(data)
+            except ValidationError as exc:
+                raise validation_error(exc, "CDS Hooks request") from None
+            if hook.hook != service["hook"]:
+                raise BadRequest(400, f"hook: service {service_id} answers {service['hook']!r}, "
+                                 f"not {hook.hook!r}")
+            try:
+                rx = cdshooks.prescription_from_hook(hook)
+            except cdshooks.CdsRequestError as exc:
+                raise BadRequest(422, str(exc)) from None
+        except BadRequest as exc:
+            return exc.response()
+        lang = cdshooks.language(request.headers.get("accept-language"), state.language)
+        result = state.engine.check(rx)
+        scope = state.audit.pseudonym(
+            f"{hook.context.get('patientId')}|{hook.context.get('encounterId') or ''}") or ""
+        cards = []
+        shown_ids = []
+        for alert in result.alerts:
+            if alert.severity == "minor" and not state.show_minor:
+                continue
+            if state.shown.seen(scope, alert.id):
+                continue  # already shown at order-select (or an earlier call)
+            state.shown.remember(scope, alert.id)
+            card = cdshooks.card_for(alert, lang, rx.lines)
+            state.cards.add(card["uuid"], alert)
+            cards.append(card)
+            shown_ids.append(alert.id)
+        state.audit.record(
+            "check", api="cds-hooks", hook=hook.hook, caller=caller.id,
+            hook_instance=hook.hookInstance, patient=state.audit.pseudonym(
+                str(hook.context.get("patientId"))), lines=len(rx.lines),
+            alerts=[a.id for a in result.alerts], shown=shown_ids,
+            ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+        return JSONResponse({"cards": cards})
+
+    @router.post("/cds-services/{service_id}/feedback", tags=["cds-hooks"],
+                 summary="Feedback on cards (accepted / overridden with a reason)")
+    async def feedback(service_id: str, request: Request) -> Response:
+        if service_id not in cdshooks.SERVICES:
+            return JSONResponse({"error": f"no CDS service {service_id!r}"}, status_code=404)
+        try:
+            caller = state.guard.cds_hooks(request.headers.get("authorization"),
+                                           _audience(request))
+        except Unauthorized as exc:
+            return _unauthorized(state, exc, request, "cds-hooks")
+        try:
+            body = await read_body(request, state.max_body)
+            try:
+                fb = cdshooks.FeedbackRequest.model_validate(_json_object(body, "feedback"))
+            except ValidationError as exc:
+                raise validation_error(exc, "feedback") from None
+        except BadRequest as exc:
+            return exc.response()
+        for item in fb.feedback:
+            known = state.cards.get(item.card)
+            reason = (item.overrideReason or {}).get("reason") or {}
+            state.audit.record(
+                "feedback", api="cds-hooks", service=service_id, caller=caller.id,
+                card=item.card, alert=known[0] if known else None, outcome=item.outcome,
+                override_code=reason.get("code") if isinstance(reason, dict) else None,
+                has_comment=bool((item.overrideReason or {}).get("userComment")),
+                accepted=[s.get("id") for s in item.acceptedSuggestions or []
+                          if isinstance(s, dict)],
+            )
+        return JSONResponse({})
+
+    return router

@@ -1,0 +1,127 @@
+"""The audit trail of prescription checks: who asked, what was answered, what was overridden.
+
+Append-only JSON lines. Each record carries the SHA-256 of the previous record of the same
+writer (`prev`) and its own (`hash`), so deleting or editing a line breaks the chain
+(`verify_chain`). Several worker processes may append to one file: each has its own chain,
+named by `writer`. Patient identifiers are never written: they are keyed hashes (HMAC-SHA256
+with `security.audit_key`), enough to link records of one patient, useless to read them.
+
+Requests only put a small dict on a queue; a background thread hashes and writes, so the
+check path pays microseconds. `close()` drains the queue (the app calls it at shutdown).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import queue
+import secrets
+import threading
+import time
+from pathlib import Path
+
+GENESIS = "0" * 64
+
+
+def _canonical(record: dict) -> bytes:
+    return json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+class AuditLog:
+    def __init__(self, path: Path | str, key: str | None = None, flush_interval_s: float = 0.2):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._key = (key or "haidang-audit-v1").encode("utf-8")
+        self.writer = secrets.token_hex(8)
+        self._prev = GENESIS
+        self._seq = 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._interval = flush_interval_s
+        self._closed = False
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._thread = threading.Thread(target=self._run, name="haidang-audit", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ producers
+    def pseudonym(self, identifier: str | None) -> str | None:
+        """A keyed hash of a patient identifier: linkable, not readable."""
+        if not identifier:
+            return None
+        return hmac.new(self._key, identifier.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+    def record(self, event: str, **fields) -> None:
+        if self._closed:
+            return
+        fields["event"] = event
+        fields["time"] = time.time()
+        self._queue.put(fields)
+
+    # ------------------------------------------------------------------ writer thread
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            batch = [item]
+            deadline = time.monotonic() + self._interval
+            while item is not None:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                batch.append(item)
+            stop = batch[-1] is None
+            self._write([b for b in batch if b is not None])
+            if stop:
+                return
+
+    def _write(self, batch: list[dict]) -> None:
+        if not batch:
+            return
+        lines = []
+        for fields in batch:
+            self._seq += 1
+            fields["writer"] = self.writer
+            fields["seq"] = self._seq
+            fields["prev"] = self._prev
+            digest = hashlib.sha256(_canonical(fields)).hexdigest()
+            fields["hash"] = digest
+            self._prev = digest
+            lines.append(_canonical(fields) + b"\n")
+        os.write(self._fd, b"".join(lines))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+        os.close(self._fd)
+
+
+def verify_chain(path: Path | str) -> tuple[int, list[str]]:
+    """Re-hash every record; return (records checked, problems). No problems = intact."""
+    prev: dict[str, str] = {}
+    seq: dict[str, int] = {}
+    problems: list[str] = []
+    count = 0
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            count += 1
+            try:
+                record = json.loads(raw)
+                claimed = record.pop("hash")
+                writer = record["writer"]
+            except (ValueError, KeyError):
+                problems.append(f"line {number}: not an audit record")
+                continue
+            if hashlib.sha256(_canonical(record)).hexdigest() != claimed:
+                problems.append(f"line {number}: content does not match its hash")
+            if record.get("prev") != prev.get(writer, GENESIS):
+                problems.append(f"line {number}: chain broken (a record before it is missing "
+                                "or was changed)")
+            if record.get("seq") != seq.get(writer, 0) + 1:
+                problems.append(f"line {number}: sequence gap for writer {writer}")
+            prev[writer] = claimed
+            seq[writer] = record.get("seq", 0)
+    return count, problems
