@@ -1,0 +1,46 @@
+"""Analyses the gateway runs on a complete study, looked up by name.
+
+An analysis is a function ``analyse(study: StudyInput) -> AnalysisOutput`` named in
+:data:`ANALYSES` as ``"module:function"``; modules are imported only when a study
+needs them, so a missing or broken analysis fails its job, not the gateway.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+from dicom_gateway.analyses.base import AnalysisOutput, StudyInput
+
+ANALYSES: dict[str, str] = {
+    "study-summary": "dicom_gateway.analyses.study_summary:analyse",
+    "cxr-pneumonia": "dicom_gateway.analyses.cxr_pneumonia:analyse",
+}
+
+
+class AnalysisUnavailable(RuntimeError):
+    """The named analysis is not registered or cannot be imported."""
+
+
+def load_analysis(name: str) -> Callable[[StudyInput], AnalysisOutput]:
+    target = ANALYSES.get(name)
+    if target is None:
+        raise AnalysisUnavailable(
+            f"analysis {name!r} is not registered (known: {', '.join(sorted(ANALYSES))}); "
+            "fix the analyses list of the matching [[routes]] rule"
+        )
+    module_name, _, func_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure makes the analysis unavailable
+        raise AnalysisUnavailable(
+            f"analysis {name!r} cannot be loaded from {module_name}: {type(exc).__name__}: {exc}; "
+            "check that its package and model are installed"
+        ) from exc
+    func = getattr(module, func_name, None)
+    if func is None:
+        raise AnalysisUnavailable(f"analysis {name!r}: {module_name} has no function {func_name}")
+    return func
+
+
+__all__ = ["ANALYSES", "AnalysisOutput", "AnalysisUnavailable", "StudyInput", "load_analysis"]

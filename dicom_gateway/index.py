@@ -1,0 +1,622 @@
+"""The index and job queue: instances, studies, jobs, results and exports.
+
+SQLite in WAL mode by default (embedded, one gateway process); PostgreSQL with the
+same SQL when several gateway workers share the work, where claims use
+``FOR UPDATE SKIP LOCKED``. Every dialect difference lives in :class:`Dialect`.
+Times are Unix seconds (float).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Study states: receiving -> assembled -> processing -> processed (a late instance: -> receiving)
+# Job states: pending -> running -> done | failed | superseded
+# Result states: current | superseded | failed
+# Export states: pending -> sending -> done | (pending again, with backoff) | dead
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    attrs TEXT NOT NULL,
+    received_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid TEXT PRIMARY KEY,
+    calling_ae TEXT NOT NULL,
+    state TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    quiet_period_s DOUBLE PRECISION NOT NULL,
+    instance_count INTEGER NOT NULL,
+    first_arrival DOUBLE PRECISION NOT NULL,
+    last_arrival DOUBLE PRECISION NOT NULL,
+    assembled_at DOUBLE PRECISION,
+    processed_at DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS studies_state ON studies (state, last_arrival);
+CREATE TABLE IF NOT EXISTS jobs (
+    id {autoid},
+    study_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    lease_until DOUBLE PRECISION,
+    worker TEXT,
+    error TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    started_at DOUBLE PRECISION,
+    finished_at DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, id);
+CREATE TABLE IF NOT EXISTS results (
+    id {autoid},
+    job_id BIGINT NOT NULL,
+    study_uid TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    analysis TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    error TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    superseded_by BIGINT
+);
+CREATE INDEX IF NOT EXISTS results_study ON results (study_uid, analysis);
+CREATE TABLE IF NOT EXISTS exports (
+    id {autoid},
+    result_id BIGINT NOT NULL,
+    study_uid TEXT NOT NULL,
+    destination TEXT NOT NULL,
+    sop_uid TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    series_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at DOUBLE PRECISION NOT NULL,
+    lease_until DOUBLE PRECISION,
+    last_error TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    done_at DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS exports_due ON exports (state, next_attempt_at);
+"""
+
+
+class Dialect:
+    """What differs between SQLite and PostgreSQL, in one place."""
+
+    name = "sqlite"
+    autoid = "INTEGER PRIMARY KEY AUTOINCREMENT"
+    skip_locked = ""
+    single_process = True  # the embedded mode: one gateway process owns the database
+
+    def sql(self, text: str) -> str:
+        return text
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    autoid = "BIGSERIAL PRIMARY KEY"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    single_process = False
+
+    def sql(self, text: str) -> str:
+        return text.replace("?", "%s")
+
+
+@dataclass
+class Job:
+    id: int
+    study_uid: str
+    generation: int
+    attempts: int
+
+
+@dataclass
+class Export:
+    id: int
+    result_id: int
+    study_uid: str
+    destination: str
+    sop_uid: str
+    sop_class_uid: str
+    path: str
+    attempts: int
+
+
+class Index:
+    """All durable gateway state. Thread-safe: one connection per thread."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._local = threading.local()
+        self._conns: list[Any] = []
+        self._lock = threading.Lock()
+        if url.startswith("sqlite:///"):
+            self.dialect: Dialect = Dialect()
+            self.path = Path(url[len("sqlite:///") :])
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        elif url.startswith(("postgresql://", "postgres://")):
+            self.dialect = PostgresDialect()
+        else:
+            raise ValueError(
+                f"gateway.database_url {url!r} is not supported: use sqlite:///PATH or postgresql://..."
+            )
+        with self.tx() as q:
+            for stmt in SCHEMA.format(autoid=self.dialect.autoid).split(";"):
+                if stmt.strip():
+                    q(stmt)
+
+    # -- connections and transactions ------------------------------------------------
+
+    def _connect(self):
+        if self.dialect.name == "sqlite":
+            conn = sqlite3.connect(
+                self.path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+            conn.execute("PRAGMA busy_timeout=30000")
+        else:
+            import psycopg
+
+            conn = psycopg.connect(self.url, autocommit=True)
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    @property
+    def conn(self):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    @contextmanager
+    def tx(self) -> Iterator[Any]:
+        """A write transaction; yields ``q(sql, params) -> cursor`` with ``?`` placeholders."""
+        conn = self.conn
+        cur = conn.cursor()
+
+        def q(sql: str, params: tuple = ()):
+            cur.execute(self.dialect.sql(sql), params)
+            return cur
+
+        cur.execute("BEGIN IMMEDIATE" if self.dialect.name == "sqlite" else "BEGIN")
+        try:
+            yield q
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        cur = self.conn.cursor()
+        cur.execute(self.dialect.sql(sql), params)
+        return cur.fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._conns:
+                try:
+                    conn.close()
+                except Exception:  # noqa: BLE001 - closing on shutdown, nothing to do
+                    pass
+            self._conns.clear()
+        self._local = threading.local()
+
+    # -- ingest -----------------------------------------------------------------------
+
+    def has_instance(self, sop_uid: str) -> bool:
+        return bool(self.query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
+
+    def record_instance(
+        self,
+        *,
+        sop_uid: str,
+        study_uid: str,
+        series_uid: str,
+        sop_class_uid: str,
+        transfer_syntax: str,
+        path: str,
+        size: int,
+        calling_ae: str,
+        attrs: dict,
+        quiet_period_s: float,
+        now: float | None = None,
+    ) -> bool:
+        """Index a spooled instance; returns False if it was already there (idempotent)."""
+        now = time.time() if now is None else now
+        with self.tx() as q:
+            cur = q(
+                "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, "
+                "transfer_syntax, path, size, calling_ae, attrs, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sop_uid) DO NOTHING",
+                (
+                    sop_uid,
+                    study_uid,
+                    series_uid,
+                    sop_class_uid,
+                    transfer_syntax,
+                    path,
+                    size,
+                    calling_ae,
+                    json.dumps(attrs),
+                    now,
+                ),
+            )
+            if cur.rowcount == 0:
+                return False
+            row = q(
+                "SELECT state, generation FROM studies WHERE study_uid = ?", (study_uid,)
+            ).fetchone()
+            if row is None:
+                q(
+                    "INSERT INTO studies (study_uid, calling_ae, state, generation, "
+                    "quiet_period_s, instance_count, first_arrival, last_arrival) "
+                    "VALUES (?, ?, 'receiving', 1, ?, 1, ?, ?)",
+                    (study_uid, calling_ae, quiet_period_s, now, now),
+                )
+            elif row[0] == "receiving":
+                q(
+                    "UPDATE studies SET instance_count = instance_count + 1, last_arrival = ? "
+                    "WHERE study_uid = ?",
+                    (now, study_uid),
+                )
+            else:  # a late instance re-opens the study; the next result supersedes the last
+                q(
+                    "UPDATE studies SET instance_count = instance_count + 1, last_arrival = ?, "
+                    "state = 'receiving', generation = generation + 1, quiet_period_s = ? "
+                    "WHERE study_uid = ?",
+                    (now, quiet_period_s, study_uid),
+                )
+        return True
+
+    # -- assembly ---------------------------------------------------------------------
+
+    def assemble_due(self, now: float | None = None) -> list[tuple[str, int]]:
+        """Studies quiet for their source's quiet period become complete and get a job."""
+        now = time.time() if now is None else now
+        done: list[tuple[str, int]] = []
+        if not self.query(
+            "SELECT 1 FROM studies WHERE state = 'receiving' "
+            "AND last_arrival + quiet_period_s <= ? LIMIT 1",
+            (now,),
+        ):
+            return done  # read first: no write lock while nothing is due
+        with self.tx() as q:
+            rows = q(
+                "SELECT study_uid, generation FROM studies WHERE state = 'receiving' "
+                "AND last_arrival + quiet_period_s <= ?" + self.dialect.skip_locked,
+                (now,),
+            ).fetchall()
+            for study_uid, generation in rows:
+                q(
+                    "UPDATE studies SET state = 'assembled', assembled_at = ? WHERE study_uid = ?",
+                    (now, study_uid),
+                )
+                q(
+                    "INSERT INTO jobs (study_uid, generation, state, created_at) "
+                    "VALUES (?, ?, 'pending', ?)",
+                    (study_uid, generation, now),
+                )
+                done.append((study_uid, generation))
+        return done
+
+    # -- jobs -------------------------------------------------------------------------
+
+    def claim_job(self, worker: str, lease_s: float, now: float | None = None) -> Job | None:
+        """Take the oldest pending job (or one whose worker's lease ran out)."""
+        now = time.time() if now is None else now
+        if not self.query(
+            "SELECT 1 FROM jobs WHERE state = 'pending' OR (state = 'running' "
+            "AND lease_until < ?) LIMIT 1",
+            (now,),
+        ):
+            return None
+        with self.tx() as q:
+            rows = q(
+                "SELECT j.id, j.study_uid, j.generation, j.attempts, s.generation FROM jobs j "
+                "JOIN studies s ON s.study_uid = j.study_uid WHERE j.state = 'pending' "
+                "OR (j.state = 'running' AND j.lease_until < ?) ORDER BY j.id LIMIT 20"
+                + self.dialect.skip_locked.replace("UPDATE", "UPDATE OF j"),
+                (now,),
+            ).fetchall()
+            for job_id, study_uid, generation, attempts, study_generation in rows:
+                if study_generation > generation:
+                    # a later instance re-opened the study: a newer job covers it
+                    q(
+                        "UPDATE jobs SET state = 'superseded', finished_at = ? WHERE id = ?",
+                        (now, job_id),
+                    )
+                    continue
+                q(
+                    "UPDATE jobs SET state = 'running', attempts = ?, lease_until = ?, worker = ?, "
+                    "started_at = ? WHERE id = ?",
+                    (attempts + 1, now + lease_s, worker, now, job_id),
+                )
+                q(
+                    "UPDATE studies SET state = 'processing' "
+                    "WHERE study_uid = ? AND generation = ?",
+                    (study_uid, generation),
+                )
+                return Job(job_id, study_uid, generation, attempts + 1)
+        return None
+
+    def renew_job(self, job_id: int, lease_s: float) -> None:
+        with self.tx() as q:
+            q(
+                "UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running'",
+                (time.time() + lease_s, job_id),
+            )
+
+    def study_instances(self, study_uid: str) -> list[dict]:
+        rows = self.query(
+            "SELECT sop_uid, series_uid, sop_class_uid, transfer_syntax, path, size, "
+            "calling_ae, attrs, received_at FROM instances WHERE study_uid = ? "
+            "ORDER BY received_at",
+            (study_uid,),
+        )
+        keys = (
+            "sop_uid",
+            "series_uid",
+            "sop_class_uid",
+            "transfer_syntax",
+            "path",
+            "size",
+            "calling_ae",
+            "attrs",
+            "received_at",
+        )
+        out = []
+        for row in rows:
+            d = dict(zip(keys, row, strict=True))
+            d["attrs"] = json.loads(d["attrs"])
+            out.append(d)
+        return out
+
+    def study(self, study_uid: str) -> dict | None:
+        rows = self.query(
+            "SELECT study_uid, calling_ae, state, generation, quiet_period_s, "
+            "instance_count, first_arrival, last_arrival, assembled_at, processed_at "
+            "FROM studies WHERE study_uid = ?",
+            (study_uid,),
+        )
+        if not rows:
+            return None
+        keys = (
+            "study_uid",
+            "calling_ae",
+            "state",
+            "generation",
+            "quiet_period_s",
+            "instance_count",
+            "first_arrival",
+            "last_arrival",
+            "assembled_at",
+            "processed_at",
+        )
+        return dict(zip(keys, rows[0], strict=True))
+
+    def complete_job(
+        self, job: Job, results: list[dict], error: str | None = None, now: float | None = None
+    ) -> list[int]:
+        """Record a job's results and their exports in one transaction.
+
+        ``results``: dicts with analysis, state, priority, summary, error and ``exports``
+        (dicts: destination, sop_uid, sop_class_uid, series_uid, path). Earlier current
+        results of the same study and analysis become superseded. Returns the new export ids.
+        """
+        now = time.time() if now is None else now
+        export_ids: list[int] = []
+        with self.tx() as q:
+            for res in results:
+                rid = q(
+                    "INSERT INTO results (job_id, study_uid, generation, analysis, state, "
+                    "priority, summary, error, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "RETURNING id",
+                    (
+                        job.id,
+                        job.study_uid,
+                        job.generation,
+                        res["analysis"],
+                        res["state"],
+                        res["priority"],
+                        json.dumps(res["summary"]),
+                        res.get("error"),
+                        now,
+                    ),
+                ).fetchone()[0]
+                if res["state"] == "current":
+                    q(
+                        "UPDATE results SET state = 'superseded', superseded_by = ? "
+                        "WHERE study_uid = ? AND analysis = ? AND state = 'current' AND id <> ?",
+                        (rid, job.study_uid, res["analysis"], rid),
+                    )
+                for exp in res.get("exports", []):
+                    eid = q(
+                        "INSERT INTO exports (result_id, study_uid, destination, sop_uid, "
+                        "sop_class_uid, series_uid, path, state, next_attempt_at, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
+                        (
+                            rid,
+                            job.study_uid,
+                            exp["destination"],
+                            exp["sop_uid"],
+                            exp["sop_class_uid"],
+                            exp["series_uid"],
+                            exp["path"],
+                            now,
+                            now,
+                        ),
+                    ).fetchone()[0]
+                    export_ids.append(eid)
+            q(
+                "UPDATE jobs SET state = ?, error = ?, finished_at = ?, lease_until = NULL "
+                "WHERE id = ?",
+                ("failed" if error else "done", error, now, job.id),
+            )
+            q(
+                "UPDATE studies SET state = 'processed', processed_at = ? WHERE study_uid = ? "
+                "AND generation = ? AND state = 'processing'",
+                (now, job.study_uid, job.generation),
+            )
+        return export_ids
+
+    # -- exports ----------------------------------------------------------------------
+
+    def claim_exports(self, limit: int, lease_s: float, now: float | None = None) -> list[Export]:
+        now = time.time() if now is None else now
+        if not self.query(
+            "SELECT 1 FROM exports WHERE (state = 'pending' AND next_attempt_at <= ?) "
+            "OR (state = 'sending' AND lease_until < ?) LIMIT 1",
+            (now, now),
+        ):
+            return []
+        with self.tx() as q:
+            rows = q(
+                "SELECT id, result_id, study_uid, destination, sop_uid, sop_class_uid, path, "
+                "attempts FROM exports WHERE (state = 'pending' AND next_attempt_at <= ?) "
+                "OR (state = 'sending' AND lease_until < ?) ORDER BY id LIMIT ?"
+                + self.dialect.skip_locked,
+                (now, now, limit),
+            ).fetchall()
+            for row in rows:
+                q(
+                    "UPDATE exports SET state = 'sending', lease_until = ? WHERE id = ?",
+                    (now + lease_s, row[0]),
+                )
+        return [Export(*row) for row in rows]
+
+    def export_done(self, export_id: int, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.tx() as q:
+            q(
+                "UPDATE exports SET state = 'done', attempts = attempts + 1, done_at = ?, "
+                "last_error = NULL, lease_until = NULL WHERE id = ?",
+                (now, export_id),
+            )
+
+    def export_failed(
+        self,
+        export_id: int,
+        error: str,
+        max_attempts: int,
+        base_delay_s: float,
+        max_delay_s: float,
+        now: float | None = None,
+    ) -> str:
+        """Count a failed attempt; back off exponentially, or dead-letter after max_attempts."""
+        now = time.time() if now is None else now
+        with self.tx() as q:
+            attempts = (
+                q("SELECT attempts FROM exports WHERE id = ?", (export_id,)).fetchone()[0] + 1
+            )
+            if attempts >= max_attempts:
+                state, next_at = "dead", now
+            else:
+                state = "pending"
+                next_at = now + min(max_delay_s, base_delay_s * 2 ** (attempts - 1))
+            q(
+                "UPDATE exports SET state = ?, attempts = ?, next_attempt_at = ?, last_error = ?, "
+                "lease_until = NULL WHERE id = ?",
+                (state, attempts, next_at, error[:500], export_id),
+            )
+        return state
+
+    def list_exports(self, dead_only: bool = False) -> list[dict]:
+        keys = (
+            "id",
+            "study_uid",
+            "destination",
+            "sop_uid",
+            "state",
+            "attempts",
+            "next_attempt_at",
+            "last_error",
+            "created_at",
+            "done_at",
+        )
+        sql = f"SELECT {', '.join(keys)} FROM exports"
+        sql += " WHERE state = 'dead'" if dead_only else ""
+        return [dict(zip(keys, r, strict=True)) for r in self.query(sql + " ORDER BY id")]
+
+    def retry_export(self, export_id: int) -> bool:
+        with self.tx() as q:
+            cur = q(
+                "UPDATE exports SET state = 'pending', attempts = 0, next_attempt_at = ?, "
+                "lease_until = NULL WHERE id = ? AND state <> 'done'",
+                (time.time(), export_id),
+            )
+            return cur.rowcount > 0
+
+    def next_export_due(self) -> float | None:
+        rows = self.query("SELECT MIN(next_attempt_at) FROM exports WHERE state = 'pending'")
+        return rows[0][0] if rows else None
+
+    # -- start-up and observation -----------------------------------------------------
+
+    def resume(self) -> dict[str, int]:
+        """On start: take back work a crashed process held (embedded single-process mode).
+
+        With PostgreSQL other workers may be alive, so there the leases expire instead.
+        """
+        if not self.dialect.single_process:
+            return {"jobs": 0, "exports": 0}
+        with self.tx() as q:
+            jobs = q(
+                "UPDATE jobs SET state = 'pending', lease_until = NULL WHERE state = 'running'"
+            ).rowcount
+            q("UPDATE studies SET state = 'assembled' WHERE state = 'processing'")
+            exports = q(
+                "UPDATE exports SET state = 'pending', lease_until = NULL WHERE state = 'sending'"
+            ).rowcount
+        return {"jobs": jobs, "exports": exports}
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for table in ("studies", "jobs", "exports"):
+            for state, n in self.query(f"SELECT state, COUNT(*) FROM {table} GROUP BY state"):
+                out[f"{table}.{state}"] = n
+        out["instances"] = self.query("SELECT COUNT(*) FROM instances")[0][0]
+        return out
+
+    def results(self, study_uid: str) -> list[dict]:
+        keys = (
+            "id",
+            "job_id",
+            "generation",
+            "analysis",
+            "state",
+            "priority",
+            "summary",
+            "error",
+            "created_at",
+            "superseded_by",
+        )
+        rows = self.query(
+            f"SELECT {', '.join(keys)} FROM results WHERE study_uid = ? ORDER BY id", (study_uid,)
+        )
+        out = []
+        for r in rows:
+            d = dict(zip(keys, r, strict=True))
+            d["summary"] = json.loads(d["summary"])
+            out.append(d)
+        return out

@@ -1,0 +1,39 @@
+"""Prometheus metrics and patient-free log helpers for the gateway."""
+
+from __future__ import annotations
+
+import hashlib
+
+from prometheus_client import Counter, Gauge, Histogram
+
+INSTANCES = Counter("haidang_instances_received_total", "C-STORE requests by outcome", ["outcome"])
+BYTES = Counter("haidang_bytes_received_total", "bytes of instances stored in the spool")
+STUDIES_ASSEMBLED = Counter("haidang_studies_assembled_total", "studies found complete")
+JOBS = Counter("haidang_jobs_total", "analysis jobs by outcome", ["outcome"])
+EXPORTS = Counter("haidang_exports_total", "write-back attempts by outcome", ["outcome"])
+QUEUE_DEPTH = Gauge("haidang_queue_depth", "work waiting", ["queue"])
+STORE_SECONDS = Histogram(
+    "haidang_store_seconds",
+    "C-STORE handling time (parse, fsync, index)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+JOB_SECONDS = Histogram(
+    "haidang_job_seconds",
+    "time to run a study's analyses",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+TIME_TO_RESULT = Histogram(
+    "haidang_time_to_result_seconds",
+    "last instance received to results stored",
+    buckets=(0.5, 1, 2, 3, 5, 10, 20, 30, 60, 120, 300),
+)
+EXPORT_SECONDS = Histogram(
+    "haidang_export_seconds",
+    "one write-back association",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def uid_hash(uid: str) -> str:
+    """A short stable stand-in for a UID in logs (UIDs can be traced back to a patient)."""
+    return hashlib.sha256(str(uid).encode()).hexdigest()[:12]

@@ -1,0 +1,267 @@
+"""The DICOM listener: C-ECHO and C-STORE for every storage SOP class.
+
+Instances are stored exactly as received (no transcoding: the first transfer
+syntax the caller proposes is accepted) and Success is answered only after the
+file is fsynced into the spool and recorded in the index.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+import pydicom
+from pynetdicom import AE, _config, evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.sop_class import Verification
+
+from dicom_gateway import metrics
+from dicom_gateway.index import Index
+from dicom_gateway.spool import OutOfSpace, Spool
+from haidang.settings import GatewaySettings, TLSSettings
+
+log = logging.getLogger("haidang.gateway.scp")
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110  # index or disk error other than space: the caller retries later
+
+ROUTING_KEYS = (
+    "Modality",
+    "BodyPartExamined",
+    "ViewPosition",
+    "StudyDescription",
+    "SeriesDescription",
+    "Manufacturer",
+    "SeriesNumber",
+    "InstanceNumber",
+)
+
+
+class Unparsable(ValueError):
+    """The received data set cannot be understood."""
+
+
+def tls_context(tls: TLSSettings, server: bool = True) -> ssl.SSLContext:
+    purpose = ssl.Purpose.CLIENT_AUTH if server else ssl.Purpose.SERVER_AUTH
+    ctx = ssl.create_default_context(purpose, cafile=str(tls.ca_file) if tls.ca_file else None)
+    if tls.cert_file:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    if server:
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
+    else:
+        ctx.check_hostname = False  # DICOM peers are configured by address; the CA is checked
+    return ctx
+
+
+def set_nodelay(sock) -> None:
+    """Without TCP_NODELAY every PDU waits on Nagle + delayed ACK (50-90 ms here)."""
+    raw = getattr(sock, "socket", sock)
+    if raw is not None:
+        try:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def parse_header(data: bytes) -> pydicom.Dataset:
+    """Parse everything before the pixel data; raise Unparsable if it is not DICOM we can index."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        for _elem in ds:  # converts every element: broken values fail here
+            pass
+        uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID)
+    except Exception as exc:  # noqa: BLE001 - whatever pydicom raises, the data is not understood
+        raise Unparsable(f"{type(exc).__name__}: {exc}") from exc
+    if not all(str(u).strip() for u in uids):
+        raise Unparsable("Study, Series or SOP Instance UID is empty")
+    return ds
+
+
+class StorageSCP:
+    """pynetdicom event handlers bound to one spool and index."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        spool: Spool,
+        index: Index,
+        on_stored: Callable[[], None] | None = None,
+    ):
+        self.settings = settings
+        self.spool = spool
+        self.index = index
+        self.on_stored = on_stored
+        self._allowed = {(s.ae_title.strip(), s.host) for s in settings.allowed_sources}
+        self._quiet = {
+            s.ae_title.strip(): s.quiet_period_s
+            for s in settings.allowed_sources
+            if s.quiet_period_s is not None
+        }
+        self.server = None
+
+    # -- association control ----------------------------------------------------------
+
+    def is_allowed(self, ae_title: str, host: str) -> bool:
+        if not self._allowed:
+            return True
+        ae_title = ae_title.strip()
+        return any(
+            ae == ae_title and (h is None or h == "" or h == host) for ae, h in self._allowed
+        )
+
+    def quiet_period(self, ae_title: str) -> float:
+        q = self._quiet.get(ae_title.strip())
+        return self.settings.quiet_period_s if q is None else q
+
+    def handle_conn_open(self, event) -> None:
+        set_nodelay(event.assoc.dul.socket.socket)
+
+    def handle_requested(self, event) -> None:
+        assoc = event.assoc
+        ae_title = str(assoc.requestor.primitive.calling_ae_title).strip()
+        host = assoc.requestor.address
+        if not self.is_allowed(ae_title, host):
+            log.warning(
+                "association rejected: calling AE %s from %s is not in gateway.allowed_sources",
+                ae_title,
+                host,
+            )
+            metrics.INSTANCES.labels("association_rejected").inc()
+            # permanent rejection, service user, calling AE title not recognised
+            assoc.acse.send_reject(0x01, 0x01, 0x03)
+            assoc.kill()
+
+    def handle_echo(self, event) -> int:
+        return SUCCESS
+
+    # -- storage ----------------------------------------------------------------------
+
+    def handle_store(self, event) -> int:
+        t0 = time.perf_counter()
+        status = self._store(event)
+        metrics.STORE_SECONDS.observe(time.perf_counter() - t0)
+        return status
+
+    def _store(self, event) -> int:
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        try:
+            stream = event.request.DataSet.getvalue()
+            head = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(event.file_meta)))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("C-STORE from %s: no data set (%s)", calling_ae, exc)
+            metrics.INSTANCES.labels("unparsable").inc()
+            return CANNOT_UNDERSTAND
+        try:
+            ds = parse_header(head + stream)
+        except Unparsable as exc:
+            log.warning(
+                "C-STORE from %s refused with 0xC000: data set cannot be parsed (%s)",
+                calling_ae,
+                exc,
+            )
+            metrics.INSTANCES.labels("unparsable").inc()
+            return CANNOT_UNDERSTAND
+        sop_uid = str(ds.SOPInstanceUID).strip()
+        study_uid = str(ds.StudyInstanceUID).strip()
+        series_uid = str(ds.SeriesInstanceUID).strip()
+        try:
+            if self.index.has_instance(sop_uid):
+                metrics.INSTANCES.labels("duplicate").inc()
+                log.info(
+                    "duplicate instance %s from %s: already stored",
+                    metrics.uid_hash(sop_uid),
+                    calling_ae,
+                )
+                return SUCCESS
+            path = self.spool.instance_path(study_uid, series_uid, sop_uid)
+            self.spool.store(path, [head, stream])
+            attrs = {k: str(ds.get(k, "") or "") for k in ROUTING_KEYS}
+            attrs["SOPClassUID"] = str(ds.SOPClassUID)
+            new = self.index.record_instance(
+                sop_uid=sop_uid,
+                study_uid=study_uid,
+                series_uid=series_uid,
+                sop_class_uid=str(ds.SOPClassUID),
+                transfer_syntax=str(event.file_meta.TransferSyntaxUID),
+                path=str(path.relative_to(self.spool.root)),
+                size=len(stream),
+                calling_ae=calling_ae,
+                attrs=attrs,
+                quiet_period_s=self.quiet_period(calling_ae),
+            )
+        except OutOfSpace as exc:
+            log.error("C-STORE refused with 0xA700: %s", exc)
+            metrics.INSTANCES.labels("out_of_resources").inc()
+            return OUT_OF_RESOURCES
+        except Exception:  # noqa: BLE001 - never Success unless stored and indexed
+            log.exception(
+                "C-STORE of instance %s failed; answered 0x0110 so the sender retries",
+                metrics.uid_hash(sop_uid),
+            )
+            metrics.INSTANCES.labels("failed").inc()
+            return PROCESSING_FAILURE
+        metrics.INSTANCES.labels("stored" if new else "duplicate").inc()
+        if new:
+            metrics.BYTES.inc(len(stream))
+            log.debug(
+                "stored instance %s of study %s from %s",
+                metrics.uid_hash(sop_uid),
+                metrics.uid_hash(study_uid),
+                calling_ae,
+            )
+            if self.on_stored:
+                self.on_stored()
+        return SUCCESS
+
+    # -- server -----------------------------------------------------------------------
+
+    def make_ae(self) -> AE:
+        # accept every storage-like abstract syntax (known, private or unknown) and the first
+        # transfer syntax the caller proposes for it: data are stored exactly as sent
+        _config.UNRESTRICTED_STORAGE_SERVICE = True
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.add_supported_context(Verification)
+        ae.maximum_pdu_size = self.settings.max_pdu
+        ae.maximum_associations = 32
+        ae.network_timeout = 60
+        ae.dimse_timeout = 120
+        return ae
+
+    def start(self) -> None:
+        ae = self.make_ae()
+        handlers = [
+            (evt.EVT_CONN_OPEN, self.handle_conn_open),
+            (evt.EVT_REQUESTED, self.handle_requested),
+            (evt.EVT_C_ECHO, self.handle_echo),
+            (evt.EVT_C_STORE, self.handle_store),
+        ]
+        ssl_ctx = tls_context(self.settings.tls) if self.settings.tls else None
+        self.server = ae.start_server(
+            (self.settings.host, self.settings.port),
+            block=False,
+            evt_handlers=handlers,
+            ssl_context=ssl_ctx,
+        )
+        set_nodelay(self.server.socket)
+        log.info(
+            "DICOM listener %s on %s:%s%s",
+            self.settings.ae_title,
+            self.settings.host,
+            self.server.server_address[1],
+            " (TLS)" if ssl_ctx else "",
+        )
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1] if self.server else self.settings.port
+
+    def stop(self) -> None:
+        if self.server:
+            self.server.shutdown()
+            self.server = None

@@ -1,0 +1,117 @@
+"""The spool: received instances on disk, exactly as sent, never half-written.
+
+Each file is written to a hidden temporary name in its final directory, fsynced,
+renamed into place and the directory fsynced, so a crash leaves either the whole
+file or nothing visible. Paths come from the Study/Series/SOP Instance UIDs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class OutOfSpace(OSError):
+    """Free disk space is below the configured watermark."""
+
+
+def safe_name(uid: str) -> str:
+    """A UID as a file name; anything that is not a well-formed UID is hashed instead."""
+    uid = uid.strip()
+    if _UID.match(uid) and len(uid) <= 64:
+        return uid
+    return "x" + hashlib.sha256(uid.encode()).hexdigest()[:40]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _ensure_dir(path: Path, do_fsync: bool) -> None:
+    """mkdir -p, fsyncing each parent whose entry we created: the new directory survives a crash."""
+    if path.is_dir():
+        return
+    _ensure_dir(path.parent, do_fsync)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return
+    if do_fsync:
+        fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes | list[bytes], do_fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` so that only the complete file can ever be seen there."""
+    _ensure_dir(path.parent, do_fsync)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    chunks = [data] if isinstance(data, bytes | bytearray | memoryview) else data
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        if do_fsync:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)
+    if do_fsync:
+        fsync_dir(path.parent)
+
+
+class Spool:
+    """Where instances and result objects live on disk."""
+
+    def __init__(self, root: Path, min_free_bytes: int = 0, fsync: bool = True):
+        self.root = Path(root)
+        self.min_free_bytes = min_free_bytes
+        self.fsync = fsync
+        _ensure_dir(self.root, fsync)
+
+    def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return (
+            self.root
+            / "instances"
+            / safe_name(study_uid)
+            / safe_name(series_uid)
+            / f"{safe_name(sop_uid)}.dcm"
+        )
+
+    def result_path(self, study_uid: str, sop_uid: str) -> Path:
+        return self.root / "results" / safe_name(study_uid) / f"{safe_name(sop_uid)}.dcm"
+
+    def check_space(self, incoming: int = 0) -> None:
+        free = shutil.disk_usage(self.root).free
+        if free - incoming < self.min_free_bytes:
+            raise OutOfSpace(
+                f"spool {self.root} has {free} bytes free, below gateway.min_free_bytes="
+                f"{self.min_free_bytes}; free disk space or move gateway.spool_dir"
+            )
+
+    def store(self, path: Path, data: bytes | list[bytes]) -> None:
+        size = len(data) if isinstance(data, bytes) else sum(len(c) for c in data)
+        self.check_space(size)
+        write_atomic(path, data, self.fsync)
+
+    def sweep_temporaries(self) -> int:
+        """Remove temporaries a crash left behind (they were never answered with Success)."""
+        n = 0
+        for tmp in self.root.rglob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            n += 1
+        return n
