@@ -57,8 +57,12 @@ CARD = {
 def build_registry(root: Path, name: str = "cxr-pneumonia", version: str = "0.0.1-test") -> Path:
     """``root/<name>/<version>/{model.onnx,card.yaml}`` plus ``root/<name>/current``."""
     vdir = root / name / version
-    build_onnx(vdir / "model.onnx")
-    (vdir / "card.yaml").write_text(yaml.safe_dump({**CARD, "name": name, "version": version}))
+    import hashlib
+
+    onnx_path = build_onnx(vdir / "model.onnx")
+    sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
+    (vdir / "card.yaml").write_text(
+        yaml.safe_dump({**CARD, "name": name, "version": version, "sha256": sha}))
     (root / name / "current").write_text(version + "\n")
     return root
 

@@ -104,6 +104,12 @@ class Predictor:
         self.labels = card_labels(session.card)
         self.activation = card_activation(session.card)
 
+    def describe(self) -> dict[str, Any]:
+        """Identity plus what a client needs to prepare inputs (the card's input section)."""
+        return {**self.session.info(), "threshold": self.threshold, "labels": self.labels,
+                "input": dict(self.session.card.get("input") or {}),
+                "input_shape": self.session.input_shape}
+
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Positive-class probabilities for images shaped [N, C, H, W] (or [N, H, W])."""
         images = np.asarray(images, dtype=np.float32)

@@ -1,0 +1,61 @@
+"""``haidang serve-imaging``: the BentoML imaging service, for split mode.
+
+Wired into the CLI by ``serving.cli`` (``imaging_cli.register(sub)``). It runs
+``bentoml serve serving.imaging_service:ImagingService`` with this process's settings
+file, so the service and the gateway read the same configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def service_command(host: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "bentoml", "serve", "serving.imaging_service:ImagingService",
+            "--host", host, "--port", str(port)]
+
+
+def service_env(config: str | None, models_dir: str | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    if config:
+        env["HAIDANG_CONFIG"] = os.path.abspath(config)
+    if models_dir:
+        env["HAIDANG_SERVING__MODELS_DIR"] = os.path.abspath(models_dir)
+    env.setdefault("BENTOML_DO_NOT_TRACK", "True")
+    return env
+
+
+def start_imaging_service(config: str | None, host: str, port: int,
+                          models_dir: str | None = None, **popen) -> subprocess.Popen:
+    """Start the service as a child process (``haidang serve`` may start it next to the CDSS)."""
+    return subprocess.Popen(service_command(host, port), env=service_env(config, models_dir),
+                            **popen)
+
+
+def _run(args) -> int:
+    from haidang.settings import load_settings
+
+    settings = load_settings(args.config)
+    host = args.host or settings.serving.host
+    port = args.port or settings.serving.port
+    proc = start_imaging_service(args.config, host, port, args.models_dir)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            return proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve-imaging",
+                       help="run the BentoML imaging service (split mode)")
+    p.add_argument("--host", help="default serving.host")
+    p.add_argument("--port", type=int, help="default serving.port")
+    p.add_argument("--models-dir", help="model registry folder; default serving.models_dir")
+    p.set_defaults(handler=_run)

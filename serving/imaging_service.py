@@ -1,0 +1,59 @@
+"""The BentoML imaging service for split mode (``haidang serve-imaging``).
+
+Run directly with ``bentoml serve serving.imaging_service:ImagingService``.
+
+One onnxruntime session per model, loaded from the registry (``serving.models_dir``) at
+start, providers chosen once (CUDA when available, else CPU). ``/predict`` is batchable:
+BentoML's adaptive batching merges concurrent requests into one ``session.run``. Every
+result, and ``/info``, names the provider, model, version and sha256.
+
+Settings come from ``$HAIDANG_CONFIG`` and ``HAIDANG_SERVING__*`` variables, as for every
+other part of Haidang. Several replicas may run behind one address (or be listed in the
+gateway's ``serving.url``, comma-separated); they share nothing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import bentoml
+import numpy as np
+
+IMAGING_MODEL = os.environ.get("HAIDANG_IMAGING_MODEL", "cxr-pneumonia")
+MAX_BATCH = int(os.environ.get("HAIDANG_IMAGING_MAX_BATCH", "32"))
+MAX_LATENCY_MS = int(os.environ.get("HAIDANG_IMAGING_MAX_LATENCY_MS", "1000"))
+
+
+@bentoml.service(name="haidang-imaging", traffic={"timeout": 60}, workers=1)
+class ImagingService:
+    """Pneumonia triage on preprocessed chest X-ray inputs ([N, 1, H, W] float32)."""
+
+    def __init__(self) -> None:
+        from haidang.settings import load_settings
+        from serving.imaging.predictor import Predictor
+        from serving.imaging.session import load_from_registry
+
+        settings = load_settings()
+        session = load_from_registry(settings.serving.models_dir, IMAGING_MODEL,
+                                     providers=settings.serving.providers or None)
+        self.predictor = Predictor(session, max_batch=MAX_BATCH)
+
+    @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH,
+                 max_latency_ms=MAX_LATENCY_MS)
+    def predict(self, images: np.ndarray) -> list[dict]:
+        """One result per image: probability, finding, label, threshold, model identity."""
+        return [p.model_dump() for p in self.predictor.predict(images)]
+
+    @bentoml.api
+    def explain(self, image: np.ndarray, patch: int = 0, stride: int = 0) -> dict:
+        """Occlusion-sensitivity map ([H, W]) for one preprocessed image ([1, H, W])."""
+        from serving.imaging.explain import occlusion_sensitivity
+
+        heat = occlusion_sensitivity(self.predictor.probabilities, np.asarray(image, np.float32),
+                                     patch=patch or None, stride=stride or None)
+        return {"heat": heat.tolist(), **self.predictor.session.info()}
+
+    @bentoml.api(route="/info")
+    def info(self) -> dict:
+        """Which model (name, version, sha256) runs on which execution provider."""
+        return self.predictor.describe()
