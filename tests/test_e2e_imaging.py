@@ -1,0 +1,74 @@
+"""End to end: dcmtk storescu → gateway → model → TID 1500 SR + visual summary in Orthanc.
+
+Real Orthanc, real dcmtk, real onnxruntime, the gateway in-process. The SR read back from
+the PACS must carry exactly the finding and probability that serving returns for the same
+image, pass both SR validators, and the worklist must list the study.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pydicom
+import pytest
+
+from dicom_gateway.reports.sr import read_finding
+from dicom_gateway.runtime import Gateway
+from dicom_gateway.worklist import worklist_rows
+from serving.imaging.client import ImagingClient
+from serving.imaging.preprocess import dicom_to_model_input
+from tests.gateway_helpers import send_as_is, wait_until
+from tests.imaging_e2e import cxr_studies, imaging_settings
+from tests.sr_validation import assert_valid_sr
+
+pytestmark = pytest.mark.orthanc
+
+
+def _pacs_objects(orthanc, study_uid: str, modality: str) -> list[dict]:
+    return orthanc.find_instances(StudyInstanceUID=study_uid, Modality=modality)
+
+
+def test_storescu_to_pacs_sr_and_visual_summary(tmp_path, orthanc):
+    settings = imaging_settings(tmp_path, orthanc)
+    (study_uid, files), = cxr_studies(tmp_path / "in", 1)
+    with Gateway(settings) as gw:
+        for run in send_as_is(files, gw.port):
+            assert run.returncode == 0, run.stderr
+        wait_until(lambda: _pacs_objects(orthanc, study_uid, "SR")
+                   and _pacs_objects(orthanc, study_uid, "OT"), timeout=90,
+                   what="SR and visual summary in Orthanc")
+        rows = wait_until(lambda: [r for r in worklist_rows(gw.index)
+                                   if r["study_uid"] == study_uid and r["status"] == "in-pacs"],
+                          timeout=30, what="worklist row in PACS state")
+
+    # what serving returns for the image that was sent
+    client = ImagingClient.from_settings(settings)
+    sent = pydicom.dcmread(files[0])
+    expected = client.predict(dicom_to_model_input(sent, client.input_spec())[None])[0]
+
+    sr_entry = _pacs_objects(orthanc, study_uid, "SR")[0]
+    sr_path = tmp_path / "sr-from-pacs.dcm"
+    sr_path.write_bytes(orthanc.instance_file(sr_entry["ID"]))
+    assert_valid_sr(sr_path)
+    sr = pydicom.dcmread(sr_path)
+    assert sr.StudyInstanceUID == study_uid and sr.VerificationFlag == "UNVERIFIED"
+    assert sr.SeriesInstanceUID != sent.SeriesInstanceUID
+    assert sr.SeriesDescription.startswith("AI SR: ")
+    present, probability = read_finding(sr)
+    assert present == expected.finding
+    assert probability == pytest.approx(expected.probability, abs=1e-6)
+    assert expected.version in json.dumps(sr.to_json_dict(), ensure_ascii=False)
+
+    sc_entry = _pacs_objects(orthanc, study_uid, "OT")[0]
+    sc = pydicom.dcmread(__import__("io").BytesIO(orthanc.instance_file(sc_entry["ID"])))
+    assert sc.SeriesDescription.startswith("AI summary: ")
+    assert sc.pixel_array.ndim == 3 and sc.SeriesInstanceUID not in (sr.SeriesInstanceUID,
+                                                                       sent.SeriesInstanceUID)
+
+    row = rows[0]
+    assert row["verdict"] == expected.label and row["finding"] == expected.finding
+    assert row["probability"] == pytest.approx(expected.probability, abs=1e-6)
+    assert row["priority"] == ("URGENT" if expected.finding else "ROUTINE")
+    assert row["modality"] == sent.Modality and row["time_to_flag_ms"] is not None
+    fhir = settings.gateway.spool_dir / "ai" / f"{row['thumbnail'][:-4]}.fhir.json"
+    assert json.loads(fhir.read_text(encoding="utf-8"))["status"] == "preliminary"
