@@ -1,5 +1,227 @@
-"""Subcommands of this package (placeholder until its issue lands)."""
+"""Gateway commands: ``up``, ``gateway``, ``echo``, ``send``, ``exports``.
+
+Registration stays cheap; pynetdicom, uvicorn and the gateway load inside handlers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
 
 
-def register(sub) -> None:  # noqa: ARG001
-    return None
+def register(sub) -> None:
+    p = sub.add_parser("up", help="gateway and HTTP app in one process (the embedded default)")
+    p.add_argument("--port", type=int, help="HTTP port (default serving.port)")
+    p.add_argument("--host", help="HTTP address (default serving.host)")
+    p.set_defaults(handler=cmd_up)
+
+    p = sub.add_parser("gateway", help="the DICOM gateway only (analyses served over HTTP)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus /metrics on this port (default: off)",
+    )
+    p.set_defaults(handler=cmd_gateway)
+
+    for name, helptext in (
+        ("echo", "C-ECHO a DICOM peer (default: our own gateway)"),
+        ("send", "C-STORE files to a DICOM peer, each in its own syntax"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--host", help="peer address (default: the gateway's)")
+        p.add_argument("--port", type=int, help="peer port (default: gateway.port)")
+        p.add_argument("--aec", help="called AE title (default: gateway.ae_title)")
+        p.add_argument("--aet", default="HAIDANG_SCU", help="our calling AE title")
+        p.add_argument("--timeout", type=float, default=30.0)
+        if name == "send":
+            p.add_argument("files", nargs="+", help="DICOM files or folders")
+            p.set_defaults(handler=cmd_send)
+        else:
+            p.set_defaults(handler=cmd_echo)
+
+    p = sub.add_parser("exports", help="write-back exports: list, retry dead letters")
+    esub = p.add_subparsers(dest="exports_command", metavar="ACTION", required=True)
+    q = esub.add_parser("list", help="list exports")
+    q.add_argument("--dead", action="store_true", help="only dead-lettered exports")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(handler=cmd_exports_list)
+    q = esub.add_parser("retry", help="send an export again (resets its attempts)")
+    q.add_argument("ids", nargs="+", type=int, metavar="ID")
+    q.set_defaults(handler=cmd_exports_retry)
+
+
+def _settings(args):
+    from haidang.settings import load_settings
+
+    return load_settings(args.config)
+
+
+def _wait_for_signal() -> None:
+    """Block until Ctrl-C or SIGTERM, so both stop the process cleanly."""
+    stop = threading.Event()
+
+    def _handler(signum, frame):  # noqa: ARG001
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _handler)
+    signal.signal(signal.SIGINT, _handler)
+    while not stop.wait(1.0):
+        pass
+
+
+def cmd_gateway(args) -> int:
+    from dicom_gateway.runtime import Gateway
+
+    settings = _settings(args)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=settings.serving.host)
+    gateway = Gateway(settings).start()
+    print(
+        f"haidang gateway: {settings.gateway.ae_title} listening on "
+        f"{settings.gateway.host}:{gateway.port}; Ctrl-C stops",
+        flush=True,
+    )
+    try:
+        _wait_for_signal()
+    finally:
+        gateway.stop()
+    return 0
+
+
+def basic_app(gateway):
+    """/healthz and /metrics, used by ``haidang up`` when no web app is installed."""
+    from fastapi import FastAPI, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    app = FastAPI(title="Hải Đăng gateway")
+
+    @app.get("/healthz")
+    def healthz():
+        counts = gateway.index.counts() if gateway.index else {}
+        return {"status": "ok", "dicom_port": gateway.port, "queue": counts}
+
+    @app.get("/metrics")
+    def prom():
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def cmd_up(args) -> int:
+    import uvicorn
+
+    from dicom_gateway.runtime import Gateway
+
+    settings = _settings(args)
+    gateway = Gateway(settings).start()
+    try:
+        web = importlib.import_module("haidang.web")
+        app = web.create_app(settings, gateway)
+    except ModuleNotFoundError as exc:
+        if exc.name != "haidang.web":
+            gateway.stop()
+            raise
+        app = basic_app(gateway)
+    host = args.host or settings.serving.host
+    port = args.port or settings.serving.port
+    print(
+        f"haidang up: DICOM {settings.gateway.ae_title} on port {gateway.port}, "
+        f"HTTP on http://{host}:{port}; Ctrl-C stops",
+        flush=True,
+    )
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        gateway.stop()
+    return 0
+
+
+def _peer(args, settings):
+    host = args.host or settings.gateway.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return host, args.port or settings.gateway.port, args.aec or settings.gateway.ae_title
+
+
+def cmd_echo(args) -> int:
+    from dicom_gateway.scu import echo
+
+    settings = _settings(args)
+    host, port, aec = _peer(args, settings)
+    t0 = time.perf_counter()
+    ok, detail = echo(host, port, aec, args.aet, args.timeout)
+    ms = (time.perf_counter() - t0) * 1000
+    print(f"C-ECHO {aec}@{host}:{port}: {'success' if ok else 'FAILED'} ({ms:.0f} ms){detail}")
+    return 0 if ok else 1
+
+
+def cmd_send(args) -> int:
+    from dicom_gateway.scu import expand_files, send_files
+
+    settings = _settings(args)
+    host, port, aec = _peer(args, settings)
+    files = expand_files(args.files)
+    if not files:
+        print("haidang send: no files found", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    results = send_files(host, port, aec, args.aet, files, args.timeout)
+    failed = [(f, s) for f, s in results if s is not None]
+    dt = time.perf_counter() - t0
+    for f, s in failed:
+        print(f"FAILED {f}: {s}", file=sys.stderr)
+    print(
+        f"sent {len(results) - len(failed)}/{len(files)} files to {aec}@{host}:{port} in {dt:.2f} s"
+    )
+    return 0 if not failed else 1
+
+
+def _ts(t) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S") if t else "-"
+
+
+def cmd_exports_list(args) -> int:
+    from dicom_gateway.index import Index
+    from dicom_gateway.metrics import uid_hash
+
+    index = Index(_settings(args).gateway.database_url)
+    rows = index.list_exports(dead_only=args.dead)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no dead-lettered exports" if args.dead else "no exports")
+        return 0
+    print(
+        f"{'ID':>6}  {'STATE':8} {'TRIES':>5}  {'DEST':10} {'STUDY':12}  {'NEXT/DONE (UTC)':19}  "
+        "LAST ERROR"
+    )
+    for r in rows:
+        when = r["done_at"] if r["state"] == "done" else r["next_attempt_at"]
+        print(
+            f"{r['id']:>6}  {r['state']:8} {r['attempts']:>5}  {r['destination'][:10]:10} "
+            f"{uid_hash(r['study_uid']):12}  {_ts(when):19}  {r['last_error'] or ''}"
+        )
+    return 0
+
+
+def cmd_exports_retry(args) -> int:
+    from dicom_gateway.index import Index
+
+    index = Index(_settings(args).gateway.database_url)
+    status = 0
+    for export_id in args.ids:
+        if index.retry_export(export_id):
+            print(f"export {export_id} queued again; a running gateway sends it within seconds")
+        else:
+            print(f"export {export_id}: no such export, or already delivered", file=sys.stderr)
+            status = 1
+    return status

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import time
 from pathlib import Path
 
@@ -27,10 +29,21 @@ PROPOSE = {
 }
 
 
-def gateway_settings(
-    tmp: Path, orthanc=None, *, allowed=None, quiet: float = 0.7, port: int | None = None, **export
-) -> Settings:
-    data = {
+def gateway_settings(tmp: Path, orthanc=None, **kwargs) -> Settings:
+    return Settings.model_validate(settings_data(tmp, orthanc, **kwargs))
+
+
+def settings_env(data: dict) -> dict[str, str]:
+    """The same settings as HAIDANG_<SECTION> variables (JSON), for a gateway subprocess."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAIDANG_")}
+    env.update({f"HAIDANG_{section.upper()}": json.dumps(value) for section, value in data.items()})
+    return env
+
+
+def settings_data(tmp: Path, orthanc=None, *, allowed=None, quiet: float = 0.7,
+                  port: int | None = None, min_free_bytes: int = 1024 * 1024,
+                  analyses=("study-summary",), **export) -> dict:
+    return {
         "gateway": {
             "ae_title": "HAIDANG",
             "host": "127.0.0.1",
@@ -41,7 +54,7 @@ def gateway_settings(
             "quiet_period_s": quiet,
             "spool_dir": str(tmp / "spool"),
             "database_url": f"sqlite:///{tmp / 'haidang.db'}",
-            "min_free_bytes": 1024 * 1024,
+            "min_free_bytes": min_free_bytes,
         },
         "destinations": []
         if orthanc is None
@@ -54,9 +67,8 @@ def gateway_settings(
             }
         ],
         "export": {"max_attempts": 20, "base_delay_s": 0.3, "max_delay_s": 1.0, **export},
-        "routes": [{"name": "all", "match": {}, "analyses": ["study-summary"]}],
+        "routes": [{"name": "all", "match": {}, "analyses": list(analyses)}],
     }
-    return Settings.model_validate(data)
 
 
 def send_as_is(
