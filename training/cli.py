@@ -1,5 +1,241 @@
-"""Subcommands of this package (placeholder until its issue lands)."""
+"""``haidang train``, ``haidang evaluate``, ``haidang models list|promote``.
+
+Registration is cheap; torch, MONAI and onnxruntime are imported inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+MODELS = ("cxr-pneumonia",)
 
 
-def register(sub) -> None:  # noqa: ARG001
-    return None
+def register(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model, export ONNX (parity-checked) and write its card"
+    )
+    p.add_argument("model", choices=MODELS, help="which model to train")
+    p.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="MedMNIST .npz (train/val splits) or a folder of DICOM files",
+    )
+    p.add_argument(
+        "--labels",
+        type=Path,
+        help="labels CSV for a DICOM folder "
+        "(columns: SOPInstanceUID or path, label, optional split=train/val)",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="new version folder, e.g. models/cxr-pneumonia/1.1.0",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="epochs per seed (default 16)")
+    p.add_argument(
+        "--seeds",
+        default=None,
+        help="comma-separated seeds; one ensemble member each (default 0,1)",
+    )
+    p.add_argument(
+        "--time-budget-min",
+        type=float,
+        default=None,
+        help="stop adding epochs after this many minutes in all (default 13); keeps the best",
+    )
+    p.add_argument("--size", type=int, default=28, help="model input size in pixels (default 28)")
+    p.add_argument("--promote", action="store_true", help="make the new version current")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a model version with onnxruntime; writes plots")
+    p.add_argument("model_dir", type=Path, help="a version folder, e.g. models/cxr-pneumonia/1.0.0")
+    p.add_argument(
+        "--data", required=True, type=Path, help="MedMNIST .npz or a folder of DICOM files"
+    )
+    p.add_argument(
+        "--split", default="test", help="npz split prefix or CSV split value (default test)"
+    )
+    p.add_argument("--labels", type=Path, help="labels CSV for a DICOM folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("models", help="the model registry: list versions, promote one to current")
+    p.add_argument(
+        "--models-dir", type=Path, help="registry root (default: settings serving.models_dir)"
+    )
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    q = msub.add_parser("list", help="every version with its validation metrics")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(handler=_models_list)
+    q = msub.add_parser("promote", help="make VERSION the one serving uses")
+    q.add_argument("name")
+    q.add_argument("version")
+    q.set_defaults(handler=_models_promote)
+
+
+def _models_dir(args) -> Path:
+    if getattr(args, "models_dir", None):
+        return args.models_dir
+    from haidang.settings import load_settings
+
+    return Path(load_settings(args.config).serving.models_dir)
+
+
+def _train(args) -> int:
+    from training.cxr_pneumonia import TrainConfig
+    from training.register import command_line, train_and_register
+
+    cfg = TrainConfig()
+    if args.epochs:
+        cfg.epochs = args.epochs
+    if args.seeds:
+        cfg.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.time_budget_min:
+        cfg.time_budget_s = args.time_budget_min * 60
+    if args.data.is_dir() and not args.labels:
+        print(
+            f"haidang train: {args.data} is a folder; give its labels with --labels FILE.csv",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        card = train_and_register(
+            args.data,
+            args.out,
+            cfg,
+            labels_csv=args.labels,
+            size=args.size,
+            command=command_line(),
+            progress=not args.no_progress,
+        )
+    except (FileExistsError, ValueError, RuntimeError) as exc:
+        print(f"haidang train: {exc}", file=sys.stderr)
+        return 1
+    m = card["metrics"]["validation"]
+    print(
+        f"{card['name']} {card['version']}: val AUC {m['auc']:.4f}, accuracy {m['accuracy']:.4f}, "
+        f"sensitivity {m['sensitivity']:.4f}, specificity {m['specificity']:.4f} at threshold "
+        f"{card['threshold']:.4f}; parity {card['parity']['max_abs_diff']:.2g}; "
+        f"written to {args.out}"
+    )
+    if args.promote:
+        from serving.registry import ModelRegistry
+
+        ModelRegistry(args.out.parent.parent).promote(args.out.parent.name, args.out.name)
+        print(f"current {args.out.parent.name} -> {args.out.name}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from serving.registry import RegistryError
+    from training.data import DataError
+    from training.evaluate import evaluate, to_json
+
+    try:
+        result = evaluate(
+            args.model_dir, args.data, args.split, args.labels, plots=not args.no_plots
+        )
+    except (RegistryError, DataError, FileNotFoundError) as exc:
+        print(f"haidang evaluate: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(to_json(result))
+    else:
+        print(
+            f"{result['model']} {result['version']} on {result['data']}:{result['split']} "
+            f"(n={result['n']}, {result['n_positive']} positive)"
+        )
+        for key in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "threshold"):
+            print(f"  {key:<12} {result[key]}")
+        for path in result.get("plots", []):
+            print(f"  plot         {path}")
+    return 0
+
+
+def _models_list(args) -> int:
+    import json
+
+    from serving.registry import ModelRegistry, RegistryError
+
+    reg = ModelRegistry(_models_dir(args))
+    rows = []
+    for name in reg.names():
+        try:
+            current = reg.current_version(name)
+        except RegistryError:
+            current = None
+        for version in reg.versions(name):
+            try:
+                mv = reg.version(name, version)
+                m = (mv.card.get("metrics") or {}).get("validation") or {}
+                status = "ok"
+            except RegistryError as exc:
+                m, status = {}, f"INVALID: {exc}"
+                mv = None
+            rows.append(
+                {
+                    "name": name,
+                    "version": version,
+                    "current": version == current,
+                    "auc": m.get("auc"),
+                    "accuracy": m.get("accuracy"),
+                    "sensitivity": m.get("sensitivity"),
+                    "specificity": m.get("specificity"),
+                    "threshold": mv.card.get("threshold") if mv else None,
+                    "created": mv.card.get("created") if mv else None,
+                    "status": status,
+                }
+            )
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return 0
+    if not rows:
+        print(f"no models under {reg.root}")
+        return 0
+    print(
+        f"{'':2}{'NAME':<16}{'VERSION':<10}{'VAL AUC':>8}{'ACC':>8}{'SENS':>8}{'SPEC':>8}"
+        f"{'THRESH':>9}  CREATED / STATUS"
+    )
+    for r in rows:
+
+        def f(v):
+            return f"{v:.4f}" if isinstance(v, int | float) else "-"
+
+        print(
+            f"{'*' if r['current'] else ' ':2}{r['name']:<16}{r['version']:<10}{f(r['auc']):>8}"
+            f"{f(r['accuracy']):>8}{f(r['sensitivity']):>8}{f(r['specificity']):>8}"
+            f"{f(r['threshold']):>9}  {r['created'] or ''} "
+            f"{'' if r['status'] == 'ok' else r['status']}"
+        )
+    return 0
+
+
+def _models_promote(args) -> int:
+    from serving.registry import ModelRegistry, RegistryError
+
+    reg = ModelRegistry(_models_dir(args))
+    try:
+        before = reg.current_version(args.name)
+    except RegistryError:
+        before = None
+    try:
+        reg.promote(args.name, args.version)
+    except RegistryError as exc:
+        print(f"haidang models promote: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: current {before or '(none)'} -> {args.version}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(required=True)
+    register(sub)
+    ns = parser.parse_args()
+    sys.exit(ns.handler(ns))

@@ -60,8 +60,9 @@ class ImagingClient:
 
     # --- embedded -------------------------------------------------------------------------
     def _predictor(self) -> Predictor:
-        return embedded_predictor(self.settings.models_dir, self.model,
-                                  self.settings.providers or None)
+        return embedded_predictor(
+            self.settings.models_dir, self.model, self.settings.providers or None
+        )
 
     # --- http -----------------------------------------------------------------------------
     def _post(self, route: str, body: dict) -> Any:
@@ -82,22 +83,26 @@ class ImagingClient:
                 if response.status_code < 400:
                     return response.json()
                 if response.status_code < 500:
-                    raise ValueError(f"serving {url}/{route} refused the request "
-                                     f"({response.status_code}): {response.text[:300]}")
+                    raise ValueError(
+                        f"serving {url}/{route} refused the request "
+                        f"({response.status_code}): {response.text[:300]}"
+                    )
                 tried.append(f"{url}: HTTP {response.status_code}")
             if attempt + 1 < attempts:
-                time.sleep(min(0.2 * 2 ** attempt, 2.0))
+                time.sleep(min(0.2 * 2**attempt, 2.0))
         raise ServingUnavailable(
             f"imaging serving did not answer after {attempts} attempts ({'; '.join(tried)}); "
             "check that `haidang serve-imaging` runs at serving.url, or unset serving.url to run "
-            "the model inside the gateway")
+            "the model inside the gateway"
+        )
 
     # --- the API --------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
         """Model identity, provider, threshold and input spec (cached after the first call)."""
         if self._info is None:
-            self._info = (self._predictor().describe() if self.mode == "embedded"
-                          else self._post("info", {}))
+            self._info = (
+                self._predictor().describe() if self.mode == "embedded" else self._post("info", {})
+            )
         return self._info
 
     def input_spec(self) -> dict[str, Any]:

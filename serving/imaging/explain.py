@@ -11,9 +11,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def occlusion_sensitivity(probabilities, image: np.ndarray, patch: int | None = None,
-                          stride: int | None = None, baseline: float | None = None,
-                          max_batch: int = 64) -> np.ndarray:
+def occlusion_sensitivity(
+    probabilities,
+    image: np.ndarray,
+    patch: int | None = None,
+    stride: int | None = None,
+    baseline: float | None = None,
+    max_batch: int = 64,
+) -> np.ndarray:
     """A [H, W] map for an ``image`` of [C, H, W] or [H, W]; positive where occlusion lowered
     the positive-class probability. ``probabilities`` maps a batch [N,C,H,W] to [N].
     """
@@ -34,16 +39,18 @@ def occlusion_sensitivity(probabilities, image: np.ndarray, patch: int | None = 
     base = float(np.asarray(probabilities(img[None]))[0])
     drops = np.empty(len(boxes), dtype=np.float32)
     for start in range(0, len(boxes), max_batch):
-        chunk = boxes[start:start + max_batch]
+        chunk = boxes[start : start + max_batch]
         batch = np.repeat(img[None], len(chunk), axis=0)
         for i, (y, x) in enumerate(chunk):
-            batch[i, :, y:y + patch, x:x + patch] = fill
-        drops[start:start + len(chunk)] = base - np.asarray(probabilities(batch), dtype=np.float32)
+            batch[i, :, y : y + patch, x : x + patch] = fill
+        drops[start : start + len(chunk)] = base - np.asarray(
+            probabilities(batch), dtype=np.float32
+        )
     heat = np.zeros((h, w), dtype=np.float32)
     count = np.zeros((h, w), dtype=np.float32)
     for (y, x), d in zip(boxes, drops, strict=True):
-        heat[y:y + patch, x:x + patch] += d
-        count[y:y + patch, x:x + patch] += 1
+        heat[y : y + patch, x : x + patch] += d
+        count[y : y + patch, x : x + patch] += 1
     heat /= np.maximum(count, 1)
     return heat
 

@@ -80,7 +80,8 @@ def to_probability(raw: np.ndarray, activation: str | None = None) -> np.ndarray
     raw = raw.reshape(raw.shape[0], -1)
     if raw.shape[1] >= 2:
         if activation in ("softmax", "logits", None) and not (
-            activation is None and np.all((raw >= 0) & (raw <= 1))
+            activation is None
+            and np.all((raw >= 0) & (raw <= 1))
             and np.allclose(raw.sum(1), 1, atol=1e-3)
         ):
             e = np.exp(raw - raw.max(1, keepdims=True))
@@ -106,9 +107,13 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         """Identity plus what a client needs to prepare inputs (the card's input section)."""
-        return {**self.session.info(), "threshold": self.threshold, "labels": self.labels,
-                "input": dict(self.session.card.get("input") or {}),
-                "input_shape": self.session.input_shape}
+        return {
+            **self.session.info(),
+            "threshold": self.threshold,
+            "labels": self.labels,
+            "input": dict(self.session.card.get("input") or {}),
+            "input_shape": self.session.input_shape,
+        }
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """Positive-class probabilities for images shaped [N, C, H, W] (or [N, H, W])."""
@@ -117,7 +122,7 @@ class Predictor:
             images = images[:, None]
         out = []
         for start in range(0, len(images), self.max_batch):
-            raw = self.session.run(images[start:start + self.max_batch])
+            raw = self.session.run(images[start : start + self.max_batch])
             out.append(to_probability(raw, self.activation))
         return np.concatenate(out) if out else np.zeros(0)
 
@@ -126,8 +131,16 @@ class Predictor:
         results = []
         for p in self.probabilities(images):
             finding = bool(p >= self.threshold)
-            results.append(Prediction(
-                probability=float(p), finding=finding, label=self.labels[1 if finding else 0],
-                threshold=self.threshold, model=info["model"], version=info["version"],
-                sha256=info["sha256"], provider=info["provider"]))
+            results.append(
+                Prediction(
+                    probability=float(p),
+                    finding=finding,
+                    label=self.labels[1 if finding else 0],
+                    threshold=self.threshold,
+                    model=info["model"],
+                    version=info["version"],
+                    sha256=info["sha256"],
+                    provider=info["provider"],
+                )
+            )
         return results

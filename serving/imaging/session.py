@@ -83,8 +83,13 @@ class ModelSession:
         self.input_shape = list(self._session.get_inputs()[0].shape)
         self.output_name = self._session.get_outputs()[0].name
         self._lock = threading.Lock()
-        log.info("model %s %s (sha256 %s) on %s", self.name, self.version, self.sha256[:12],
-                 self.provider)
+        log.info(
+            "model %s %s (sha256 %s) on %s",
+            self.name,
+            self.version,
+            self.sha256[:12],
+            self.provider,
+        )
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Raw model output for a float32 batch shaped like the model's input."""
@@ -92,19 +97,31 @@ class ModelSession:
         return self._session.run([self.output_name], {self.input_name: batch})[0]
 
     def info(self) -> dict[str, str]:
-        return {"model": self.name, "version": self.version, "sha256": self.sha256,
-                "provider": self.provider}
+        return {
+            "model": self.name,
+            "version": self.version,
+            "sha256": self.sha256,
+            "provider": self.provider,
+        }
 
 
-def load_from_registry(models_dir: Path, name: str, providers: list[str] | None = None,
-                       threads: int = 0) -> ModelSession:
+def load_from_registry(
+    models_dir: Path, name: str, providers: list[str] | None = None, threads: int = 0
+) -> ModelSession:
     """The current version of ``name`` in the registry at ``models_dir``, ready to run."""
     from serving.registry import ModelRegistry
 
     mv = ModelRegistry(Path(models_dir)).current(name)
     card = mv.card if isinstance(mv.card, dict) else _as_dict(mv.card)
-    return ModelSession(name=mv.name, version=str(mv.version), onnx_path=Path(mv.onnx_path),
-                        sha256=mv.sha256 or "", card=card, providers=providers, threads=threads)
+    return ModelSession(
+        name=mv.name,
+        version=str(mv.version),
+        onnx_path=Path(mv.onnx_path),
+        sha256=mv.sha256 or "",
+        card=card,
+        providers=providers,
+        threads=threads,
+    )
 
 
 def _as_dict(card: Any) -> dict[str, Any]:
