@@ -357,8 +357,8 @@ def _load_qd5948(ix: _Index, names_path: Path, fixes_path: Path, list_path: Path
             continue
         _add_interaction(ix, Interaction(
             id=f"qd5948-{stt:03d}",
-            a=index_on[one],
-            b=index_on[two],
+            a="/".join(sides[one]),
+            b="/".join(sides[two]),
             severity="contraindicated",
             mechanism_vi=_clean_text(row["CO_CHE"], fixes),
             consequence_vi=_clean_text(row["HAU_QUA"], fixes),
@@ -367,13 +367,16 @@ def _load_qd5948(ix: _Index, names_path: Path, fixes_path: Path, list_path: Path
             consequence_en=None,
             management_en=None,
             source=f"{QD5948_SOURCE}, STT {stt}",
-        ))
+        ), index_on[one], index_on[two])
 
 
-def _add_interaction(ix: _Index, item: Interaction) -> None:
+def _add_interaction(
+    ix: _Index, item: Interaction, on_a: str | None = None, on_b: str | None = None
+) -> None:
+    """Index `item` under every ingredient pair its sides expand to (or `on_a`/`on_b`)."""
     ix.interactions.append(item)
-    for x in _expand(ix, item.a):
-        for y in _expand(ix, item.b):
+    for x in _expand(ix, on_a or item.a):
+        for y in _expand(ix, on_b or item.b):
             if x == y:
                 continue
             bucket = ix.pairs.setdefault((x, y) if x < y else (y, x), [])
