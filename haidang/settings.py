@@ -28,7 +28,9 @@ class AllowedSource(_Section):
     """A calling AE allowed to push studies, and how long its studies stay quiet."""
 
     ae_title: str
-    host: str | None = Field(None, description="IP address the association must come from; any if empty")
+    host: str | None = Field(
+        None, description="IP address the association must come from; any if empty"
+    )
     quiet_period_s: float | None = Field(None, description="overrides gateway.quiet_period_s")
 
 
@@ -47,10 +49,14 @@ class GatewaySettings(_Section):
         default_factory=list,
         description="calling AEs that may associate; empty list = accept any (development only)",
     )
-    quiet_period_s: float = Field(3.0, description="a study is complete after this long with no new instance")
+    quiet_period_s: float = Field(
+        3.0, description="a study is complete after this long with no new instance"
+    )
     spool_dir: Path = Path("var/spool")
     database_url: str = "sqlite:///var/haidang.db"
-    min_free_bytes: int = Field(512 * 1024 * 1024, description="below this free disk space C-STORE answers 0xA700")
+    min_free_bytes: int = Field(
+        512 * 1024 * 1024, description="below this free disk space C-STORE answers 0xA700"
+    )
     fsync: bool = True
     tls: TLSSettings | None = None
     max_pdu: int = 0
@@ -89,7 +95,8 @@ class ServingSettings(_Section):
     retries: int = 3
     models_dir: Path = Path("models")
     providers: list[str] = Field(
-        default_factory=list, description="onnxruntime providers; empty = CUDA when available, else CPU"
+        default_factory=list,
+        description="onnxruntime providers; empty = CUDA when available, else CPU",
     )
 
 
@@ -99,7 +106,9 @@ class NotifySettings(_Section):
 
 
 class SecuritySettings(_Section):
-    development: bool = Field(False, description="switches off API keys and JWT checks; never in production")
+    development: bool = Field(
+        False, description="switches off API keys and JWT checks; never in production"
+    )
     api_keys: list[str] = Field(default_factory=list)
     jwks_file: Path | None = None
     allowed_issuers: list[str] = Field(default_factory=list)
@@ -155,7 +164,9 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_settings(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+def load_settings(
+    path: str | Path | None = None, environ: dict[str, str] | None = None
+) -> Settings:
     """Read the TOML file (``path``, else ``$HAIDANG_CONFIG``, else defaults) plus env overrides."""
     environ = dict(os.environ if environ is None else environ)
     path = path or environ.get(DEFAULT_CONFIG_ENV)
@@ -163,7 +174,9 @@ def load_settings(path: str | Path | None = None, environ: dict[str, str] | None
     if path:
         p = Path(path)
         if not p.is_file():
-            raise SettingsError(f"settings file {p} does not exist; copy haidang.example.toml and edit it")
+            raise SettingsError(
+                f"settings file {p} does not exist; copy haidang.example.toml and edit it"
+            )
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
