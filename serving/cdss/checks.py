@@ -46,6 +46,17 @@ class _Item:
     current: bool
 
 
+_MEMO_MAX = 50_000
+
+
+def _remember(memo: dict, key, value):
+    """Bounded memo: answers depend only on the key, so dropping them all is always safe."""
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
 @dataclass(slots=True)
 class CheckResult:
     alerts: list[InteractionAlert]
@@ -64,6 +75,13 @@ class CheckEngine:
 
             icd = Icd10()
         self.icd = icd
+        # Memos of pure functions of their key (ICD facts, range tests, parsed doses), so a
+        # request repeats no string work another request already did.
+        self._code_memo: dict[str, tuple[str, bool, bool]] = {}
+        self._range_memo: dict[tuple[str, str], bool] = {}
+        self._edit_memo: dict[tuple, list] = {}
+        self._dose_memo: dict[tuple, float | None] = {}
+        self._atc_memo: dict[str, frozenset[str]] = {}
 
     # ------------------------------------------------------------------ entry point
     def check(self, rx: Prescription) -> CheckResult:
@@ -172,7 +190,7 @@ class CheckEngine:
                     source=SOURCE_ENGINE,
                 ))
                 continue
-            groups = _atc4(x.drug) & _atc4(y.drug)
+            groups = self._atc4(x.drug) & self._atc4(y.drug)
             if not groups:
                 continue
             a, b = sorted((x, y), key=lambda i: i.drug.inn)
@@ -196,16 +214,28 @@ class CheckEngine:
                 source="WHOCC ATC/DDD Index (level 4 group); " + SOURCE_ENGINE,
             ))
 
+    def _atc4(self, drug: Drug) -> frozenset[str]:
+        groups = self._atc_memo.get(drug.inn)
+        if groups is None:
+            groups = _remember(self._atc_memo, drug.inn,
+                               frozenset(c[:5] for c in drug.atc_codes if len(c) >= 5))
+        return groups
+
     def _dose(self, alerts, index, line, drug: Drug, strength_from_name) -> None:
         limit = drug.max_daily_dose_mg
         if not limit:
             return
         daily = line.daily_dose_mg
         if daily is None:
-            try:
-                daily = daily_dose_mg(line.strength, line.dosage, strength_from_name)
-            except (ValueError, ZeroDivisionError, OverflowError):
-                daily = None
+            key = (line.strength, line.dosage, strength_from_name)
+            if key in self._dose_memo:
+                daily = self._dose_memo[key]
+            else:
+                try:
+                    daily = daily_dose_mg(line.strength, line.dosage, strength_from_name)
+                except (ValueError, ZeroDivisionError, OverflowError):
+                    daily = None
+                _remember(self._dose_memo, key, daily)
         if daily is None or daily <= limit * (1 + 1e-9):
             return
         alerts.append(InteractionAlert(
@@ -228,8 +258,14 @@ class CheckEngine:
         """Validate the codes; return the valid ones (normalised) for the protocol checks."""
         valid: list[str] = []
         for raw in rx.diagnoses:
-            code = self.icd.normalise(raw) or raw
-            if not self.icd.is_valid(code):
+            facts = self._code_memo.get(raw)
+            if facts is None:
+                norm = self.icd.normalise(raw) or raw
+                ok = self.icd.is_valid(norm)
+                facts = _remember(self._code_memo, raw,
+                                  (norm, ok, ok and self.icd.is_specific(norm)))
+            code, is_valid, is_specific = facts
+            if not is_valid:
                 alerts.append(InteractionAlert(
                     id=f"icd-invalid:{code}",
                     kind="icd-invalid",
@@ -244,7 +280,7 @@ class CheckEngine:
                 continue
             if code not in valid:
                 valid.append(code)
-            if not self.icd.is_specific(code):
+            if not is_specific:
                 alerts.append(InteractionAlert(
                     id=f"icd-specificity:{code}",
                     kind="icd-specificity",
@@ -258,7 +294,12 @@ class CheckEngine:
                     management_en="Choose the matching subcode.",
                     source=SOURCE_ICD,
                 ))
-            for edit in self.icd.sex_age_issues(code, rx.sex, rx.age_days):
+            edit_key = (code, rx.sex, rx.age_days)
+            edits = self._edit_memo.get(edit_key)
+            if edits is None:
+                edits = _remember(self._edit_memo, edit_key,
+                                  self.icd.sex_age_issues(code, rx.sex, rx.age_days))
+            for edit in edits:
                 sev = edit.severity if edit.severity in SEVERITY_RANK else "major"
                 alerts.append(InteractionAlert(
                     id=f"sex-age:{edit.rule_id}:{edit.kind}:{code}",
@@ -271,9 +312,15 @@ class CheckEngine:
                 ))
         return valid
 
+    def _in_range(self, code: str, rng: str) -> bool:
+        hit = self._range_memo.get((code, rng))
+        if hit is None:
+            hit = _remember(self._range_memo, (code, rng), self.icd.in_range(code, rng))
+        return hit
+
     def _matches(self, codes: Iterable[str], ranges: Iterable[str]) -> list[str]:
         ranges = tuple(ranges)
-        return [c for c in codes if any(self.icd.in_range(c, r) for r in ranges)]
+        return [c for c in codes if any(self._in_range(c, r) for r in ranges)]
 
     def _indications(self, alerts, items: list[_Item], codes: list[str]) -> None:
         done: set[str] = set()
@@ -351,10 +398,6 @@ class CheckEngine:
                 message_en=f"Pregnancy – {it.drug.inn}: {rule.message_en}",
                 source=rule.source,
             ))
-
-
-def _atc4(drug: Drug) -> set[str]:
-    return {code[:5] for code in drug.atc_codes if len(code) >= 5}
 
 
 def _fmt(x: float) -> str:
