@@ -1,5 +1,368 @@
-"""Subcommands of this package (placeholder until its issue lands)."""
+"""``haidang demo``: the whole imaging path on this machine, in about a minute.
+
+Starts the embedded stack in this process (gateway + in-process model + worklist page),
+Orthanc as the PACS when it is installed (otherwise results go to a local archive
+folder), sends the sample studies in ``datasets/samples`` with a DICOM client, waits for
+the AI results, and prints one line per study with its verdict and time to flag, plus
+the worklist URL. ``--json`` prints the same as one JSON object.
+
+Time to flag = result stored in the PACS (the gateway's write-back got Success) minus the
+moment the last instance of the study got Success, minus the quiet period the gateway
+waits to know a study is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET_PERIOD_S = 0.5
 
 
-def register(sub) -> None:  # noqa: ARG001
-    return None
+def register(sub) -> None:
+    p = sub.add_parser("demo", help="send the sample studies through AI triage, show the results")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--samples", help="folder of DICOM studies to send (default datasets/samples)")
+    p.add_argument("--workdir", help="where the demo keeps its spool, database, PACS and archive "
+                                     "(default: a new folder under var/demo)")
+    p.add_argument("--keep-running", action="store_true",
+                   help="keep the gateway, worklist and PACS up until Ctrl-C")
+    p.add_argument("--no-orthanc", action="store_true", help="write results to a local archive "
+                                                             "even when Orthanc is installed")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for results")
+    p.set_defaults(handler=run_demo)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def orthanc_binary() -> str | None:
+    return shutil.which("Orthanc", path=f"/usr/sbin:/usr/bin:{os.environ.get('PATH', '')}")
+
+
+class DemoOrthanc:
+    """An Orthanc on loopback with its own storage, the demo's PACS."""
+
+    def __init__(self, workdir: Path, binary: str):
+        self.workdir, self.binary = workdir, binary
+        self.aet, self.dicom_port, self.http_port = "ORTHANC", _free_port(), _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        import httpx
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "haidang-demo-pacs", "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "storage"), "DicomAet": self.aet,
+            "DicomPort": self.dicom_port, "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
+            "UnknownSopClassAccepted": True, "Plugins": [], "TcpNoDelay": True,
+        }
+        cfg = self.workdir / "orthanc.json"
+        cfg.write_text(json.dumps(config, indent=2))
+        self._log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([self.binary, str(cfg)], stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited ({self.proc.returncode}); "
+                                   f"see {self.workdir / 'orthanc.log'}")
+            try:
+                if httpx.get(f"{self.url}/system", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"Orthanc did not start in {timeout}s; see {self.workdir}/orthanc.log")
+
+    def count(self, modality: str) -> int:
+        import httpx
+
+        r = httpx.post(f"{self.url}/tools/find", timeout=10,
+                       json={"Level": "Instance", "Query": {"Modality": modality}})
+        return len(r.json()) if r.status_code == 200 else 0
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+class WebThread:
+    def __init__(self, app, port: int):
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="haidang-web", daemon=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def _models_dir(configured: Path) -> Path:
+    if (configured / "cxr-pneumonia" / "current").is_file():
+        return configured
+    shipped = REPO / "models"
+    if (shipped / "cxr-pneumonia" / "current").is_file():
+        return shipped
+    raise SystemExit(f"haidang demo: no cxr-pneumonia model under {configured} or {shipped}; "
+                     "run from the repository root, or train and register one with "
+                     "`haidang train cxr-pneumonia`")
+
+
+def demo_settings(workdir: Path, models_dir: Path, pacs: DemoOrthanc | None, base=None):
+    from haidang.settings import Settings
+
+    data = base.model_dump(mode="json") if base is not None else {}
+    data["gateway"] = {
+        **data.get("gateway", {}), "ae_title": "HAIDANG", "host": "127.0.0.1",
+        "port": _free_port(), "allowed_sources": [], "quiet_period_s": QUIET_PERIOD_S,
+        "spool_dir": str(workdir / "spool"), "database_url": f"sqlite:///{workdir / 'haidang.db'}",
+        "min_free_bytes": 16 * 1024 * 1024, "tls": None,
+    }
+    data["destinations"] = [] if pacs is None else [
+        {"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}]
+    data["routes"] = [
+        {"name": "chest-xray", "match": {"Modality": ["CR", "DX"],
+                                         "BodyPartExamined": ["CHEST", ""]},
+         "analyses": ["cxr-pneumonia"]},
+        {"name": "everything-else", "match": {}, "analyses": ["study-summary"]},
+    ]
+    data["serving"] = {**data.get("serving", {}), "url": None, "models_dir": str(models_dir),
+                       "host": "127.0.0.1", "port": _free_port()}
+    data["export"] = {**data.get("export", {}), "base_delay_s": 0.5, "max_delay_s": 5.0}
+    data["notify"] = {**data.get("notify", {})}
+    return Settings.model_validate(data)
+
+
+def _studies(files: list[Path]) -> dict[str, list[Path]]:
+    import pydicom
+
+    studies: dict[str, list[Path]] = {}
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["StudyInstanceUID"])
+        except Exception:  # noqa: BLE001 - not DICOM: skip (README, scripts)
+            continue
+        studies.setdefault(str(ds.StudyInstanceUID), []).append(f)
+    return studies
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    import numpy as np
+
+    return round(float(np.percentile(values, q)), 1)
+
+
+def _make_app(settings, gateway):
+    try:
+        from haidang.web import create_app
+
+        return create_app(settings, gateway)
+    except Exception as exc:  # noqa: BLE001 - the demo still shows the worklist
+        logging.getLogger("haidang.demo").warning("full web app unavailable (%s); serving the "
+                                                  "worklist only", exc)
+        from dicom_gateway.worklist import worklist_app
+
+        return worklist_app(settings, lambda: gateway.index)
+
+
+def run_demo(args) -> int:
+    from dicom_gateway.runtime import Gateway
+    from dicom_gateway.scu import send_files
+    from dicom_gateway.worklist import worklist_rows
+    from haidang.settings import load_settings
+
+    if str(args.log_level).upper() == "INFO":  # the default: keep the table readable
+        logging.getLogger().setLevel(logging.WARNING)
+    base = load_settings(args.config) if args.config else None
+    configured = Path(base.serving.models_dir) if base else Path("models")
+    models_dir = _models_dir(configured)
+    samples = Path(args.samples) if args.samples else REPO / "datasets" / "samples"
+    studies = _studies(sorted(samples.rglob("*.dcm")))
+    if not studies:
+        print(f"haidang demo: no DICOM files under {samples}", file=sys.stderr)
+        return 2
+    if args.workdir:
+        workdir = Path(args.workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+    else:
+        (REPO / "var" / "demo").mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"),
+                                        dir=REPO / "var" / "demo"))
+
+    binary = None if args.no_orthanc else orthanc_binary()
+    pacs = DemoOrthanc(workdir / "orthanc", binary) if binary else None
+    archive = workdir / "archive"
+    gateway = web = None
+    try:
+        if pacs:
+            pacs.start()
+        settings = demo_settings(workdir, models_dir, pacs, base)
+        from dicom_gateway.analyses.cxr_pneumonia import warm_up
+
+        warm_up(settings)  # load the model, fonts and builders before the clock starts
+        gateway = Gateway(settings).start()
+        web = WebThread(_make_app(settings, gateway), settings.serving.port)
+        web.start()
+
+        sent_at: dict[str, float] = {}
+        send_errors = []
+        for uid, files in studies.items():
+            results = send_files("127.0.0.1", gateway.port, settings.gateway.ae_title,
+                                 "HAIDANG_DEMO", files)
+            sent_at[uid] = time.time()
+            send_errors += [f"{f.name}: {why}" for f, why in results if why]
+
+        def finished() -> dict[str, dict]:
+            rows = {r["study_uid"]: r for r in worklist_rows(gateway.index)}
+            final = ("in-pacs", "done", "failed")
+            return rows if all(rows.get(u, {}).get("status") in final for u in studies) else {}
+
+        deadline = time.monotonic() + args.timeout
+        rows: dict[str, dict] = {}
+        while time.monotonic() < deadline and not rows:
+            rows = finished()
+            time.sleep(0.1)
+        rows = rows or {r["study_uid"]: r for r in worklist_rows(gateway.index)}
+
+        report = _report(studies, rows, sent_at, settings, pacs, archive, web, send_errors,
+                         gateway)
+        if pacs is None:
+            _archive_results(settings, archive)
+        if args.json:
+            print(json.dumps(report, ensure_ascii=False))
+        else:
+            _print_table(report)
+        if args.keep_running:
+            print("Ctrl-C stops the demo.")
+            try:
+                while True:
+                    time.sleep(1)
+            except KeyboardInterrupt:
+                pass
+        complete = report["studies_analysed"] == report["studies_sent"] and not send_errors
+        return 0 if complete else 1
+    finally:
+        if web:
+            web.stop()
+        if gateway:
+            gateway.stop()
+        if pacs:
+            pacs.stop()
+
+
+def _report(studies, rows, sent_at, settings, pacs, archive, web, send_errors, gateway) -> dict:
+    quiet = settings.gateway.quiet_period_s
+    table = []
+    ttf: list[float] = []
+    for uid, files in studies.items():
+        row = rows.get(uid, {})
+        done = gateway.index.query(
+            "SELECT MAX(e.done_at), COUNT(*), SUM(CASE WHEN e.state = 'done' THEN 1 ELSE 0 END) "
+            "FROM exports e JOIN results r ON r.id = e.result_id "
+            "WHERE e.study_uid = ? AND r.state = 'current'", (uid,))[0]
+        flagged_at = done[0] if done[1] and done[1] == done[2] else None
+        if pacs is None:
+            created = gateway.index.query(
+                "SELECT MAX(created_at) FROM results WHERE study_uid = ? AND state = 'current'",
+                (uid,))[0][0]
+            flagged_at = created
+        ms = round(1000 * max(0.0, flagged_at - sent_at[uid] - quiet), 1) if flagged_at else None
+        if ms is not None:
+            ttf.append(ms)
+        table.append({
+            "study": files[0].stem, "study_uid": uid, "instances": len(files),
+            "modality": row.get("modality"), "analysis": row.get("analysis"),
+            "verdict": row.get("verdict"), "probability": row.get("probability"),
+            "priority": row.get("priority"), "status": row.get("status"),
+            "time_to_flag_ms": ms,
+        })
+    objects = sum(int(gateway.index.query(
+        "SELECT COUNT(*) FROM exports WHERE study_uid = ? AND state = 'done' "
+        "AND sop_class_uid = '1.2.840.10008.5.1.4.1.1.88.34'", (u,))[0][0]) for u in studies)
+    if pacs is None:
+        objects = len([r for r in table if r["verdict"] not in (None, "not-applicable")])
+    return {
+        "studies_sent": len(studies),
+        "studies_analysed": len([r for r in table if r["status"] in ("in-pacs", "done")]),
+        "reports_written": objects,
+        "flagged": len([r for r in table if r["priority"] == "URGENT"]),
+        "time_to_flag_ms": {"p50": _percentile(ttf, 50), "p95": _percentile(ttf, 95),
+                            "max": max(ttf) if ttf else None},
+        "quiet_period_s": quiet,
+        "pacs": f"Orthanc {pacs.url}" if pacs else None,
+        "archive": None if pacs else str(archive),
+        "worklist_url": f"{web.url}/worklist",
+        "send_errors": send_errors,
+        "studies": table,
+    }
+
+
+def _archive_results(settings, archive: Path) -> None:
+    """Without a PACS, results stay in the spool; copy them where a person finds them."""
+    results = Path(settings.gateway.spool_dir) / "results"
+    if results.is_dir():
+        shutil.copytree(results, archive, dirs_exist_ok=True)
+    ai = Path(settings.gateway.spool_dir) / "ai"
+    if ai.is_dir():
+        shutil.copytree(ai, archive / "summaries", dirs_exist_ok=True)
+
+
+def _print_table(report: dict) -> None:
+    vi = {"pneumonia": "NGHI NGỜ VIÊM PHỔI", "normal": "không viêm phổi",
+          "received": "đã nhận (không phải X-quang ngực)"}
+    print(f"{'study':24} {'mod':4} {'priority':8} {'AI verdict / kết luận':38} {'prob':>6} "
+          f"{'time to flag':>12}")
+    for r in sorted(report["studies"], key=lambda r: (r["priority"] != "URGENT", r["study"])):
+        verdict = r["verdict"] or "-"
+        shown = f"{verdict} / {vi.get(verdict, verdict)}"
+        prob = "-" if r["probability"] is None else f"{100 * r['probability']:.1f}%"
+        ttf = "-" if r["time_to_flag_ms"] is None else f"{r['time_to_flag_ms'] / 1000:.2f} s"
+        print(f"{r['study'][:24]:24} {(r['modality'] or '-'):4} {(r['priority'] or '-'):8} "
+              f"{shown[:38]:38} {prob:>6} {ttf:>12}")
+    t = report["time_to_flag_ms"]
+    print(f"\n{report['studies_sent']} studies sent, {report['reports_written']} AI reports "
+          f"written, {report['flagged']} flagged URGENT; time to flag p50 {t['p50']} ms, "
+          f"p95 {t['p95']} ms (after the {report['quiet_period_s']} s quiet period)")
+    print(f"PACS: {report['pacs']}" if report["pacs"] else f"archive: {report['archive']}")
+    print(f"worklist: {report['worklist_url']}")
+    for err in report["send_errors"]:
+        print(f"send error: {err}")
