@@ -263,7 +263,8 @@ def _expand(ix: _Index, side: str) -> set[str]:
 
 
 def _register_name(ix: _Index, name: str, keys: tuple[str, ...], label: str, where: str):
-    for key in filter(None, {names.fold(name)}):
+    # The written name and the name with form words dropped (as prescribed lines are read).
+    for key in filter(None, {names.fold(name), names.fold(names.name_part(name))}):
         have = ix.names.get(key)
         if have is not None and have[0] != keys:
             raise KnowledgeError(
