@@ -72,3 +72,57 @@ def test_storescu_to_pacs_sr_and_visual_summary(tmp_path, orthanc):
     assert row["modality"] == sent.Modality and row["time_to_flag_ms"] is not None
     fhir = settings.gateway.spool_dir / "ai" / f"{row['thumbnail'][:-4]}.fhir.json"
     assert json.loads(fhir.read_text(encoding="utf-8"))["status"] == "preliminary"
+
+
+def test_split_mode_gateway_calls_bentoml_service(tmp_path, orthanc):
+    """``haidang gateway`` + ``haidang serve-imaging``: inference over HTTP, same results."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from serving.imaging_cli import start_imaging_service
+    from tests.imaging_e2e import model_registry
+    from tests.pacs import free_port
+
+    registry = model_registry(tmp_path)
+    port = free_port()
+    log = open(tmp_path / "bentoml.log", "wb")  # noqa: SIM115
+    proc = start_imaging_service(None, "127.0.0.1", port, str(registry), stdout=log,
+                                 stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def ready():
+            try:
+                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return proc.poll() is not None
+        wait_until(ready, timeout=90, what="bentoml serve")
+        assert proc.poll() is None, (tmp_path / "bentoml.log").read_text()[-2000:]
+        settings = imaging_settings(tmp_path, orthanc, url=url)
+        (study_uid, files), = cxr_studies(tmp_path / "in", 1)
+        with Gateway(settings) as gw:
+            t0 = time.time()
+            send_as_is(files, gw.port)
+            wait_until(lambda: _pacs_objects(orthanc, study_uid, "SR"), timeout=90,
+                       what="SR in Orthanc")
+            rows = wait_until(lambda: [r for r in worklist_rows(gw.index)
+                                       if r["study_uid"] == study_uid], timeout=10, what="row")
+            assert time.time() - t0 < 60
+        summary = gw.index.results(study_uid)[-1]["summary"]
+        assert summary["serving_mode"] == "http"
+        client = ImagingClient.from_settings(settings)
+        sent = pydicom.dcmread(files[0])
+        served = client.predict(dicom_to_model_input(sent, client.input_spec())[None])[0]
+        sr = pydicom.dcmread(__import__("io").BytesIO(
+            orthanc.instance_file(_pacs_objects(orthanc, study_uid, "SR")[0]["ID"])))
+        present, probability = read_finding(sr)
+        assert present == served.finding and rows[0]["finding"] == served.finding
+        assert probability == pytest.approx(served.probability, abs=1e-6)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -120,7 +120,7 @@ def build_sr(source_images: Sequence[Dataset], prediction: Prediction, *,
 
 def read_finding(sr: Dataset) -> tuple[bool, float]:
     """(pneumonia present, probability) as stored in an SR built here: for tests and audits."""
-    parsed = sr if isinstance(sr, Comprehensive3DSR) else Comprehensive3DSR.from_dataset(sr)
+    parsed = Comprehensive3DSR.from_dataset(sr, copy=True)
     group = parsed.content.get_image_measurement_groups()[0]
     evaluation = group.get_qualitative_evaluations(name=PNEUMONIA)[0]
     measurement = group.get_measurements(name=PROBABILITY)[0]
