@@ -64,7 +64,7 @@ def write_plots(
     def save(fig, name):
         path = out_dir / f"{prefix}-{name}.png"
         fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
         paths.append(path)
 
