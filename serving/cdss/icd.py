@@ -203,8 +203,9 @@ def _read_table(path: Path) -> list[list[object]]:
     else:
         raw = path.read_bytes()
         text = raw.decode("utf-8-sig") if raw[:3] == b"\xef\xbb\xbf" else raw.decode("utf-8")
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
-        rows = [list(r) for r in csv.reader(text.splitlines(), dialect)]
+        head = text[:8192]
+        delimiter = max(",;\t", key=head.count)  # Excel in Vietnamese locales writes ";"
+        rows = [list(r) for r in csv.reader(text.splitlines(), delimiter=delimiter)]
     # Skip title lines above the header: the header is the first row with 2+ text cells.
     while rows and sum(1 for c in rows[0] if c not in (None, "")) < 2:
         rows.pop(0)

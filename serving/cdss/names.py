@@ -48,12 +48,10 @@ WORD_EQUIVALENTS = {
     "canxi": "calcium",
     "magnesi": "magnesium",
     "sat": "iron",
-    "kem": "zinc",
     "clorid": "chloride",
     "hydroclorid": "hydrochloride",
     "sulfat": "sulfate",
     "sulphate": "sulfate",
-    "vitamin": "vitamin",
 }
 
 STRENGTH = re.compile(
