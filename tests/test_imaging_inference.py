@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from serving.imaging.explain import normalise, occlusion_sensitivity, resize_map
-from serving.imaging.predictor import Predictor, card_threshold, to_probability
+from serving.imaging.predictor import (
+    Predictor,
+    card_activation,
+    card_threshold,
+    to_probability,
+)
 from serving.imaging.session import ModelSession, choose_providers, file_sha256
 from tests.imaging_model import CARD, SIZE, bright_top_left, build_onnx
 
@@ -59,9 +64,12 @@ def test_card_threshold_shapes():
         card_threshold({})
 
 
-def test_to_probability_handles_two_class_logits():
+def test_to_probability_handles_two_class_logits_and_probability_outputs():
     p = to_probability(np.array([[0.0, 0.0], [0.0, 10.0]]), "softmax")
     assert p[0] == pytest.approx(0.5) and p[1] > 0.99
+    as_is = card_activation({"output": {"name": "probability"}})
+    assert to_probability(np.array([[0.7]]), as_is)[0] == pytest.approx(0.7)
+    assert to_probability(np.array([[0.0]]), "sigmoid")[0] == pytest.approx(0.5)
 
 
 def test_occlusion_map_has_image_shape_and_points_at_the_evidence(session):

@@ -68,9 +68,12 @@ def card_labels(card: dict[str, Any]) -> list[str]:
 
 
 def card_activation(card: dict[str, Any]) -> str | None:
+    """``output.activation`` from the card; an output named ``probability`` needs none."""
     output = card.get("output") or {}
     if isinstance(output, dict) and output.get("activation"):
         return str(output["activation"]).lower()
+    if isinstance(output, dict) and str(output.get("name", "")).lower() == "probability":
+        return "none"
     return None
 
 
