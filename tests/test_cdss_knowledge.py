@@ -239,6 +239,10 @@ def test_rules(kb):
     assert kb.pregnancy_risk("isotretinoin").trimesters == frozenset({1, 2, 3})
     assert kb.pregnancy_risk("perindopril").trimesters == frozenset({2, 3})
     assert kb.pregnancy_risk("paracetamol") is None
+    for inn in kb.drugs:  # messages are shown as written: no unfilled placeholders
+        for rule in [*kb.contraindications(inn), kb.pregnancy_risk(inn)]:
+            if rule is not None:
+                assert "{" not in rule.message_vi + rule.message_en, rule.id
 
 
 def test_text_fixes_applied(kb):
