@@ -1,0 +1,146 @@
+"""Time to flag: last instance's C-STORE Success → the AI SR stored in Orthanc, minus quiet period.
+
+Real parts: Orthanc as the PACS, dcmtk ``storescu`` (TCP_NODELAY=1) as the modality, the
+gateway in-process in embedded mode (model in-process, warmed up). Each study is one
+sample radiograph with fresh UIDs. Studies arrive one every ``--interval`` seconds
+(a busy X-ray room sends one every few minutes; ``--interval 0`` sends back to back and
+measures queueing instead).
+
+Clock points, all ``time.time()`` in this process: the gateway's index records when it
+stored the study's last instance (just before answering Success) and when the write-back
+of the SR got Success from Orthanc. Time to flag = SR stored − last instance − quiet period.
+
+    python bench/time_to_flag/run.py [--studies 60] [--interval 1.0] [--quiet 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+
+
+def make_studies(dest: Path, count: int) -> list[tuple[str, Path]]:
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    samples = sorted((ROOT / "datasets" / "samples").glob("cxr-*.dcm"))
+    out = []
+    for n in range(count):
+        ds = pydicom.dcmread(samples[n % len(samples)])
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        path = dest / f"{n:03d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        out.append((str(ds.StudyInstanceUID), path))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--studies", type=int, default=60)
+    ap.add_argument("--interval", type=float, default=1.0, help="seconds between studies")
+    ap.add_argument("--quiet", type=float, default=0.5, help="gateway quiet period (s)")
+    ap.add_argument("--models-dir", default=str(ROOT / "models"))
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    from tqdm import tqdm
+
+    from dicom_gateway.analyses.cxr_pneumonia import warm_up
+    from dicom_gateway.runtime import Gateway
+    from haidang.demo import DemoOrthanc, demo_settings, orthanc_binary
+
+    work = Path(tempfile.mkdtemp(prefix="ttf-"))
+    binary = orthanc_binary()
+    if not binary:
+        raise SystemExit("Orthanc is not installed (apt-get install orthanc)")
+    pacs = DemoOrthanc(work / "orthanc", binary)
+    pacs.start()
+    settings = demo_settings(work, Path(args.models_dir), pacs)
+    data = settings.model_dump(mode="json")
+    data["gateway"]["quiet_period_s"] = args.quiet
+    settings = type(settings).model_validate(data)
+    studies = make_studies(work, args.studies)
+    info = warm_up(settings)
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    gateway = Gateway(settings).start()
+    try:
+        for _uid, path in tqdm(studies, desc="sending", unit="study"):
+            t = time.monotonic()
+            subprocess.run(["/usr/bin/storescu", "--required", "-aet", "MODALITY", "-aec",
+                            "HAIDANG", "127.0.0.1", str(gateway.port), str(path)],
+                           check=True, env=env, capture_output=True)
+            time.sleep(max(0.0, args.interval - (time.monotonic() - t)))
+        uids = [u for u, _ in studies]
+        deadline = time.monotonic() + 120
+        marks = "".join("?" * len(uids))
+        while time.monotonic() < deadline:
+            done = gateway.index.query(
+                f"SELECT COUNT(DISTINCT study_uid) FROM exports WHERE state = 'done' "
+                f"AND sop_class_uid = ? AND study_uid IN ({','.join(marks)})", (SR_CLASS, *uids))
+            if done[0][0] == len(uids):
+                break
+            time.sleep(0.2)
+        rows = []
+        for uid in uids:
+            (last, quiet, assembled), = gateway.index.query(
+                "SELECT last_arrival, quiet_period_s, assembled_at FROM studies "
+                "WHERE study_uid = ?", (uid,))
+            (started, finished), = gateway.index.query(
+                "SELECT started_at, finished_at FROM jobs WHERE study_uid = ? ORDER BY id DESC "
+                "LIMIT 1", (uid,))
+            stored = gateway.index.query(
+                "SELECT MAX(done_at) FROM exports WHERE study_uid = ? AND sop_class_uid = ? "
+                "AND state = 'done'", (uid, SR_CLASS))[0][0]
+            rows.append({"ttf": stored - last - quiet if stored else None,
+                         "assembly_lag": assembled - last - quiet,
+                         "queue": started - assembled, "job": finished - started,
+                         "export": stored - finished if stored else None})
+        in_pacs = pacs.count("SR")
+    finally:
+        gateway.stop()
+        pacs.stop()
+
+    ttf = np.array([r["ttf"] for r in rows if r["ttf"] is not None]) * 1000
+    def stat(key):
+        v = np.array([r[key] for r in rows if r[key] is not None]) * 1000
+        return f"{np.percentile(v, 50):.0f} / {np.percentile(v, 95):.0f}"
+    result = {
+        "studies": len(rows), "srs_in_orthanc": in_pacs, "interval_s": args.interval,
+        "quiet_period_s": args.quiet, "model": f"{info['model']} {info['version']}",
+        "provider": info["provider"],
+        "time_to_flag_ms": {"p50": round(float(np.percentile(ttf, 50)), 1),
+                            "p95": round(float(np.percentile(ttf, 95)), 1),
+                            "max": round(float(ttf.max()), 1)},
+    }
+    print(f"{len(rows)} studies, {in_pacs} SRs in Orthanc, one every {args.interval}s, quiet "
+          f"period {args.quiet}s, model {result['model']} on {info['provider']}\n")
+    print("| measure (ms) | p50 / p95 |\n| --- | ---: |")
+    print(f"| **time to flag** (SR stored − last Success − quiet) | "
+          f"{result['time_to_flag_ms']['p50']:.0f} / {result['time_to_flag_ms']['p95']:.0f} |")
+    for key, label in (("assembly_lag", "assembler notices the quiet study"),
+                       ("queue", "job waits for the worker"), ("job", "analysis + spool writes"),
+                       ("export", "write-back of SR to Orthanc")):
+        print(f"| {label} | {stat(key)} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
