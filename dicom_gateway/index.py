@@ -172,7 +172,10 @@ class Index:
                 self.path, timeout=30, isolation_level=None, check_same_thread=False
             )
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")  # a commit survives power loss
+            # NORMAL: a commit survives a process crash; after an OS crash the last commits may
+            # roll back, and Gateway.start() re-indexes spool files the index lost (the
+            # fsynced spool is the journal), so an acknowledged instance is never lost
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
         else:
             import psycopg
@@ -223,6 +226,9 @@ class Index:
         self._local = threading.local()
 
     # -- ingest -----------------------------------------------------------------------
+
+    def indexed_paths(self) -> set[str]:
+        return {row[0] for row in self.query("SELECT path FROM instances")}
 
     def has_instance(self, sop_uid: str) -> bool:
         return bool(self.query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))

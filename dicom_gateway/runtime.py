@@ -38,6 +38,7 @@ class Gateway:
         self._exports_ready = threading.Event()  # a job queued exports
         self._tick = threading.Event()  # the assembler just polls
         self._threads: list[threading.Thread] = []
+        self._listeners: list = []
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -46,22 +47,27 @@ class Gateway:
         self.spool = Spool(g.spool_dir, g.min_free_bytes, g.fsync)
         swept = self.spool.sweep_temporaries()
         self.index = Index(g.database_url)
+        reindexed = self.reindex_spool()
         resumed = self.index.resume()
         counts = self.index.counts()
         log.info(
             "gateway starting: %s instances indexed, %s studies waiting, %s jobs pending, "
-            "%s exports pending; took back %s jobs and %s exports; swept %s temporaries",
+            "%s exports pending; took back %s jobs and %s exports; re-indexed %s spool files; "
+            "swept %s temporaries",
             counts.get("instances", 0),
             counts.get("studies.receiving", 0),
             counts.get("jobs.pending", 0),
             counts.get("exports.pending", 0),
             resumed["jobs"],
             resumed["exports"],
+            reindexed,
             swept,
         )
         self._stop.clear()
         self.scp = StorageSCP(g, self.spool, self.index)
+        self.scp.reuse_port = g.listener_processes > 1
         self.scp.start()
+        self._start_extra_listeners()
         for name, target in (
             ("assembler", self._assembler_loop),
             ("worker", self._worker_loop),
@@ -74,12 +80,64 @@ class Gateway:
         self._exports_ready.set()
         return self
 
+    def _start_extra_listeners(self) -> None:
+        """More listener processes on the same port: parallel associations use more cores."""
+        import multiprocessing
+
+        n = self.settings.gateway.listener_processes - 1
+        if n <= 0:
+            return
+        ctx = multiprocessing.get_context("spawn")
+        settings = self.settings.model_copy(deep=True)
+        settings.gateway.port = self.port  # the port actually bound (0 = any)
+        for i in range(n):
+            proc = ctx.Process(target=run_listener, args=(settings.model_dump_json(), os.getpid()),
+                               name=f"haidang-listener-{i + 1}", daemon=True)
+            proc.start()
+            self._listeners.append(proc)
+
+    def reindex_spool(self) -> int:
+        """Index spool files the index does not know (its last commits lost in an OS crash)."""
+        from dicom_gateway.scp import ROUTING_KEYS, Unparsable, parse_header
+
+        instances = self.spool.root / "instances"
+        if not instances.is_dir():
+            return 0
+        known = self.index.indexed_paths()
+        n = 0
+        for path in instances.rglob("*.dcm"):
+            rel = str(path.relative_to(self.spool.root))
+            if rel in known:
+                continue
+            try:
+                with open(path, "rb") as fp:
+                    ds = parse_header(fp.read())
+            except (OSError, Unparsable) as exc:
+                log.error("spool file %s cannot be re-indexed: %s", rel, exc)
+                continue
+            meta = ds.file_meta
+            ae = str(meta.get("SourceApplicationEntityTitle", "") or "").strip()
+            attrs = {k: str(ds.get(k, "") or "") for k in ROUTING_KEYS}
+            attrs["SOPClassUID"] = str(ds.SOPClassUID)
+            self.index.record_instance(
+                sop_uid=str(ds.SOPInstanceUID).strip(), study_uid=str(ds.StudyInstanceUID).strip(),
+                series_uid=str(ds.SeriesInstanceUID).strip(), sop_class_uid=str(ds.SOPClassUID),
+                transfer_syntax=str(meta.TransferSyntaxUID), path=rel,
+                size=path.stat().st_size, calling_ae=ae, attrs=attrs,
+                quiet_period_s=self.settings.gateway.quiet_period_s, now=path.stat().st_mtime)
+            n += 1
+        return n
+
     def stop(self) -> None:
         self._stop.set()
         for ev in (self._jobs_ready, self._exports_ready, self._tick):
             ev.set()
         if self.scp:
             self.scp.stop()
+        for proc in self._listeners:
+            proc.terminate()
+            proc.join(10)
+        self._listeners.clear()
         for t in self._threads:
             t.join(timeout=30)
         self._threads.clear()
@@ -155,3 +213,20 @@ class Gateway:
             return exporter.run_once() > 0
 
         self._loop("exporter", step, self._exports_ready, 0.25)
+
+
+def run_listener(settings_json: str, parent_pid: int) -> None:
+    """An extra listener process: C-STORE into the shared spool and index, nothing else."""
+    settings = Settings.model_validate_json(settings_json)
+    g = settings.gateway
+    spool = Spool(g.spool_dir, g.min_free_bytes, g.fsync)
+    index = Index(g.database_url)
+    scp = StorageSCP(g, spool, index)
+    scp.reuse_port = True
+    scp.start()
+    try:
+        while os.getppid() == parent_pid:  # the gateway died (even kill -9): stop listening
+            time.sleep(0.5)
+    finally:
+        scp.stop()
+        index.close()

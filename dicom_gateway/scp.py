@@ -18,6 +18,7 @@ import pydicom
 from pynetdicom import AE, _config, evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_gateway import metrics
 from dicom_gateway.index import Index
@@ -29,7 +30,8 @@ log = logging.getLogger("haidang.gateway.scp")
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110  # index or disk error other than space: the caller retries later
+PROCESSING_FAILURE = 0x0110
+DUL_LOOP_DELAY_S = 0.0002  # index or disk error other than space: the caller retries later
 
 ROUTING_KEYS = (
     "Modality",
@@ -69,18 +71,43 @@ def set_nodelay(sock) -> None:
             pass
 
 
+HEADER_TAGS = ["SpecificCharacterSet", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+               "SOPClassUID", *ROUTING_KEYS]
+
+
 def parse_header(data: bytes) -> pydicom.Dataset:
-    """Parse everything before the pixel data; raise Unparsable if it is not DICOM we can index."""
+    """Parse the header up to the pixel data; raise Unparsable if it is not DICOM we can index.
+
+    Reading walks every element's tag and length (a broken structure fails here); only
+    the attributes the index and the routing rules need are decoded, to keep ingest lean.
+    """
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-        for _elem in ds:  # converts every element: broken values fail here
-            pass
-        uids = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID)
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        uids = [str(ds[k].value).strip() for k in HEADER_TAGS[1:5]]
+        for key in ROUTING_KEYS:
+            ds.get(key)
     except Exception as exc:  # noqa: BLE001 - whatever pydicom raises, the data is not understood
         raise Unparsable(f"{type(exc).__name__}: {exc}") from exc
-    if not all(str(u).strip() for u in uids):
-        raise Unparsable("Study, Series or SOP Instance UID is empty")
+    if not all(uids) or any(len(u) > 64 for u in uids):
+        raise Unparsable("Study, Series or SOP Instance UID is empty or too long")
     return ds
+
+
+class _ReusePortServer(ThreadedAssociationServer):
+    """Several listener processes share the port; the kernel spreads associations over them."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+class GatewayAE(AE):
+    reuse_port = False
+
+    def make_server(self, address, *args, server_class=None, **kwargs):
+        if self.reuse_port and server_class is ThreadedAssociationServer:
+            server_class = _ReusePortServer
+        return super().make_server(address, *args, server_class=server_class, **kwargs)
 
 
 class StorageSCP:
@@ -104,6 +131,7 @@ class StorageSCP:
             if s.quiet_period_s is not None
         }
         self.server = None
+        self.reuse_port = False
 
     # -- association control ----------------------------------------------------------
 
@@ -121,6 +149,8 @@ class StorageSCP:
 
     def handle_conn_open(self, event) -> None:
         set_nodelay(event.assoc.dul.socket.socket)
+        # the DUL polls its socket; a shorter idle sleep cuts latency per PDU (default 1 ms)
+        event.assoc.dul._run_loop_delay = DUL_LOOP_DELAY_S
 
     def handle_requested(self, event) -> None:
         assoc = event.assoc
@@ -152,7 +182,9 @@ class StorageSCP:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         try:
             stream = event.request.DataSet.getvalue()
-            head = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(event.file_meta)))
+            meta = event.file_meta
+            meta.SourceApplicationEntityTitle = calling_ae  # who sent it, for re-indexing
+            head = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta)))
         except Exception as exc:  # noqa: BLE001
             log.warning("C-STORE from %s: no data set (%s)", calling_ae, exc)
             metrics.INSTANCES.labels("unparsable").inc()
@@ -225,7 +257,8 @@ class StorageSCP:
         # accept every storage-like abstract syntax (known, private or unknown) and the first
         # transfer syntax the caller proposes for it: data are stored exactly as sent
         _config.UNRESTRICTED_STORAGE_SERVICE = True
-        ae = AE(ae_title=self.settings.ae_title)
+        ae = GatewayAE(ae_title=self.settings.ae_title)
+        ae.reuse_port = self.reuse_port
         ae.add_supported_context(Verification)
         ae.maximum_pdu_size = self.settings.max_pdu
         ae.maximum_associations = 32

@@ -60,6 +60,9 @@ class GatewaySettings(_Section):
     fsync: bool = True
     tls: TLSSettings | None = None
     max_pdu: int = 0
+    listener_processes: int = Field(
+        1, ge=1, description="DICOM listener processes sharing the port (SO_REUSEPORT)"
+    )
 
 
 class Destination(_Section):

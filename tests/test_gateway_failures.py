@@ -239,3 +239,25 @@ def test_cli_echo_and_send(tmp_path):
 def test_echo_to_nobody_fails_cleanly():
     ok, detail = echo("127.0.0.1", free_port(), "NOBODY", timeout=2)
     assert not ok and "is the peer running" in detail
+
+
+def test_spool_files_the_index_lost_are_reindexed_on_start(tmp_path):
+    """After an OS crash the last index commits may roll back; the fsynced spool is the journal."""
+    settings = gateway_settings(tmp_path, quiet=0.3)
+    study_uid, files = make_study(["ct", "us_rle"], tmp_path / "send")
+    with Gateway(settings) as gw:
+        for res in send_as_is(files, gw.port):
+            assert res.returncode == 0, res.stderr
+        gw.scp.stop()  # no more traffic; simulate the lost commits below
+    index = Index(settings.gateway.database_url)
+    with index.tx() as q:
+        q("DELETE FROM instances")
+        q("DELETE FROM studies")
+        q("DELETE FROM jobs")
+    index.close()
+    with Gateway(settings) as gw:
+        got = {i["sop_uid"]: i for i in gw.index.study_instances(study_uid)}
+        assert sorted(got) == sorted(f.stem for f in files)
+        assert {i["calling_ae"] for i in got.values()} == {"STORESCU"}
+        wait_until(lambda: (gw.index.study(study_uid) or {}).get("state") == "processed",
+                   timeout=20, what="re-indexed study processed")

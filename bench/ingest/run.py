@@ -1,0 +1,193 @@
+"""Ingest benchmark: the same dcmtk storescu sends the same kind of study to three SCPs.
+
+(a) the Haidang gateway (``haidang gateway``, fsync on: spool file + directory + index commit
+    before every Success), (b) dcmtk ``storescp`` writing to a temporary directory (no fsync),
+(c) Orthanc 1.10. Targets alternate round by round; each round sends fresh-UID copies
+(several hundred small CT instances and a few large CR) so nothing is a duplicate.
+TCP_NODELAY=1 for every dcmtk process. Prints instances/s, MB/s and the ratios.
+
+    python bench/ingest/run.py --ct 300 --cr 3 --rounds 2 [--parallel 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.dicomdata import fresh_copy  # noqa: E402
+from tests.pacs import Orthanc, dcmtk, dcmtk_env, free_port, wait_for_port  # noqa: E402
+
+
+def make_files(dest: Path, n_ct: int, n_cr: int) -> list[Path]:
+    from pydicom.uid import generate_uid
+
+    study = generate_uid()
+    series = generate_uid()
+    files = [fresh_copy("ct", dest, study_uid=study, series_uid=series) for _ in range(n_ct)]
+    files += [fresh_copy("cr", dest, study_uid=study) for _ in range(n_cr)]
+    return files
+
+
+def send(files: list[Path], port: int, aec: str, parallel: int) -> float:
+    """Wall time for storescu (one or more processes, each one association) to send all files."""
+    chunks = [files[i::parallel] for i in range(parallel)]
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen([dcmtk("storescu"), "--required", "-xe", "-aet", "STORESCU",
+                               "-aec", aec, "127.0.0.1", str(port), *map(str, chunk)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dcmtk_env())
+             for chunk in chunks if chunk]
+    errors = [p.communicate()[1] for p in procs]
+    dt = time.perf_counter() - t0
+    for p, err in zip(procs, errors, strict=True):
+        if p.returncode != 0:
+            raise RuntimeError(f"storescu failed ({p.returncode}): {err.decode()[-1000:]}")
+    return dt
+
+
+class Haidang:
+    name = "haidang"
+
+    def __init__(self, work: Path, processes: int, fsync: bool = True):
+        self.work = work
+        self.fsync = fsync
+        self.port = free_port()
+        self.processes = processes
+        self.proc = None
+
+    def start(self):
+        g = {"ae_title": "HAIDANG", "host": "127.0.0.1", "port": self.port,
+             "spool_dir": str(self.work / "spool"), "database_url": f"sqlite:///{self.work}/h.db",
+             "quiet_period_s": 3.0, "fsync": self.fsync, "min_free_bytes": 256 * 1024 * 1024}
+        if self.processes >= 1:
+            g["listener_processes"] = self.processes
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HAIDANG_")}
+        env.update(HAIDANG_GATEWAY=json.dumps(g), HAIDANG_DESTINATIONS="[]",
+                   HAIDANG_ROUTES=json.dumps([{"name": "all", "match": {},
+                                               "analyses": ["study-summary"]}]))
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.log = open(self.work / "haidang.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "haidang", "--log-level", "WARNING",
+                                      "gateway"], cwd=REPO, env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        wait_for_port(self.port, timeout=60)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(60)
+        self.log.close()
+
+    def aec(self):
+        return "HAIDANG"
+
+
+class StoreSCP:
+    name = "storescp"
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.port = free_port()
+
+    def start(self):
+        out = self.work / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen([dcmtk("storescp"), "-aet", "STORESCP", "-od", str(out),
+                                      str(self.port)], env=dcmtk_env(),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, timeout=20)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(30)
+
+    def aec(self):
+        return "STORESCP"
+
+
+class OrthancTarget:
+    name = "orthanc"
+
+    def __init__(self, work: Path):
+        self.pacs = Orthanc(work)
+
+    @property
+    def port(self):
+        return self.pacs.dicom_port
+
+    def start(self):
+        self.pacs.start()
+
+    def stop(self):
+        self.pacs.stop()
+
+    def aec(self):
+        return self.pacs.aet
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--ct", type=int, default=300, help="small CT instances per round")
+    ap.add_argument("--cr", type=int, default=3, help="large (6 MB) CR instances per round")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--parallel", type=int, default=1,
+                    help="storescu processes (associations) at once, for every target")
+    ap.add_argument("--haidang-processes", type=int, default=1,
+                    help="listener processes of the gateway (SO_REUSEPORT)")
+    ap.add_argument("--targets", default="haidang,storescp,orthanc")
+    ap.add_argument("--no-fsync", action="store_true",
+                    help="gateway.fsync = false (not a production setting; shows the fsync cost)")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args(argv)
+
+    root = Path(tempfile.mkdtemp(prefix="haidang-bench-"))
+    makers = {"haidang": lambda w: Haidang(w, args.haidang_processes, not args.no_fsync),
+              "storescp": StoreSCP, "orthanc": OrthancTarget}
+    names = args.targets.split(",")
+    targets = {n: makers[n](root / n) for n in names}
+    for t in targets.values():
+        t.start()
+    runs: dict[str, list[tuple[float, int, int]]] = {n: [] for n in names}
+    try:
+        for r in range(args.rounds):
+            for n in names if r % 2 == 0 else reversed(names):
+                files = make_files(root / "send" / f"{n}-{r}", args.ct, args.cr)
+                nbytes = sum(f.stat().st_size for f in files)
+                dt = send(files, targets[n].port, targets[n].aec(), args.parallel)
+                runs[n].append((dt, len(files), nbytes))
+                print(f"round {r + 1} {n:9} {len(files) / dt:7.1f} inst/s "
+                      f"{nbytes / dt / 1e6:7.1f} MB/s ({dt:.2f} s)", flush=True)
+                shutil.rmtree(root / "send" / f"{n}-{r}")
+    finally:
+        for t in targets.values():
+            t.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    summary = {}
+    for n, rs in runs.items():
+        ips = statistics.median(c / dt for dt, c, _ in rs)
+        mbs = statistics.median(b / dt / 1e6 for dt, _, b in rs)
+        summary[n] = {"instances_per_s": round(ips, 1), "mb_per_s": round(mbs, 1)}
+    print(f"\n{args.ct} CT + {args.cr} CR per round, {args.rounds} rounds, "
+          f"{args.parallel} association(s) at once; median of rounds")
+    print("| target | instances/s | MB/s | Haidang ÷ target |\n|---|---:|---:|---:|")
+    for n, s in summary.items():
+        ratio = (summary["haidang"]["instances_per_s"] / s["instances_per_s"]
+                 if "haidang" in summary else float("nan"))
+        print(f"| {n} | {s['instances_per_s']} | {s['mb_per_s']} | {ratio:.2f}× |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": summary}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
