@@ -83,12 +83,29 @@ def test_http_predictions_equal_in_process_and_carry_identity(service, registry)
     assert heat.shape == (SIZE, SIZE) and heat[:14, :14].mean() > heat[14:, 14:].mean()
 
 
-def test_concurrent_requests_are_all_answered(service, registry):
+def _batch_metric(url: str) -> tuple[float, float]:
+    """(requests, batches) from BentoML's adaptive batch size histogram for /predict."""
+    total = count = 0.0
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if 'method_name="predict"' not in line:
+            continue
+        if line.startswith("bentoml_service_adaptive_batch_size_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("bentoml_service_adaptive_batch_size_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def test_concurrent_requests_are_batched_and_all_answered(service, registry):
     client = ImagingClient(settings(service, registry))
     rng = np.random.default_rng(0)
-    batches = [rng.random((1, 1, SIZE, SIZE), dtype=np.float32) for _ in range(24)]
-    with ThreadPoolExecutor(8) as pool:
+    batches = [rng.random((1, 1, SIZE, SIZE), dtype=np.float32) for _ in range(48)]
+    before = _batch_metric(service)
+    with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(client.predict, batches))
+    after = _batch_metric(service)
+    requests, runs = after[0] - before[0], after[1] - before[1]
+    assert requests == 48 and runs < requests  # adaptive batching merged some requests
     local = ImagingClient(settings(None, registry))
     for batch, result in zip(batches, results, strict=True):
         assert result[0].probability == pytest.approx(local.predict(batch)[0].probability,
