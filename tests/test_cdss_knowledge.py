@@ -187,6 +187,13 @@ def test_resolve(kb, line, inns, strength):
         assert match.strength_mg is None
 
 
+def test_partial_line_reports_unmatched_words(kb):
+    match = kb.resolve("Codein + Terpin hydrat 10mg/100mg")
+    assert [d.inn for d in match.drugs] == ["codeine"]
+    assert match.unmatched == ("terpin",)
+    assert kb.resolve("Paracetamol 500mg viên nén").unmatched == ()
+
+
 def test_folding_rules():
     assert names.fold("Amiodaron") == names.fold("amiodarone")
     assert names.fold("Acid tranexamic") == names.fold("tranexamic acid")

@@ -46,6 +46,9 @@ class DrugMatch:
     drugs: tuple[Drug, ...]  # several for a combination product
     matched: str  # the name/alias/brand that matched
     strength_mg: float | None  # parsed from the line when present ("200mg")
+    # Words of the line that matched nothing (a manufacturer, or an unknown co-ingredient
+    # as in "Codein + Terpin"): the checks may show them so a partial match is not silent.
+    unmatched: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,8 @@ class KnowledgeBase:
             drugs=tuple(self._ix.drugs[k] for k in inns),
             matched=" + ".join(label for _, _, label in found),
             strength_mg=names.parse_strength_mg(text),
+            unmatched=tuple(w for w, used in zip(words, taken, strict=True)
+                            if not used and w not in names.SALT_WORDS),
         )
 
     def drug(self, inn: str) -> Drug:
