@@ -153,3 +153,16 @@ def test_import_refuses_a_file_without_codes(tmp_path):
     path.write_text("name,title\nfoo,bar\nbaz,qux\n", encoding="utf-8")
     with pytest.raises(KnowledgeError, match="ICD-10 codes"):
         Icd10().load_moh_catalogue(path)
+
+
+def test_every_rule_range_is_a_who_code(icd):
+    """A typo in a rule (or a US ICD-10-CM code) would silently never match."""
+    for name, column in (("indications.csv", "icd_ranges"),
+                         ("disease-contraindications.csv", "icd_ranges"),
+                         ("icd-edits.csv", "icd_range")):
+        for row in csv.DictReader((DEFAULT_ROOT / name).open(encoding="utf-8")):
+            for rng in row[column].split("|"):
+                for end in rng.split("-"):
+                    assert icd.is_valid(end), (name, row["id"], rng)
+                low, _, high = rng.partition("-")
+                assert not high or icd.normalise(low) <= icd.normalise(high), (name, rng)
