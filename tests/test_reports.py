@@ -101,6 +101,13 @@ def test_visual_summary_is_valid_sc_with_heat_map_and_banner(tmp_path, source):
     assert back.StudyInstanceUID == source.StudyInstanceUID and back.Modality == "OT"
     assert back.SeriesDescription.startswith("AI summary: PNEUMONIA SUSPECTED")
     assert back.pixel_array.shape == pos.shape and back.BurnedInAnnotation == "YES"
+    # a source without Patient Orientation: left unknown (empty), not invented
+    bare = pydicom.Dataset(source)
+    del bare.PatientOrientation
+    path = tmp_path / "sc-bare.dcm"
+    build_sc(bare, neg, prediction(0.1)).save_as(path, enforce_file_format=True)
+    assert not dciodvfy_errors(path)
+    assert pydicom.dcmread(path).PatientOrientation in ("", None)
     thumb = save_thumbnail(pos, tmp_path / "t.png")
     assert thumb.stat().st_size > 1000
 

@@ -150,30 +150,43 @@ def analyse(study: StudyInput) -> AnalysisOutput:
 
 
 def warm_up(settings) -> dict:
-    """Load the model, fonts and DICOM builders before the first study (cold start ~1 s).
+    """Run the whole analysis once on a synthetic radiograph, before the first real study.
 
-    ``haidang up``, the demo and the benchmark call this once at start.
+    Loading the model, fonts, highdicom, FHIR models and image codecs costs ~0.5-1 s the
+    first time; ``haidang up``, the demo and the benchmark call this at start so the first
+    patient does not pay it. Nothing is sent or kept (temporary folder, notifications off).
     """
-    from dicom_gateway.reports.sr import build_sr
-    from dicom_gateway.reports.summary_image import render_summary
+    import tempfile
 
-    client = imaging_client(settings)
-    info = client.info()
-    shape = [int(x) for x in info.get("input_shape", [1, 1, 28, 28])[1:] if str(x).isdigit()]
-    probe = np.zeros(shape or [1, 28, 28], np.float32)
-    prediction = client.predict(probe[None])[0]
-    client.explain(probe)
-    render_summary(np.zeros((32, 32), np.float32), np.zeros((28, 28), np.float32), prediction)
-    ds = pydicom.Dataset()
-    ds.update({"StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.3.1",
-               "SOPInstanceUID": "1.2.3.1.1", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.1",
-               "Modality": "CR", "PatientID": "WARMUP", "PatientName": "WARM^UP",
-               "PatientBirthDate": "", "PatientSex": "", "StudyDate": "", "StudyTime": "",
-               "AccessionNumber": "", "StudyID": "", "ReferringPhysicianName": "",
-               "Rows": 1, "Columns": 1, "SamplesPerPixel": 1, "BitsAllocated": 8,
-               "BitsStored": 8, "HighBit": 7, "PixelRepresentation": 0,
-               "PhotometricInterpretation": "MONOCHROME2"})
-    build_sr([ds], prediction)
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    info = imaging_client(settings).info()
+    with tempfile.TemporaryDirectory(prefix="haidang-warmup-") as tmp:
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+        ds.update({"Modality": "CR", "BodyPartExamined": "CHEST", "PatientID": "WARMUP",
+                   "PatientName": "WARM^UP", "PatientBirthDate": "", "PatientSex": "",
+                   "StudyDate": "", "StudyTime": "", "AccessionNumber": "", "StudyID": "",
+                   "ReferringPhysicianName": "", "Rows": 64, "Columns": 64,
+                   "SamplesPerPixel": 1, "BitsAllocated": 8, "BitsStored": 8, "HighBit": 7,
+                   "PixelRepresentation": 0, "PhotometricInterpretation": "MONOCHROME2"})
+        ds.PixelData = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1)).tobytes()
+        path = Path(tmp) / "warmup.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        quiet = settings.model_copy(update={
+            "gateway": settings.gateway.model_copy(update={"spool_dir": Path(tmp)}),
+            "notify": settings.notify.model_copy(update={"webhook_url": None, "fhir_url": None}),
+            "routes": []})
+        output = analyse(StudyInput(str(ds.StudyInstanceUID), "WARMUP", [path], quiet))
+        from dicom_gateway.worker import encode
+
+        for obj in output.objects:
+            encode(obj)
     return info
 
 

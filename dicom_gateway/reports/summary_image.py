@@ -8,6 +8,7 @@ thumbnail for the worklist.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import highdicom as hd
@@ -28,6 +29,7 @@ BANNER = 124
 MANUFACTURER = "Hai Dang (open source)"
 
 
+@functools.lru_cache(maxsize=8)
 def _font(path: Path, size: int) -> ImageFont.FreeTypeFont:
     if not path.is_file():
         raise FileNotFoundError(
@@ -77,12 +79,13 @@ def build_sc(source: Dataset, rgb: np.ndarray, prediction: Prediction, *,
              series_uid: str | None = None, series_number: int = 9002,
              instance_number: int = 1) -> hd.sc.SCImage:
     """Secondary Capture in the study of ``source``, in a new series that says AI + verdict."""
-    orientation = tuple(source.get("PatientOrientation", []) or [])
+    orientation = tuple(str(x) for x in (source.get("PatientOrientation", []) or []))
+    known = len(orientation) == 2 and all(orientation)
     sc = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source, pixel_array=np.ascontiguousarray(rgb, np.uint8),
-        photometric_interpretation="RGB", bits_allocated=8,
-        coordinate_system="PATIENT" if len(orientation) == 2 else None,
-        patient_orientation=orientation if len(orientation) == 2 else None,
+        photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
+        # highdicom wants an orientation; when the source has none we blank it afterwards
+        patient_orientation=orientation if known else ("L", "F"),
         series_instance_uid=series_uid or generate_uid(), series_number=series_number,
         sop_instance_uid=generate_uid(), instance_number=instance_number,
         manufacturer=MANUFACTURER, transfer_syntax_uid="1.2.840.10008.1.2.1",
@@ -91,6 +94,8 @@ def build_sc(source: Dataset, rgb: np.ndarray, prediction: Prediction, *,
     )
     sc.ImageComments = (f"{verdict_vi(prediction.finding)} ({percent(prediction.probability)}) "
                         f"/ {verdict_en(prediction.finding)} - AI, chua xac nhan / unverified")
+    if not known:
+        sc.PatientOrientation = ""  # type 2: unknown rather than invented
     sc.BurnedInAnnotation = "YES"
     sc.Laterality = source.get("Laterality", "")  # type 2C: the source's, or empty
     return sc
@@ -101,5 +106,5 @@ def save_thumbnail(rgb: np.ndarray, path: Path, width: int = 160) -> Path:
     im = Image.fromarray(np.asarray(rgb, np.uint8))
     im.thumbnail((width, width * 2))
     path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path, format="PNG", optimize=True)
+    im.save(path, format="PNG")
     return path
