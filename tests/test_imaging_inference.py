@@ -84,3 +84,22 @@ def test_occlusion_map_has_image_shape_and_points_at_the_evidence(session):
     shown = normalise(heat)
     assert shown.max() == pytest.approx(1.0) and shown.min() >= 0
     assert resize_map(shown, (300, 200)).shape == (300, 200)
+
+
+def test_embedded_client_picks_up_a_promoted_version(tmp_path):
+    import yaml
+
+    from haidang.settings import ServingSettings
+    from serving.imaging.client import ImagingClient
+    from serving.registry import ModelRegistry
+    from tests.imaging_model import build_registry
+
+    root = build_registry(tmp_path, version="1.0.0")
+    client = ImagingClient(ServingSettings(models_dir=root))
+    assert client.predict(bright_top_left())[0].version == "1.0.0"
+    build_registry(tmp_path, version="1.1.0")  # also moves `current`; promote it properly too
+    card = root / "cxr-pneumonia" / "1.1.0" / "card.yaml"
+    card.write_text(yaml.safe_dump({**yaml.safe_load(card.read_text()), "threshold": 0.99}))
+    ModelRegistry(root).promote("cxr-pneumonia", "1.1.0")
+    result = client.predict(bright_top_left())[0]
+    assert result.version == "1.1.0" and result.threshold == 0.99 and not result.finding

@@ -21,7 +21,7 @@ from serving.imaging.predictor import Prediction, Predictor
 
 log = logging.getLogger(__name__)
 
-_EMBEDDED: dict[tuple, Predictor] = {}
+_EMBEDDED: dict[tuple, tuple[str, Predictor]] = {}
 _EMBEDDED_LOCK = threading.Lock()
 
 
@@ -30,14 +30,22 @@ class ServingUnavailable(RuntimeError):
 
 
 def embedded_predictor(models_dir, name: str, providers: list[str] | None = None) -> Predictor:
-    """The process-wide predictor for a model (loaded once, on first use)."""
-    from serving.imaging.session import load_from_registry
+    """The process-wide predictor for the registry's current version of a model.
 
+    Loaded once per version: after ``haidang models promote`` the next call loads the new
+    version (reading the one-line ``current`` pointer costs microseconds).
+    """
+    from serving.imaging.session import load_from_registry
+    from serving.registry import ModelRegistry
+
+    version = ModelRegistry(models_dir).current_version(name)
     key = (str(models_dir), name, tuple(providers or ()))
     with _EMBEDDED_LOCK:
-        if key not in _EMBEDDED:
-            _EMBEDDED[key] = Predictor(load_from_registry(models_dir, name, providers=providers))
-        return _EMBEDDED[key]
+        loaded = _EMBEDDED.get(key)
+        if loaded is None or loaded[0] != version:
+            predictor = Predictor(load_from_registry(models_dir, name, providers=providers))
+            _EMBEDDED[key] = loaded = (version, predictor)
+        return loaded[1]
 
 
 class ImagingClient:
@@ -98,11 +106,11 @@ class ImagingClient:
 
     # --- the API --------------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
-        """Model identity, provider, threshold and input spec (cached after the first call)."""
+        """Model identity, provider, threshold and input spec (HTTP: cached after first call)."""
+        if self.mode == "embedded":
+            return self._predictor().describe()
         if self._info is None:
-            self._info = (
-                self._predictor().describe() if self.mode == "embedded" else self._post("info", {})
-            )
+            self._info = self._post("info", {})
         return self._info
 
     def input_spec(self) -> dict[str, Any]:
