@@ -34,12 +34,26 @@ def start_imaging_service(config: str | None, host: str, port: int,
                             **popen)
 
 
+def default_address(serving) -> tuple[str, int]:
+    """Where the imaging service listens unless told: the first ``serving.url`` (the address
+    the gateway calls), else ``serving.host`` and ``serving.port + 1`` (the CDSS app of
+    ``haidang serve`` has ``serving.port``)."""
+    from urllib.parse import urlsplit
+
+    first = (serving.url or "").split(",")[0].strip()
+    if first:
+        parts = urlsplit(first)
+        if parts.port:
+            return serving.host, parts.port
+    return serving.host, serving.port + 1
+
+
 def _run(args) -> int:
     from haidang.settings import load_settings
 
     settings = load_settings(args.config)
-    host = args.host or settings.serving.host
-    port = args.port or settings.serving.port
+    host, port = default_address(settings.serving)
+    host, port = args.host or host, args.port or port
     proc = start_imaging_service(args.config, host, port, args.models_dir)
     try:
         return proc.wait()
@@ -56,6 +70,7 @@ def register(sub) -> None:
     p = sub.add_parser("serve-imaging",
                        help="run the BentoML imaging service (split mode)")
     p.add_argument("--host", help="default serving.host")
-    p.add_argument("--port", type=int, help="default serving.port")
+    p.add_argument("--port", type=int,
+                   help="default: the port of serving.url, else serving.port + 1")
     p.add_argument("--models-dir", help="model registry folder; default serving.models_dir")
     p.set_defaults(handler=_run)
