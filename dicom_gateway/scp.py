@@ -93,20 +93,16 @@ def parse_header(data: bytes) -> pydicom.Dataset:
     return ds
 
 
-class _ReusePortServer(ThreadedAssociationServer):
-    """Several listener processes share the port; the kernel spreads associations over them."""
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-
 class GatewayAE(AE):
+    """An AE whose listener uses the lean receive path (see ``fastpath``)."""
+
     reuse_port = False
 
     def make_server(self, address, *args, server_class=None, **kwargs):
-        if self.reuse_port and server_class is ThreadedAssociationServer:
-            server_class = _ReusePortServer
+        from dicom_gateway.fastpath import GatewayServer, ReusePortGatewayServer
+
+        if server_class is ThreadedAssociationServer:
+            server_class = ReusePortGatewayServer if self.reuse_port else GatewayServer
         return super().make_server(address, *args, server_class=server_class, **kwargs)
 
 
