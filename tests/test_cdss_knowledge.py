@@ -282,6 +282,17 @@ def test_unknown_side_is_refused(tmp_path):
         KnowledgeBase.load(root)
 
 
+def test_missing_file_is_refused(tmp_path):
+    root = _copy_root(tmp_path)
+    (root / "drugs.csv").unlink()
+    with pytest.raises(KnowledgeError, match="drugs.csv: missing"):
+        KnowledgeBase.load(root)
+    root = _copy_root(tmp_path / "again")
+    (root.parent / "ddi-vn" / "qd5948-contraindicated-pairs.csv").unlink()
+    with pytest.raises(KnowledgeError, match="qd5948-contraindicated-pairs.csv: missing"):
+        KnowledgeBase.load(root)
+
+
 def test_unmapped_row_is_reported(tmp_path):
     root = _copy_root(tmp_path)
     lines = (root / "qd5948-names.csv").read_text(encoding="utf-8").splitlines()

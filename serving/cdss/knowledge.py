@@ -118,14 +118,24 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split("|") if v.strip()]
 
 
-def _read(path: Path) -> list[dict[str, str]]:
+def _read(path: Path, required: bool = False) -> list[dict[str, str]]:
+    """Rows of a data file; blank rows and rows whose first cell starts with `#` are skipped.
+
+    Optional files may be absent (a small knowledge base for tests or a pilot); the drug
+    dictionary and class list may not.
+    """
     if not path.exists():
-        return []
+        if not required:
+            return []
+        raise KnowledgeError(f"{path}: missing. The knowledge base needs it (see "
+                             "datasets/knowledge/README.md); restore it from git.")
     with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        first = (reader.fieldnames or [""])[0]
         rows = []
-        for number, row in enumerate(csv.DictReader(handle), start=2):
-            row = {k: (v or "").strip() for k, v in row.items() if k is not None}
-            if not any(row.values()) or row.get(next(iter(row), ""), "").startswith("#"):
+        for number, raw in enumerate(reader, start=2):
+            row = {k: (v or "").strip() for k, v in raw.items() if k is not None}
+            if not any(row.values()) or row.get(first, "").startswith("#"):
                 continue
             row["_where"] = f"{path.name}:{number}"
             rows.append(row)
@@ -158,6 +168,8 @@ class KnowledgeBase:
     # ------------------------------------------------------------------ look-ups
     def resolve(self, text: str) -> DrugMatch | None:
         """The ingredient(s) a prescribed line names, or None when it is not recognised."""
+        if not text:
+            return None
         if text in self._cache:
             return self._cache[text]
         match = self._resolve(text)
@@ -281,7 +293,7 @@ def _register_name(ix: _Index, name: str, keys: tuple[str, ...], label: str, whe
 
 
 def _load_classes(ix: _Index, path: Path) -> None:
-    for row in _read(path):
+    for row in _read(path, required=True):
         tag = row["tag"]
         ix.classes[tag] = {"vi": row.get("name_vi", ""), "en": row.get("name_en", ""),
                            "source": row.get("source", "")}
@@ -289,7 +301,7 @@ def _load_classes(ix: _Index, path: Path) -> None:
 
 
 def _load_drugs(ix: _Index, path: Path) -> None:
-    rows = _read(path)
+    rows = _read(path, required=True)
     for row in rows:
         inn = row["inn"]
         if inn in ix.drugs:
@@ -352,9 +364,7 @@ def _load_qd5948(ix: _Index, names_path: Path, fixes_path: Path, list_path: Path
                            row["_where"])
     ix.qd5948_sides = sides
     fixes = [(r["wrong"], r["right"]) for r in _read(fixes_path)]
-    if not list_path.exists():
-        return
-    for row in _read(list_path):
+    for row in _read(list_path, required=bool(sides)):
         stt = int(row["STT"])
         one, two = row["HOAT_CHAT_1"], row["HOAT_CHAT_2"]
         missing = [n for n in (one, two) if n not in sides]
@@ -421,6 +431,8 @@ def _by_drug(ix: _Index, side: str, where: str) -> Iterable[str]:
 
 
 def _load_rules(ix: _Index, root: Path) -> None:
+    """Indications and contraindications accumulate; for pregnancy the first row that names
+    a drug (directly or through its class) wins, so a drug's own row goes before its class."""
     for row in _read(root / "indications.csv"):
         rule = IndicationRule(
             id=row["id"], drug=row["drug"], icd_ranges=tuple(_split(row["icd_ranges"])),
