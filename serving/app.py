@@ -96,6 +96,38 @@ def create_app(settings, kb=None, **router_options) -> FastAPI:
     return app
 
 
+def listening_socket(host: str, port: int):
+    """A TCP listening socket whose accepted connections get TCP_NODELAY.
+
+    asyncio sets TCP_NODELAY on accepted sockets only when the listener was created with
+    proto=IPPROTO_TCP; uvicorn's own multi-worker socket has proto 0, so its workers answer
+    with Nagle on, and every response whose head and body go out in two writes waits for the
+    client's delayed ACK (measured here: 44 ms per request at concurrency 1, 22 requests/s).
+    """
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_http(app: str, host: str, port: int, workers: int = 1) -> None:
+    """Serve an app factory ("module:function") on uvicorn with `workers` processes."""
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    config = uvicorn.Config(app, factory=True, host=host, port=port, workers=workers,
+                            log_level="warning", access_log=False)
+    sock = listening_socket(host, port)
+    if workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+    else:
+        uvicorn.Server(config).run(sockets=[sock])
+
+
 def app_from_env() -> FastAPI:
     """uvicorn factory for several workers: settings from $HAIDANG_CONFIG and the env."""
     from haidang.settings import load_settings

@@ -37,23 +37,14 @@ def register(sub) -> None:
 
 
 def _serve(args) -> int:
-    import uvicorn
-
     from haidang.settings import load_settings
+    from serving.app import run_http
 
-    settings = load_settings(args.config)
-    host = args.host or settings.serving.host
-    port = args.port or settings.serving.port
-    if args.workers > 1:
-        if args.config:
-            os.environ["HAIDANG_CONFIG"] = str(Path(args.config).resolve())
-        uvicorn.run("serving.app:app_from_env", factory=True, host=host, port=port,
-                    workers=args.workers, log_level="warning", access_log=False)
-        return 0
-    from serving.app import create_app
-
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning",
-                access_log=False)
+    settings = load_settings(args.config)  # fail here, once, on a bad settings file
+    if args.config:
+        os.environ["HAIDANG_CONFIG"] = str(Path(args.config).resolve())
+    run_http("serving.app:app_from_env", args.host or settings.serving.host,
+             args.port or settings.serving.port, max(1, args.workers))
     return 0
 
 

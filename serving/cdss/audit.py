@@ -84,10 +84,11 @@ class AuditLog:
             fields["writer"] = self.writer
             fields["seq"] = self._seq
             fields["prev"] = self._prev
-            digest = hashlib.sha256(_canonical(fields)).hexdigest()
-            fields["hash"] = digest
+            body = _canonical(fields)
+            digest = hashlib.sha256(body).hexdigest()
             self._prev = digest
-            lines.append(_canonical(fields) + b"\n")
+            # The record as hashed, plus its hash: `verify_chain` re-hashes all but "hash".
+            lines.append(body[:-1] + b',"hash":"' + digest.encode() + b'"}\n')
         os.write(self._fd, b"".join(lines))
 
     def close(self) -> None:

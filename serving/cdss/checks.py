@@ -78,10 +78,12 @@ class CheckEngine:
         # Memos of pure functions of their key (ICD facts, range tests, parsed doses), so a
         # request repeats no string work another request already did.
         self._code_memo: dict[str, tuple[str, bool, bool]] = {}
-        self._range_memo: dict[tuple[str, str], bool] = {}
+        self._range_memo: dict[tuple, bool] = {}
         self._edit_memo: dict[tuple, list] = {}
         self._dose_memo: dict[tuple, float | None] = {}
         self._atc_memo: dict[str, frozenset[str]] = {}
+        self._pair_memo: dict[tuple[str, str], tuple | None] = {}
+        self._contra_memo: dict[tuple[str, str], tuple] = {}
 
     # ------------------------------------------------------------------ entry point
     def check(self, rx: Prescription) -> CheckResult:
@@ -134,12 +136,16 @@ class CheckEngine:
             pair = (x.drug.inn, y.drug.inn) if x.drug.inn < y.drug.inn else (y.drug.inn, x.drug.inn)
             if pair in seen:
                 continue
-            found = self.kb.interactions(x.drug, y.drug)
-            if not found:
+            known = self._pair_memo.get(pair, False)
+            if known is False:
+                found = self.kb.interactions(x.drug, y.drug)
+                known = _remember(self._pair_memo, pair, (
+                    max(found, key=lambda i: SEVERITY_RANK.get(i.severity, 0)), found
+                ) if found else None)
+            if known is None:
                 continue
             seen.add(pair)
-            worst = max(found, key=lambda i: SEVERITY_RANK.get(i.severity, 0))
-            alerts.append(self._interaction_alert(worst, x, y, found))
+            alerts.append(self._interaction_alert(known[0], x, y, known[1]))
 
     def _interaction_alert(
         self, it: Interaction, x: _Item, y: _Item, found: list[Interaction]
@@ -318,9 +324,14 @@ class CheckEngine:
             hit = _remember(self._range_memo, (code, rng), self.icd.in_range(code, rng))
         return hit
 
-    def _matches(self, codes: Iterable[str], ranges: Iterable[str]) -> list[str]:
-        ranges = tuple(ranges)
-        return [c for c in codes if any(self._in_range(c, r) for r in ranges)]
+    def _hit(self, key: tuple, ranges: Iterable[str], code: str) -> bool:
+        """Does `code` fall in any of `ranges`? Memoised under (key, code): `key` names the
+        rule the ranges belong to, so a rule with fifty ranges costs one look-up per code."""
+        hit = self._range_memo.get((key, code))
+        if hit is None:
+            hit = _remember(self._range_memo, (key, code),
+                            any(self._in_range(code, r) for r in ranges))
+        return hit
 
     def _indications(self, alerts, items: list[_Item], codes: list[str]) -> None:
         done: set[str] = set()
@@ -331,9 +342,11 @@ class CheckEngine:
             rules = self.kb.indications(it.drug.inn)
             if not rules:
                 continue  # no rule: nothing to say
-            if any(self._matches(codes, r.icd_ranges) for r in rules):
+            key = ("indication", it.drug.inn)
+            ranges = [rng for r in rules for rng in r.icd_ranges]
+            if any(self._hit(key, ranges, c) for c in codes):
                 continue
-            expected = ", ".join(sorted({rng for r in rules for rng in r.icd_ranges}))
+            expected = ", ".join(sorted(set(ranges)))
             alerts.append(InteractionAlert(
                 id=f"indication:{it.drug.inn}",
                 kind="indication",
@@ -350,14 +363,24 @@ class CheckEngine:
                 source="; ".join(sorted({r.source for r in rules})),
             ))
 
+    def _contra_rules(self, inn: str, code: str) -> tuple:
+        """The drug's disease-contraindication rules whose ranges hold `code` (memoised)."""
+        rules = self._contra_memo.get((inn, code))
+        if rules is None:
+            rules = _remember(self._contra_memo, (inn, code), tuple(
+                r for r in self.kb.contraindications(inn)
+                if any(self._in_range(code, rng) for rng in r.icd_ranges)))
+        return rules
+
     def _contraindications(self, alerts, items: list[_Item], codes: list[str]) -> None:
         done: set[tuple[str, str]] = set()
         for it in items:
-            for rule in self.kb.contraindications(it.drug.inn):
+            by_rule: dict[str, tuple] = {}
+            for code in codes:
+                for rule in self._contra_rules(it.drug.inn, code):
+                    by_rule.setdefault(rule.id, (rule, []))[1].append(code)
+            for rule, hit in by_rule.values():
                 if (it.drug.inn, rule.id) in done:
-                    continue
-                hit = self._matches(codes, rule.icd_ranges)
-                if not hit:
                     continue
                 done.add((it.drug.inn, rule.id))
                 sev = rule.severity if rule.severity in SEVERITY_RANK else "major"
@@ -376,7 +399,8 @@ class CheckEngine:
     def _pregnancy(self, alerts, items: list[_Item], rx: Prescription, codes) -> None:
         pregnant = rx.pregnant
         if pregnant is None:
-            pregnant = rx.sex != "male" and bool(self._matches(codes, PREGNANCY_RANGES))
+            pregnant = rx.sex != "male" and any(
+                self._hit(("pregnancy",), PREGNANCY_RANGES, c) for c in codes)
         if not pregnant:
             return
         done: set[str] = set()

@@ -1,0 +1,11 @@
+"""Start one benchmark target the way `haidang serve` does: `serve.py APP PORT WORKERS`."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for bare_app
+
+from serving.app import run_http  # noqa: E402
+
+if __name__ == "__main__":
+    run_http(sys.argv[1], "127.0.0.1", int(sys.argv[2]), int(sys.argv[3]))
