@@ -148,6 +148,26 @@ def test_import_moh_catalogue_xlsx(tmp_path):
     assert icd.vietnamese_titles == 3
 
 
+def test_import_picks_the_disease_code_column(tmp_path):
+    """The QĐ 4469 layout has category and disease code columns side by side."""
+    path = tmp_path / "qd4469-full.xlsx"
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.append(["STT", "MÃ CHƯƠNG", "TÊN CHƯƠNG", "MÃ LOẠI", "TÊN LOẠI", "MÃ BỆNH",
+                  "MÃ BỆNH KHÔNG DẤU", "DISEASE NAME", "TÊN BỆNH"])
+    sheet.append([1, "X", "Bệnh hệ hô hấp", "J18", "Viêm phổi, tác nhân không xác định",
+                  "J18.0", "J180", "Bronchopneumonia, unspecified",
+                  "Viêm phế quản phổi, không đặc hiệu"])
+    sheet.append([2, "X", "Bệnh hệ hô hấp", "J18", "Viêm phổi, tác nhân không xác định",
+                  "J18.9", "J189", "Pneumonia, unspecified", "Viêm phổi, không đặc hiệu"])
+    book.save(path)
+    icd = Icd10()
+    assert icd.load_moh_catalogue(path) == 2
+    assert icd.title("J18.0") == "Viêm phế quản phổi, không đặc hiệu"
+    assert icd.title("J18.9") == "Viêm phổi, không đặc hiệu"
+    assert icd.title("J18") == "Pneumonia, organism unspecified"  # not in the file: WHO
+
+
 def test_import_refuses_a_file_without_codes(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("name,title\nfoo,bar\nbaz,qux\n", encoding="utf-8")

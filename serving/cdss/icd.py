@@ -156,7 +156,7 @@ class Icd10:
         if not rows:
             raise KnowledgeError(f"{path}: no rows; expected a header row and code + title.")
         header, body = rows[0], rows[1:]
-        code_col = _code_column(body, len(header))
+        code_col = _code_column(header, body)
         if code_col is None:
             raise KnowledgeError(f"{path}: no column of ICD-10 codes (like J18.9) found.")
         title_col = _title_column(header, code_col, body)
@@ -212,18 +212,26 @@ def _read_table(path: Path) -> list[list[object]]:
     return rows
 
 
-def _code_column(body: list[list[object]], width: int) -> int | None:
-    sample = body[:500]
-    best, best_hits = None, 0
-    for col in range(width):
-        hits = sum(
-            1 for row in sample
-            if col < len(row) and row[col] is not None
-            and _CODE.match(re.sub(r"[\s.†*+]", "", str(row[col]).upper()))
-        )
-        if hits > best_hits:
-            best, best_hits = col, hits
-    return best if best_hits else None
+def _code_column(header: list[object], body: list[list[object]]) -> int | None:
+    """The column of disease codes: most distinct ICD-10-shaped values.
+
+    The MoH catalogue has several code columns (chapter, group, category `MÃ LOẠI`, disease
+    `MÃ BỆNH`); the disease column has the most distinct codes, and a header naming
+    `mã bệnh` wins a tie.
+    """
+    sample = body[:5000]
+    best, best_score = None, (0, 0)
+    for col in range(len(header)):
+        codes = {
+            re.sub(r"[\s.†*+]", "", str(row[col]).upper())
+            for row in sample if col < len(row) and row[col] is not None
+        }
+        distinct = sum(1 for code in codes if _CODE.match(code))
+        label = names.plain(str(header[col] or ""))
+        score = (distinct, 1 if "ma benh" in label or "icd" in label.split() else 0)
+        if distinct and score > best_score:
+            best, best_score = col, score
+    return best
 
 
 def _title_column(header: list[object], code_col: int, body: list[list[object]]) -> int | None:
