@@ -23,7 +23,7 @@ from haidang.settings import Settings
 
 log = logging.getLogger("haidang.gateway")
 
-JOB_LEASE_S = 600.0
+JOB_LEASE_S = 60.0  # renewed while the job runs; a dead worker's job is taken after this
 
 
 class Gateway:
@@ -200,8 +200,23 @@ class Gateway:
             job = self.index.claim_job(self.worker_id, JOB_LEASE_S)
             if job is None:
                 return False
-            if process_job(job, self.index, self.spool, self.settings):
-                self._exports_ready.set()
+            done = threading.Event()
+
+            def heartbeat() -> None:
+                while not done.wait(JOB_LEASE_S / 3):
+                    try:
+                        self.index.renew_job(job.id, JOB_LEASE_S)
+                    except Exception:  # noqa: BLE001 - the next beat tries again
+                        log.exception("could not renew the lease of job %s", job.id)
+
+            beat = threading.Thread(target=heartbeat, name="haidang-job-lease", daemon=True)
+            beat.start()
+            try:
+                if process_job(job, self.index, self.spool, self.settings):
+                    self._exports_ready.set()
+            finally:
+                done.set()
+                beat.join()
             return True
 
         self._loop("worker", step, self._jobs_ready, 0.5)
