@@ -202,8 +202,7 @@ def cdss_router(
             return exc.response()
         result = state.engine.check(prescription_from_native(req))
         state.audit.record(
-            "check", api="native", caller=caller.id,
-            patient=state.audit.pseudonym(req.MA_BN), episode=state.audit.pseudonym(req.MA_LK),
+            "check", {"patient": req.MA_BN, "episode": req.MA_LK}, api="native", caller=caller.id,
             lines=len(req.THUOC), alerts=[a.id for a in result.alerts],
             ms=round((time.perf_counter() - started) * 1000, 3),
         )
@@ -267,9 +266,8 @@ def cdss_router(
             cards.append(card)
             shown_ids.append(alert.id)
         state.audit.record(
-            "check", api="cds-hooks", hook=hook.hook, caller=caller.id,
-            hook_instance=hook.hookInstance, patient=state.audit.pseudonym(
-                str(hook.context.get("patientId"))), lines=len(rx.lines),
+            "check", {"patient": str(hook.context.get("patientId"))}, api="cds-hooks",
+            hook=hook.hook, caller=caller.id, hook_instance=hook.hookInstance, lines=len(rx.lines),
             alerts=[a.id for a in result.alerts], shown=shown_ids,
             ms=round((time.perf_counter() - started) * 1000, 3),
         )

@@ -6,8 +6,9 @@ writer (`prev`) and its own (`hash`), so deleting or editing a line breaks the c
 named by `writer`. Patient identifiers are never written: they are keyed hashes (HMAC-SHA256
 with `security.audit_key`), enough to link records of one patient, useless to read them.
 
-Requests only put a small dict on a queue; a background thread hashes and writes, so the
-check path pays microseconds. `close()` drains the queue (the app calls it at shutdown).
+Requests only append a small dict to a deque; a background thread wakes every
+`flush_interval_s`, pseudonymises, hashes and writes the batch, so the check path pays about
+a microsecond and never wakes a thread. `close()` drains it (the app calls it at shutdown).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import hashlib
 import hmac
 import json
 import os
-import queue
 import secrets
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 GENESIS = "0" * 64
@@ -37,9 +38,10 @@ class AuditLog:
         self.writer = secrets.token_hex(8)
         self._prev = GENESIS
         self._seq = 0
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: deque[dict] = deque()
         self._interval = flush_interval_s
         self._closed = False
+        self._stop = threading.Event()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         self._thread = threading.Thread(target=self._run, name="haidang-audit", daemon=True)
         self._thread.start()
@@ -51,29 +53,34 @@ class AuditLog:
             return None
         return hmac.new(self._key, identifier.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
-    def record(self, event: str, **fields) -> None:
+    def record(self, event: str, identifiers: dict[str, str | None] | None = None,
+               **fields) -> None:
+        """Queue one record. `identifiers` (patient ids …) are pseudonymised before writing."""
         if self._closed:
             return
         fields["event"] = event
         fields["time"] = time.time()
-        self._queue.put(fields)
+        if identifiers:
+            fields["_identifiers"] = identifiers
+        self._pending.append(fields)
 
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        batch = []
         while True:
-            item = self._queue.get()
-            batch = [item]
-            deadline = time.monotonic() + self._interval
-            while item is not None:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                batch.append(item)
-            stop = batch[-1] is None
-            self._write([b for b in batch if b is not None])
-            if stop:
-                return
+            try:
+                batch.append(self._pending.popleft())
+            except IndexError:
+                break
+        for fields in batch:
+            for name, raw in (fields.pop("_identifiers", None) or {}).items():
+                fields[name] = self.pseudonym(raw)
+        self._write(batch)
 
     def _write(self, batch: list[dict]) -> None:
         if not batch:
@@ -95,7 +102,7 @@ class AuditLog:
         if self._closed:
             return
         self._closed = True
-        self._queue.put(None)
+        self._stop.set()
         self._thread.join(timeout=10)
         os.close(self._fd)
 

@@ -84,6 +84,9 @@ class CheckEngine:
         self._atc_memo: dict[str, frozenset[str]] = {}
         self._pair_memo: dict[tuple[str, str], tuple | None] = {}
         self._contra_memo: dict[tuple[str, str], tuple] = {}
+        self._indicated_memo: dict[tuple, bool] = {}
+        self._contra_found_memo: dict[tuple, tuple] = {}
+        self._alert_memo: dict[tuple, InteractionAlert] = {}
 
     # ------------------------------------------------------------------ entry point
     def check(self, rx: Prescription) -> CheckResult:
@@ -101,8 +104,7 @@ class CheckEngine:
                 items.append(_Item(index, drug, line.current))
             if not line.current and len(match.drugs) == 1:
                 self._dose(alerts, index, line, match.drugs[0], match.strength_mg)
-        self._drug_drug(alerts, items)
-        self._duplicates(alerts, items)
+        self._pairs(alerts, items)
         codes = self._icd(alerts, rx)
         new_items = [it for it in items if not it.current]
         if codes:
@@ -126,37 +128,51 @@ class CheckEngine:
             source=SOURCE_ENGINE,
         )
 
-    def _drug_drug(self, alerts: list[InteractionAlert], items: list[_Item]) -> None:
-        seen: set[tuple[str, str]] = set()
+    def _pairs(self, alerts: list[InteractionAlert], items: list[_Item]) -> None:
+        """Drug-drug interactions and duplicate therapy: one pass over the pairs."""
+        seen_ddi: set[tuple[str, str]] = set()
+        seen_dup: set[tuple[str, str]] = set()
         for x, y in combinations(items, 2):
             if x.current and y.current:
                 continue  # both already taken together: not this prescriber's decision
-            if x.drug.inn == y.drug.inn:
+            ix, iy = x.drug.inn, y.drug.inn
+            if ix == iy:
+                if x.line != y.line:
+                    alerts.append(self._same_ingredient_alert(x, y))
                 continue
-            pair = (x.drug.inn, y.drug.inn) if x.drug.inn < y.drug.inn else (y.drug.inn, x.drug.inn)
-            if pair in seen:
-                continue
-            known = self._pair_memo.get(pair, False)
-            if known is False:
-                found = self.kb.interactions(x.drug, y.drug)
-                known = _remember(self._pair_memo, pair, (
-                    max(found, key=lambda i: SEVERITY_RANK.get(i.severity, 0)), found
-                ) if found else None)
-            if known is None:
-                continue
-            seen.add(pair)
-            alerts.append(self._interaction_alert(known[0], x, y, known[1]))
+            pair = (ix, iy) if ix < iy else (iy, ix)
+            facts = self._pair_memo.get(pair)
+            if facts is None:
+                facts = _remember(self._pair_memo, pair, self._pair_facts(x.drug, y.drug))
+            ddi, group = facts
+            if ddi is not None and pair not in seen_ddi:
+                seen_ddi.add(pair)
+                alerts.append(self._interaction_alert(ddi[0], x, y, ddi[1]))
+            if group is not None and x.line != y.line and pair not in seen_dup:
+                seen_dup.add(pair)
+                alerts.append(self._same_group_alert(group, x, y))
+
+    def _pair_facts(self, a: Drug, b: Drug) -> tuple:
+        """(worst interaction and all found, or None; shared ATC level-4 group, or None)."""
+        found = self.kb.interactions(a, b)
+        ddi = (max(found, key=lambda i: SEVERITY_RANK.get(i.severity, 0)), found) if found else None
+        groups = self._atc4(a) & self._atc4(b)
+        return ddi, (sorted(groups)[0] if groups else None)
 
     def _interaction_alert(
         self, it: Interaction, x: _Item, y: _Item, found: list[Interaction]
     ) -> InteractionAlert:
-        a, b = sorted((x, y), key=lambda i: i.drug.inn)
+        a, b = (x, y) if x.drug.inn < y.drug.inn else (y, x)
+        key = ("ddi", it.id, a.drug.inn, b.drug.inn, a.line, b.line)
+        alert = self._alert_memo.get(key)
+        if alert is not None:
+            return alert
         sev = it.severity if it.severity in SEVERITY_RANK else "major"
         conseq_en = it.consequence_en or "see the Vietnamese text and the source"
         extra = ""
         if len(found) > 1:
             extra = " (" + ", ".join(i.source for i in found if i is not it) + ")"
-        return InteractionAlert(
+        return _remember(self._alert_memo, key, InteractionAlert(
             id=f"ddi:{it.id}:{a.drug.inn}+{b.drug.inn}",
             kind="drug-drug",
             severity=sev,
@@ -168,57 +184,40 @@ class CheckEngine:
             management_vi=it.management_vi or None,
             management_en=it.management_en,
             source=it.source + extra,
+        ))
+
+    def _same_ingredient_alert(self, x: _Item, y: _Item) -> InteractionAlert:
+        return InteractionAlert(
+            id=f"duplicate:{x.drug.inn}:{x.line}+{y.line}",
+            kind="duplicate",
+            severity="major",
+            drugs=[x.drug.inn],
+            lines=[x.line, y.line],
+            message_vi=f"Trùng hoạt chất: {x.drug.name_vi} có ở dòng {x.line + 1} và "
+            f"dòng {y.line + 1}.",
+            message_en=f"Duplicate ingredient: {x.drug.inn} on lines {x.line + 1} and "
+            f"{y.line + 1}.",
+            management_vi="Bỏ một trong hai dòng hoặc gộp liều; kiểm tra tổng liều/ngày.",
+            management_en="Remove one of the lines or merge them; check the total daily dose.",
+            source=SOURCE_ENGINE,
         )
 
-    def _duplicates(self, alerts: list[InteractionAlert], items: list[_Item]) -> None:
-        seen: set[tuple[str, ...]] = set()
-        for x, y in combinations(items, 2):
-            if x.line == y.line or (x.current and y.current):
-                continue
-            if x.drug.inn == y.drug.inn:
-                key = ("same", x.drug.inn, str(x.line), str(y.line))
-                if key in seen:
-                    continue
-                seen.add(key)
-                alerts.append(InteractionAlert(
-                    id=f"duplicate:{x.drug.inn}:{x.line}+{y.line}",
-                    kind="duplicate",
-                    severity="major",
-                    drugs=[x.drug.inn],
-                    lines=[x.line, y.line],
-                    message_vi=f"Trùng hoạt chất: {x.drug.name_vi} có ở dòng {x.line + 1} và "
-                    f"dòng {y.line + 1}.",
-                    message_en=f"Duplicate ingredient: {x.drug.inn} on lines {x.line + 1} and "
-                    f"{y.line + 1}.",
-                    management_vi="Bỏ một trong hai dòng hoặc gộp liều; kiểm tra tổng liều/ngày.",
-                    management_en="Remove one of the lines or merge them; check the total "
-                    "daily dose.",
-                    source=SOURCE_ENGINE,
-                ))
-                continue
-            groups = self._atc4(x.drug) & self._atc4(y.drug)
-            if not groups:
-                continue
-            a, b = sorted((x, y), key=lambda i: i.drug.inn)
-            key = ("atc", a.drug.inn, b.drug.inn)
-            if key in seen:
-                continue
-            seen.add(key)
-            group = sorted(groups)[0]
-            alerts.append(InteractionAlert(
-                id=f"duplicate:{group}:{a.drug.inn}+{b.drug.inn}",
-                kind="duplicate",
-                severity="moderate",
-                drugs=[a.drug.inn, b.drug.inn],
-                lines=sorted({a.line, b.line}),
-                message_vi=f"Trùng nhóm điều trị (ATC {group}): {a.drug.name_vi} và "
-                f"{b.drug.name_vi}.",
-                message_en=f"Duplicate therapy (same ATC group {group}): {a.drug.inn} and "
-                f"{b.drug.inn}.",
-                management_vi="Cân nhắc chỉ dùng một thuốc trong cùng nhóm.",
-                management_en="Consider keeping only one drug of the group.",
-                source="WHOCC ATC/DDD Index (level 4 group); " + SOURCE_ENGINE,
-            ))
+    def _same_group_alert(self, group: str, x: _Item, y: _Item) -> InteractionAlert:
+        a, b = (x, y) if x.drug.inn < y.drug.inn else (y, x)
+        return InteractionAlert(
+            id=f"duplicate:{group}:{a.drug.inn}+{b.drug.inn}",
+            kind="duplicate",
+            severity="moderate",
+            drugs=[a.drug.inn, b.drug.inn],
+            lines=sorted({a.line, b.line}),
+            message_vi=f"Trùng nhóm điều trị (ATC {group}): {a.drug.name_vi} và "
+            f"{b.drug.name_vi}.",
+            message_en=f"Duplicate therapy (same ATC group {group}): {a.drug.inn} and "
+            f"{b.drug.inn}.",
+            management_vi="Cân nhắc chỉ dùng một thuốc trong cùng nhóm.",
+            management_en="Consider keeping only one drug of the group.",
+            source="WHOCC ATC/DDD Index (level 4 group); " + SOURCE_ENGINE,
+        )
 
     def _atc4(self, drug: Drug) -> frozenset[str]:
         groups = self._atc_memo.get(drug.inn)
@@ -342,10 +341,17 @@ class CheckEngine:
             rules = self.kb.indications(it.drug.inn)
             if not rules:
                 continue  # no rule: nothing to say
-            key = ("indication", it.drug.inn)
-            ranges = [rng for r in rules for rng in r.icd_ranges]
-            if any(self._hit(key, ranges, c) for c in codes):
+            memo_key = (it.drug.inn, *codes)
+            indicated = self._indicated_memo.get(memo_key)
+            ranges = None
+            if indicated is None:
+                ranges = [rng for r in rules for rng in r.icd_ranges]
+                key = ("indication", it.drug.inn)
+                indicated = _remember(self._indicated_memo, memo_key,
+                                      any(self._hit(key, ranges, c) for c in codes))
+            if indicated:
                 continue
+            ranges = ranges or [rng for r in rules for rng in r.icd_ranges]
             expected = ", ".join(sorted(set(ranges)))
             alerts.append(InteractionAlert(
                 id=f"indication:{it.drug.inn}",
@@ -375,11 +381,15 @@ class CheckEngine:
     def _contraindications(self, alerts, items: list[_Item], codes: list[str]) -> None:
         done: set[tuple[str, str]] = set()
         for it in items:
-            by_rule: dict[str, tuple] = {}
-            for code in codes:
-                for rule in self._contra_rules(it.drug.inn, code):
-                    by_rule.setdefault(rule.id, (rule, []))[1].append(code)
-            for rule, hit in by_rule.values():
+            memo_key = (it.drug.inn, *codes)
+            found = self._contra_found_memo.get(memo_key)
+            if found is None:
+                by_rule: dict[str, tuple] = {}
+                for code in codes:
+                    for rule in self._contra_rules(it.drug.inn, code):
+                        by_rule.setdefault(rule.id, (rule, []))[1].append(code)
+                found = _remember(self._contra_found_memo, memo_key, tuple(by_rule.values()))
+            for rule, hit in found:
                 if (it.drug.inn, rule.id) in done:
                     continue
                 done.add((it.drug.inn, rule.id))
@@ -389,7 +399,7 @@ class CheckEngine:
                     kind="contraindication",
                     severity=sev,
                     drugs=[it.drug.inn],
-                    icd=hit,
+                    icd=list(hit),
                     lines=[it.line],
                     message_vi=f"{it.drug.name_vi} – {', '.join(hit)}: {rule.message_vi}",
                     message_en=f"{it.drug.inn} – {', '.join(hit)}: {rule.message_en}",
