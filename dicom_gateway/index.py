@@ -160,6 +160,8 @@ class Index:
                 f"gateway.database_url {url!r} is not supported: use sqlite:///PATH or postgresql://..."
             )
         with self.tx() as q:
+            if self.dialect.name == "postgresql":  # workers starting together: one creates
+                q("SELECT pg_advisory_xact_lock(4242)")
             for stmt in SCHEMA.format(autoid=self.dialect.autoid).split(";"):
                 if stmt.strip():
                     q(stmt)
@@ -270,16 +272,25 @@ class Index:
             )
             if cur.rowcount == 0:
                 return False
+            # PostgreSQL: lock the study row, so an assembler in another process cannot
+            # close the study between this read and the update below
+            for_update = " FOR UPDATE" if self.dialect.name == "postgresql" else ""
             row = q(
-                "SELECT state, generation FROM studies WHERE study_uid = ?", (study_uid,)
+                "SELECT state, generation FROM studies WHERE study_uid = ?" + for_update,
+                (study_uid,),
             ).fetchone()
+            if row is None and q(
+                "INSERT INTO studies (study_uid, calling_ae, state, generation, "
+                "quiet_period_s, instance_count, first_arrival, last_arrival) "
+                "VALUES (?, ?, 'receiving', 1, ?, 1, ?, ?) ON CONFLICT (study_uid) DO NOTHING",
+                (study_uid, calling_ae, quiet_period_s, now, now),
+            ).rowcount == 0:  # another listener created it meanwhile
+                row = q(
+                    "SELECT state, generation FROM studies WHERE study_uid = ?" + for_update,
+                    (study_uid,),
+                ).fetchone()
             if row is None:
-                q(
-                    "INSERT INTO studies (study_uid, calling_ae, state, generation, "
-                    "quiet_period_s, instance_count, first_arrival, last_arrival) "
-                    "VALUES (?, ?, 'receiving', 1, ?, 1, ?, ?)",
-                    (study_uid, calling_ae, quiet_period_s, now, now),
-                )
+                pass  # created just above
             elif row[0] == "receiving":
                 q(
                     "UPDATE studies SET instance_count = instance_count + 1, last_arrival = ? "
