@@ -11,12 +11,18 @@ import io
 import logging
 import socket
 import ssl
+import struct
 import time
 from collections.abc import Callable
 
 import pydicom
-from pynetdicom import AE, _config, evt
-from pynetdicom.dsutils import encode_file_meta
+from pynetdicom import (
+    AE,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    _config,
+    evt,
+)
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -91,6 +97,35 @@ def parse_header(data: bytes) -> pydicom.Dataset:
     if not all(uids) or any(len(u) > 64 for u in uids):
         raise Unparsable("Study, Series or SOP Instance UID is empty or too long")
     return ds
+
+
+def _element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 2, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 2, element, vr, len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    raw = text.encode("ascii")
+    return raw + pad if len(raw) % 2 else raw
+
+
+def file_header(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str) -> bytes:
+    """Preamble, prefix and File Meta Information (explicit VR little endian, PS3.10 7.1).
+
+    Encoded directly: building a pydicom FileMetaDataset per instance cost ~10% of ingest.
+    ``SourceApplicationEntityTitle`` records the sender, for re-indexing after a crash.
+    """
+    body = b"".join((
+        _element(0x0001, b"OB", b"\x00\x01"),
+        _element(0x0002, b"UI", _padded(sop_class, b"\x00")),
+        _element(0x0003, b"UI", _padded(sop_instance, b"\x00")),
+        _element(0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
+        _element(0x0012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+        _element(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+        _element(0x0016, b"AE", _padded(source_ae or "UNKNOWN", b" ")),
+    ))
+    return b"\x00" * 128 + b"DICM" + _element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
 class GatewayAE(AE):
@@ -178,9 +213,10 @@ class StorageSCP:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         try:
             stream = event.request.DataSet.getvalue()
-            meta = event.file_meta
-            meta.SourceApplicationEntityTitle = calling_ae  # who sent it, for re-indexing
-            head = b"".join((b"\x00" * 128, b"DICM", encode_file_meta(meta)))
+            req = event.request
+            transfer_syntax = str(event.context.transfer_syntax)
+            head = file_header(str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID),
+                               transfer_syntax, calling_ae)
         except Exception as exc:  # noqa: BLE001
             log.warning("C-STORE from %s: no data set (%s)", calling_ae, exc)
             metrics.INSTANCES.labels("unparsable").inc()
@@ -216,7 +252,7 @@ class StorageSCP:
                 study_uid=study_uid,
                 series_uid=series_uid,
                 sop_class_uid=str(ds.SOPClassUID),
-                transfer_syntax=str(event.file_meta.TransferSyntaxUID),
+                transfer_syntax=transfer_syntax,
                 path=str(path.relative_to(self.spool.root)),
                 size=len(stream),
                 calling_ae=calling_ae,
