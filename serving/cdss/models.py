@@ -151,9 +151,9 @@ class PrescriptionCheckResponse(BaseModel):
 # ---- the engine's own view of a prescription (native and FHIR requests both map to it) ----
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DrugLine:
-    """A drug as ordered, before matching against the dictionary."""
+    """A drug as ordered, before matching against the dictionary (not frozen: cheaper)."""
 
     text: str
     code: str | None = None
