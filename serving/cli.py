@@ -1,8 +1,8 @@
 """Subcommands of `serving`: `haidang serve` and `haidang cdss …`.
 
-`serve` runs the HTTP app (CDSS routes, OpenAPI docs at /docs) on uvicorn; other services
-(imaging) can add their own start-up to `serve` in `_serve`. Heavy imports stay inside
-the handlers so `haidang --help` stays fast.
+`serve` runs the HTTP app (CDSS routes, OpenAPI docs at /docs) on uvicorn; the BentoML
+imaging service has its own `serve-imaging` (`serving.imaging_cli`), and could also be
+started from `_serve`. Heavy imports stay inside the handlers so `haidang --help` is fast.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ def register(sub) -> None:
                               help="load the MoH ICD-10 catalogue (QĐ 4469, .xlsx or .csv)")
     icd.add_argument("file")
     icd.set_defaults(handler=_import_icd)
+
+    from serving import imaging_cli  # `haidang serve-imaging` (BentoML, split mode)
+
+    imaging_cli.register(sub)
 
 
 def _serve(args) -> int:

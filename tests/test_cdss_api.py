@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -320,3 +321,61 @@ def test_cli_check_names_the_bad_field(tmp_path):
     out = subprocess.run([sys.executable, "-m", "haidang", "cdss", "check", str(bad)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "THUOC.0.TEN_THUOC" in out.stderr
+
+
+def test_cli_import_icd(tmp_path):
+    catalogue = tmp_path / "qd4469.csv"
+    catalogue.write_text("STT,Mã bệnh,Tên bệnh\n1,J18.9,Viêm phổi không đặc hiệu\n"
+                         "2,I48.0,Rung nhĩ kịch phát\n", encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "haidang", "cdss", "import-icd", str(catalogue)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("2 Vietnamese ICD-10 titles")
+    assert (tmp_path / "var" / "icd10-moh.csv").read_text(encoding="utf-8").count("\n") == 3
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\nx,y\n", encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "haidang", "cdss", "import-icd", str(bad)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 2 and "ICD-10" in out.stderr
+
+
+def test_haidang_serve_with_two_workers(tmp_path):
+    """The real server as `haidang serve` starts it: uvicorn, 2 workers, a free port."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAIDANG_")}
+    env.update(HAIDANG_API_KEYS=KEY, HAIDANG_SECURITY__AUDIT_LOG=str(tmp_path / "audit.log"))
+    proc = subprocess.Popen([sys.executable, "-m", "haidang", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "2"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "haidang serve not ready in 60 s"
+            time.sleep(0.3)
+        with httpx.Client(base_url=base, headers={"X-API-Key": KEY}) as c:
+            for _ in range(5):
+                r = c.post(CHECK, content=fixture_bytes("xml130-sample.xml"),
+                           headers={"Content-Type": "application/xml"})
+                assert r.status_code == 200
+                assert_sample_alerts(r.json())
+            assert c.post(CHECK, json={"THUOC": []}).status_code == 422
+            assert c.get("/cds-services").json()["services"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    count, problems = verify_chain(tmp_path / "audit.log")
+    assert count == 5 and problems == []
