@@ -20,6 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from serving.ratelimit import install_rate_limit
+
 log = logging.getLogger("haidang.serving")
 ICD_CATALOGUE_DIR = Path("var")
 ICD_CATALOGUE_STEM = "icd10-moh"
@@ -34,7 +36,7 @@ def icd_catalogue_path(base: Path = ICD_CATALOGUE_DIR) -> Path | None:
     return None
 
 
-def load_engine(kb=None):
+def load_engine(kb=None, learned: bool = True):
     """The knowledge base and a check engine over it (with the MoH ICD titles when imported)."""
     from serving.cdss.checks import CheckEngine
     from serving.cdss.icd import Icd10
@@ -43,14 +45,28 @@ def load_engine(kb=None):
     kb = kb or KnowledgeBase.load()
     catalogue = icd_catalogue_path()
     icd = Icd10(moh_catalogue=catalogue) if catalogue else Icd10()
-    return kb, CheckEngine(kb, icd)
+    return kb, CheckEngine(kb, icd, learned=_learned_checks(kb) if learned else None)
 
 
-def create_app(settings, kb=None, **router_options) -> FastAPI:
+def _learned_checks(kb):
+    """The learned models (ONNX) when the registry has them; None switches them off."""
+    try:
+        from serving.cdss.learned import LearnedChecks
+
+        checks = LearnedChecks.load(kb)
+    except Exception as exc:  # noqa: BLE001 - the KB checks must run without the models
+        log.warning("learned CDSS checks off: %s: %s", type(exc).__name__, exc)
+        return None
+    if checks.interaction is None and checks.protocol is None:
+        return None
+    return checks
+
+
+def create_app(settings, kb=None, learned: bool = True, **router_options) -> FastAPI:
     """The app: knowledge base loaded now (once per worker), CDSS routes mounted."""
     from serving.cdss.api import cdss_router
 
-    kb, engine = load_engine(kb)
+    kb, engine = load_engine(kb, learned=learned)
     router = cdss_router(settings, kb, engine=engine, **router_options)
     state = router.cdss
 
@@ -67,6 +83,7 @@ def create_app(settings, kb=None, **router_options) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.cdss = state
+    install_rate_limit(app, settings.security)
     app.state.kb = kb
     app.include_router(router)
 

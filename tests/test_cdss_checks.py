@@ -236,3 +236,57 @@ def test_recognised_drugs_give_no_unrecognised_alert(engine):
 
 def test_clean_prescription_has_no_alerts(engine):
     assert engine.check(rx("Paracetamol 500mg", "Amoxicilin 500mg", codes=["J02.9"])).alerts == []
+
+
+# ---------------------------------------------------------------------- learned hook
+class _Predicted:
+    """Stands in for serving.cdss.learned.LearnedChecks at the engine's boundary."""
+
+    def __init__(self, fail=False):
+        self.fail = fail
+        self.calls = []
+
+    def predicted_interactions(self, drugs, lines, current):
+        self.calls.append(([d.inn for d in drugs], list(lines), list(current)))
+        if self.fail:
+            raise RuntimeError("onnxruntime session died")
+        return [_Alert(id="ddi-predicted:a+b", kind="drug-drug-predicted", severity="major",
+                       drugs=[drugs[0].inn, drugs[1].inn], lines=[0, 1])]
+
+    def unusual_drugs(self, drugs, codes, lines):
+        return []
+
+
+class _Alert:
+    def __init__(self, **fields):
+        self.fields = {"icd": [], "management_vi": None, "management_en": None,
+                       "message_vi": "dự đoán", "message_en": "predicted",
+                       "source": "test model", **fields}
+
+    def as_dict(self):
+        return dict(self.fields)
+
+
+def test_learned_alerts_are_added_to_the_kb_alerts():
+    from serving.cdss.checks import CheckEngine
+    from serving.cdss.icd import Icd10
+    from tests.cdss_support import FIXTURE_KB, fixture_kb
+
+    learned = _Predicted()
+    eng = CheckEngine(fixture_kb(), Icd10(edits=FIXTURE_KB / "icd-edits.csv"), learned=learned)
+    result = eng.check(rx("Amiodaron", "Paracetamol", current=["Warfarin"]))
+    assert [a.kind for a in result.alerts if a.kind == "drug-drug-predicted"] == [
+        "drug-drug-predicted"]
+    assert learned.calls == [(["amiodarone", "paracetamol", "warfarin"], [0, 1, 2],
+                              [False, False, True])]
+
+
+def test_a_failing_model_never_breaks_the_kb_checks():
+    from serving.cdss.checks import CheckEngine
+    from serving.cdss.icd import Icd10
+    from tests.cdss_support import FIXTURE_KB, fixture_kb
+
+    eng = CheckEngine(fixture_kb(), Icd10(edits=FIXTURE_KB / "icd-edits.csv"),
+                      learned=_Predicted(fail=True))
+    result = eng.check(rx("Cordarone", "Levofloxacin"))
+    assert [a.kind for a in result.alerts] == ["drug-drug"]

@@ -281,7 +281,7 @@ def card_for(alert: InteractionAlert, lang: str, lines: list[DrugLine]) -> dict:
             for code, v, e in OVERRIDE_REASONS
         ]
     suggestions = []
-    if alert.kind in ("drug-drug", "duplicate"):
+    if alert.kind in ("drug-drug", "duplicate", "drug-drug-predicted"):
         for index in alert.lines:
             line = lines[index] if 0 <= index < len(lines) else None
             if line is None or line.ref is None or line.current:

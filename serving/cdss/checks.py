@@ -8,6 +8,7 @@ shape we do not know) only switches off the check that needs it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import combinations
@@ -15,6 +16,8 @@ from itertools import combinations
 from serving.cdss.dose import daily_dose_mg
 from serving.cdss.knowledge import Drug, Interaction, KnowledgeBase
 from serving.cdss.models import SEVERITY_RANK, InteractionAlert, Prescription
+
+log = logging.getLogger("haidang.cdss")
 
 SEVERITY_VI = {
     "contraindicated": "Chống chỉ định phối hợp",
@@ -66,8 +69,11 @@ class CheckResult:
 class CheckEngine:
     """Holds the knowledge base and the ICD-10 helper; `check` is pure and thread-safe."""
 
-    def __init__(self, kb: KnowledgeBase, icd=None):
+    def __init__(self, kb: KnowledgeBase, icd=None, learned=None):
         self.kb = kb
+        # Optional learned checks (`serving.cdss.learned.LearnedChecks`): predicted
+        # interactions for pairs the KB lacks, unusual drugs for the diagnoses.
+        self.learned = learned
         if icd is None:
             icd = getattr(kb, "icd", None)
         if icd is None:
@@ -111,8 +117,23 @@ class CheckEngine:
             self._indications(alerts, new_items, codes)
             self._contraindications(alerts, new_items, codes)
         self._pregnancy(alerts, new_items, rx, codes)
+        if self.learned is not None and items:
+            self._learned(alerts, items, new_items, codes)
         alerts.sort(key=lambda a: -SEVERITY_RANK[a.severity])
         return CheckResult(alerts=alerts, recognised=recognised)
+
+    def _learned(self, alerts, items: list[_Item], new_items: list[_Item], codes) -> None:
+        """Model-based alerts; a failing model costs its alerts, never the whole check."""
+        try:
+            found = self.learned.predicted_interactions(
+                [it.drug for it in items], [it.line for it in items],
+                [it.current for it in items])
+            if codes and new_items:
+                found += self.learned.unusual_drugs(
+                    [it.drug for it in new_items], codes, [it.line for it in new_items])
+            alerts.extend(InteractionAlert(**a.as_dict()) for a in found)
+        except Exception as exc:  # noqa: BLE001 - a model must not break the KB checks
+            log.warning("learned checks skipped: %s", type(exc).__name__)
 
     # ------------------------------------------------------------------ drugs
     def _unrecognised(self, index: int, text: str) -> InteractionAlert:

@@ -25,6 +25,8 @@ AlertKind = Literal[
     "contraindication",
     "pregnancy",
     "unrecognised-drug",
+    "drug-drug-predicted",  # serving.cdss.learned: a pair the KB lacks, scored by a model
+    "unusual-drug",  # serving.cdss.learned: rarely prescribed for these diagnoses
 ]
 
 SEVERITY_RANK: dict[str, int] = {
