@@ -6,6 +6,7 @@ The full form runs by hand: ``python bench/soak/run.py --rounds 20 --instances 5
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _soak_module():
     spec = importlib.util.spec_from_file_location("haidang_soak", REPO / "bench/soak/run.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
