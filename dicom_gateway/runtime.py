@@ -19,6 +19,7 @@ from dicom_gateway.scp import StorageSCP
 from dicom_gateway.spool import Spool
 from dicom_gateway.worker import process_job
 from dicom_gateway.writeback import Exporter
+from haidang import audit
 from haidang.settings import Settings
 
 log = logging.getLogger("haidang.gateway")
@@ -44,6 +45,7 @@ class Gateway:
 
     def start(self) -> Gateway:
         g = self.settings.gateway
+        audit.record_settings(self.settings, "gateway")
         self.spool = Spool(g.spool_dir, g.min_free_bytes, g.fsync)
         swept = self.spool.sweep_temporaries()
         self.index = Index(g.database_url)

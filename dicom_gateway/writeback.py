@@ -19,6 +19,7 @@ from pynetdicom.presentation import build_context
 from dicom_gateway import metrics
 from dicom_gateway.index import Export, Index
 from dicom_gateway.scp import set_nodelay, tls_context
+from haidang import audit
 from haidang.settings import Destination, Settings
 
 log = logging.getLogger("haidang.gateway.writeback")
@@ -111,6 +112,8 @@ class Exporter:
                 errors = [f"{type(exc).__name__}: {exc}"] * len(exports)
         metrics.EXPORT_SECONDS.observe(time.perf_counter() - t0)
         for exp, err in zip(exports, errors, strict=True):
+            audit.record(self.settings, "export", {"study": exp.study_uid}, export_id=exp.id,
+                         destination=name, outcome="delivered" if err is None else "failed")
             if err is None:
                 self.index.export_done(exp.id)
                 metrics.EXPORTS.labels("delivered").inc()

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "serving.cli",  # serve, cdss
     "training.cli",  # train, evaluate, models
     "haidang.demo",  # demo
+    "haidang.audit_cli",  # audit verify
 )
 
 

@@ -121,6 +121,8 @@ class SecuritySettings(_Section):
         None, description="external base URL of the CDSS (JWT aud = it + path); default: request"
     )
     max_body_bytes: int = Field(1_048_576, description="larger request bodies get 413")
+    rate_limit_per_s: float = Field(0.0, description="API requests/s per caller; 0 = no limit")
+    rate_limit_burst: int = Field(0, description="requests a caller may burst; 0 = 2 x rate")
 
 
 class Settings(_Section):

@@ -12,6 +12,7 @@ from fastapi.responses import RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dicom_gateway.worklist import worklist_router
+from haidang.access import protect_results
 from serving.app import create_app as create_cdss_app
 
 
@@ -19,6 +20,7 @@ def create_app(settings, gateway) -> FastAPI:
     app = create_cdss_app(settings)
     app.title = "Hải Đăng"
     app.include_router(worklist_router(settings, lambda: gateway.index))
+    protect_results(app, settings)  # API key + audit on worklist data and thumbnails
 
     @app.get("/", include_in_schema=False)
     def root():

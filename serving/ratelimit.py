@@ -1,0 +1,90 @@
+"""Rate limiting for the HTTP APIs: a token bucket per caller (API key, else client address).
+
+A caller may make ``rate`` requests per second on average, in bursts of up to ``burst``;
+beyond that it gets 429 with ``Retry-After``. The key is the SHA-256 of the ``X-API-Key``
+header when one is sent (a key guesser changes keys, so unauthenticated guessing is also
+bounded by its address through the second bucket), otherwise the client address. Buckets
+live in the process: with several uvicorn workers each enforces its own share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from collections import OrderedDict
+
+from starlette.responses import JSONResponse
+
+LIMITED_PREFIXES = ("/api/", "/cds-services")
+
+
+class TokenBucket:
+    """Buckets by caller; bounded in number (least recently used dropped)."""
+
+    def __init__(self, rate: float, burst: int, max_callers: int = 10_000):
+        self.rate = float(rate)
+        self.burst = max(1, int(burst))
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._max = max_callers
+        self._lock = threading.Lock()
+
+    def take(self, caller: str, now: float | None = None) -> float:
+        """0 when a request may go on; else the seconds until the next token."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, last = self._buckets.pop(caller, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[caller] = (tokens - 1.0, now)
+                wait = 0.0
+            else:
+                self._buckets[caller] = (tokens, now)
+                wait = (1.0 - tokens) / self.rate
+            while len(self._buckets) > self._max:
+                self._buckets.popitem(last=False)
+        return wait
+
+
+def caller_keys(headers, client_host: str | None) -> list[str]:
+    """The buckets a request draws from: its address, and its API key when it sends one."""
+    keys = [f"ip:{client_host or '-'}"]
+    presented = headers.get("x-api-key")
+    if presented:
+        keys.append("key:" + hashlib.sha256(presented.encode("utf-8")).hexdigest()[:16])
+    return keys
+
+
+class RateLimitMiddleware:
+    """Pure ASGI middleware (no body buffering) limiting the API paths."""
+
+    def __init__(self, app, rate: float, burst: int, prefixes=LIMITED_PREFIXES):
+        self.app = app
+        self.buckets = TokenBucket(rate, burst)
+        self.prefixes = tuple(prefixes)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("path", "").startswith(self.prefixes):
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                       for k, v in scope.get("headers", [])}
+            client = scope.get("client")
+            wait = max(self.buckets.take(k) for k in caller_keys(headers, client[0]
+                                                                    if client else None))
+            if wait > 0:
+                response = JSONResponse(
+                    {"error": "too many requests; slow down and retry after the delay given in "
+                              "Retry-After (security.rate_limit_per_s)"},
+                    status_code=429, headers={"Retry-After": str(max(1, math.ceil(wait)))})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def install_rate_limit(app, security) -> None:
+    """Add the limiter to ``app`` when ``security.rate_limit_per_s`` is above 0."""
+    rate = float(getattr(security, "rate_limit_per_s", 0) or 0)
+    if rate <= 0:
+        return
+    burst = int(getattr(security, "rate_limit_burst", 0) or 0) or max(1, int(2 * rate))
+    app.add_middleware(RateLimitMiddleware, rate=rate, burst=burst)
