@@ -162,6 +162,11 @@ class Index:
         with self.tx() as q:
             if self.dialect.name == "postgresql":  # workers starting together: one creates
                 q("SELECT pg_advisory_xact_lock(4242)")
+                # CREATE INDEX IF NOT EXISTS locks its table even when the index exists, and
+                # deadlocks against running workers: skip the DDL once the schema is there
+                # (it is created in one transaction, so its last index means all of it)
+                if q("SELECT to_regclass('exports_due')").fetchone()[0] is not None:
+                    return
             for stmt in SCHEMA.format(autoid=self.dialect.autoid).split(";"):
                 if stmt.strip():
                     q(stmt)
