@@ -156,3 +156,30 @@ def test_haidang_up_runs_and_stops_on_ctrl_c(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+
+
+def test_private_sop_class_and_deflated_syntax_stored_as_sent(tmp_path):
+    """Unknown (private) storage SOP classes and deflated data sets are stored byte for byte."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from dicom_gateway.scu import send_files
+
+    private = fresh_copy("mr", tmp_path / "send")
+    ds = pydicom.dcmread(private)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.3.6.1.4.1.9590.100.1.2.424242"
+    ds.save_as(private, enforce_file_format=True)
+    deflated = fresh_copy("ct", tmp_path / "send")
+    ds = pydicom.dcmread(deflated)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    ds.save_as(deflated, enforce_file_format=True)
+    with Gateway(gateway_settings(tmp_path, quiet=30)) as gw:
+        results = send_files("127.0.0.1", gw.port, "HAIDANG", "STORESCU", [private, deflated])
+        assert [r for _, r in results] == [None, None]
+        for f in (private, deflated):
+            sent = pydicom.dcmread(f, stop_before_pixels=True)
+            [got] = gw.index.study_instances(str(sent.StudyInstanceUID))
+            assert got["sop_class_uid"] == str(sent.SOPClassUID)
+            assert got["transfer_syntax"] == str(sent.file_meta.TransferSyntaxUID)
+            stored = (gw.spool.root / got["path"]).read_bytes()
+            assert stored.endswith(f.read_bytes()[-got["size"]:])  # the data set, byte for byte
+            assert dataset_hash(gw.spool.root / got["path"]) == dataset_hash(f)
