@@ -93,6 +93,8 @@ class CheckEngine:
         self._indicated_memo: dict[tuple, bool] = {}
         self._contra_found_memo: dict[tuple, tuple] = {}
         self._alert_memo: dict[tuple, InteractionAlert] = {}
+        self._predicted_memo: dict[tuple[str, str], tuple] = {}
+        self._unusual_memo: dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------------ entry point
     def check(self, rx: Prescription) -> CheckResult:
@@ -123,15 +125,42 @@ class CheckEngine:
         return CheckResult(alerts=alerts, recognised=recognised)
 
     def _learned(self, alerts, items: list[_Item], new_items: list[_Item], codes) -> None:
-        """Model-based alerts; a failing model costs its alerts, never the whole check."""
+        """Model-based alerts; a failing model costs its alerts, never the whole check.
+
+        Both models score one pair / one drug-with-diagnoses at a time, independently of the
+        rest of the prescription, so their answers are memoised per pair and per (drug,
+        diagnoses): in steady state a prescription costs dictionary look-ups, not inference.
+        """
         try:
-            found = self.learned.predicted_interactions(
-                [it.drug for it in items], [it.line for it in items],
-                [it.current for it in items])
-            if codes and new_items:
-                found += self.learned.unusual_drugs(
-                    [it.drug for it in new_items], codes, [it.line for it in new_items])
-            alerts.extend(InteractionAlert(**a.as_dict()) for a in found)
+            if getattr(self.learned, "interaction", True) is not None:
+                for x, y in combinations(items, 2):
+                    if (x.current and y.current) or x.drug.inn == y.drug.inn:
+                        continue
+                    a, b = (x, y) if x.drug.inn < y.drug.inn else (y, x)
+                    pair = (a.drug.inn, b.drug.inn)
+                    facts = self._pair_memo.get(pair)
+                    if facts is not None and facts[0] is not None:
+                        continue  # the knowledge base already speaks for this pair
+                    found = self._predicted_memo.get(pair)
+                    if found is None:
+                        found = _remember(self._predicted_memo, pair, tuple(
+                            p.as_dict() for p in self.learned.predicted_interactions(
+                                [a.drug, b.drug], [0, 1], [False, False])))
+                    lines = sorted({a.line, b.line})
+                    alerts.extend(InteractionAlert(**{**d, "lines": lines}) for d in found)
+            if codes and new_items and getattr(self.learned, "protocol", True) is not None:
+                done: set[str] = set()
+                for it in new_items:
+                    if it.drug.inn in done:
+                        continue
+                    done.add(it.drug.inn)
+                    key = (it.drug.inn, *codes)
+                    found = self._unusual_memo.get(key)
+                    if found is None:
+                        found = _remember(self._unusual_memo, key, tuple(
+                            u.as_dict() for u in self.learned.unusual_drugs([it.drug], codes,
+                                                                            [0])))
+                    alerts.extend(InteractionAlert(**{**d, "lines": [it.line]}) for d in found)
         except Exception as exc:  # noqa: BLE001 - a model must not break the KB checks
             log.warning("learned checks skipped: %s", type(exc).__name__)
 
