@@ -93,8 +93,12 @@ class Gateway:
         settings = self.settings.model_copy(deep=True)
         settings.gateway.port = self.port  # the port actually bound (0 = any)
         for i in range(n):
-            proc = ctx.Process(target=run_listener, args=(settings.model_dump_json(), os.getpid()),
-                               name=f"haidang-listener-{i + 1}", daemon=True)
+            proc = ctx.Process(
+                target=run_listener,
+                args=(settings.model_dump_json(), os.getpid()),
+                name=f"haidang-listener-{i + 1}",
+                daemon=True,
+            )
             proc.start()
             self._listeners.append(proc)
 
@@ -106,6 +110,11 @@ class Gateway:
         if not instances.is_dir():
             return 0
         known = self.index.indexed_paths()
+        quiet = {
+            a.ae_title.strip(): a.quiet_period_s
+            for a in self.settings.gateway.allowed_sources
+            if a.quiet_period_s is not None
+        }
         n = 0
         for path in instances.rglob("*.dcm"):
             rel = str(path.relative_to(self.spool.root))
@@ -122,11 +131,18 @@ class Gateway:
             attrs = {k: str(ds.get(k, "") or "") for k in ROUTING_KEYS}
             attrs["SOPClassUID"] = str(ds.SOPClassUID)
             self.index.record_instance(
-                sop_uid=str(ds.SOPInstanceUID).strip(), study_uid=str(ds.StudyInstanceUID).strip(),
-                series_uid=str(ds.SeriesInstanceUID).strip(), sop_class_uid=str(ds.SOPClassUID),
-                transfer_syntax=str(meta.TransferSyntaxUID), path=rel,
-                size=path.stat().st_size, calling_ae=ae, attrs=attrs,
-                quiet_period_s=self.settings.gateway.quiet_period_s, now=path.stat().st_mtime)
+                sop_uid=str(ds.SOPInstanceUID).strip(),
+                study_uid=str(ds.StudyInstanceUID).strip(),
+                series_uid=str(ds.SeriesInstanceUID).strip(),
+                sop_class_uid=str(ds.SOPClassUID),
+                transfer_syntax=str(meta.TransferSyntaxUID),
+                path=rel,
+                size=path.stat().st_size,
+                calling_ae=ae,
+                attrs=attrs,
+                quiet_period_s=quiet.get(ae, self.settings.gateway.quiet_period_s),
+                now=path.stat().st_mtime,
+            )
             n += 1
         return n
 

@@ -77,8 +77,14 @@ def set_nodelay(sock) -> None:
             pass
 
 
-HEADER_TAGS = ["SpecificCharacterSet", "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-               "SOPClassUID", *ROUTING_KEYS]
+HEADER_TAGS = [
+    "SpecificCharacterSet",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    *ROUTING_KEYS,
+]
 
 
 def parse_header(data: bytes) -> pydicom.Dataset:
@@ -116,15 +122,17 @@ def file_header(sop_class: str, sop_instance: str, transfer_syntax: str, source_
     Encoded directly: building a pydicom FileMetaDataset per instance cost ~10% of ingest.
     ``SourceApplicationEntityTitle`` records the sender, for re-indexing after a crash.
     """
-    body = b"".join((
-        _element(0x0001, b"OB", b"\x00\x01"),
-        _element(0x0002, b"UI", _padded(sop_class, b"\x00")),
-        _element(0x0003, b"UI", _padded(sop_instance, b"\x00")),
-        _element(0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
-        _element(0x0012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
-        _element(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
-        _element(0x0016, b"AE", _padded(source_ae or "UNKNOWN", b" ")),
-    ))
+    body = b"".join(
+        (
+            _element(0x0001, b"OB", b"\x00\x01"),
+            _element(0x0002, b"UI", _padded(sop_class, b"\x00")),
+            _element(0x0003, b"UI", _padded(sop_instance, b"\x00")),
+            _element(0x0010, b"UI", _padded(transfer_syntax, b"\x00")),
+            _element(0x0012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+            _element(0x0013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+            _element(0x0016, b"AE", _padded(source_ae or "UNKNOWN", b" ")),
+        )
+    )
     return b"\x00" * 128 + b"DICM" + _element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
@@ -215,8 +223,12 @@ class StorageSCP:
             stream = event.request.DataSet.getvalue()
             req = event.request
             transfer_syntax = str(event.context.transfer_syntax)
-            head = file_header(str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID),
-                               transfer_syntax, calling_ae)
+            head = file_header(
+                str(req.AffectedSOPClassUID),
+                str(req.AffectedSOPInstanceUID),
+                transfer_syntax,
+                calling_ae,
+            )
         except Exception as exc:  # noqa: BLE001
             log.warning("C-STORE from %s: no data set (%s)", calling_ae, exc)
             metrics.INSTANCES.labels("unparsable").inc()
@@ -273,12 +285,13 @@ class StorageSCP:
         metrics.INSTANCES.labels("stored" if new else "duplicate").inc()
         if new:
             metrics.BYTES.inc(len(stream))
-            log.debug(
-                "stored instance %s of study %s from %s",
-                metrics.uid_hash(sop_uid),
-                metrics.uid_hash(study_uid),
-                calling_ae,
-            )
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "stored instance %s of study %s from %s",
+                    metrics.uid_hash(sop_uid),
+                    metrics.uid_hash(study_uid),
+                    calling_ae,
+                )
             if self.on_stored:
                 self.on_stored()
         return SUCCESS

@@ -261,3 +261,27 @@ def test_spool_files_the_index_lost_are_reindexed_on_start(tmp_path):
         assert {i["calling_ae"] for i in got.values()} == {"STORESCU"}
         wait_until(lambda: (gw.index.study(study_uid) or {}).get("state") == "processed",
                    timeout=20, what="re-indexed study processed")
+
+
+def test_extra_listener_processes_share_the_port(tmp_path):
+    settings = gateway_settings(tmp_path, quiet=0.5)
+    settings.gateway.listener_processes = 2
+    study_uid = generate_uid()
+    files = [fresh_copy("ct", tmp_path / "send", study_uid=study_uid) for _ in range(16)]
+    with Gateway(settings) as gw:
+        [child] = gw._listeners
+        assert child.is_alive()
+        procs = [subprocess.Popen([dcmtk("storescu"), "--required", "-xe", "-aet", "STORESCU",
+                                   "-aec", "HAIDANG", "127.0.0.1", str(gw.port),
+                                   *map(str, files[i::4])], env=dcmtk_env(),
+                                  stderr=subprocess.PIPE) for i in range(4)]
+        assert [p.wait(120) for p in procs] == [0, 0, 0, 0]
+        assert len(gw.index.study_instances(study_uid)) == 16
+        wait_until(lambda: (gw.index.study(study_uid) or {}).get("state") == "processed",
+                   timeout=30, what="study processed")
+        assert gw.index.results(study_uid)[-1]["summary"]["instances"] == 16
+        gw.scp.stop()  # now only the extra process listens
+        late = fresh_copy("mr", tmp_path / "send", study_uid=study_uid)
+        assert storescu([late], gw.port, "HAIDANG").returncode == 0
+        assert len(gw.index.study_instances(study_uid)) == 17
+    assert not child.is_alive()
