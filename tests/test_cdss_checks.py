@@ -247,11 +247,13 @@ class _Predicted:
         self.calls = []
 
     def predicted_interactions(self, drugs, lines, current):
-        self.calls.append(([d.inn for d in drugs], list(lines), list(current)))
+        self.calls.append(tuple(d.inn for d in drugs))
         if self.fail:
             raise RuntimeError("onnxruntime session died")
-        return [_Alert(id="ddi-predicted:a+b", kind="drug-drug-predicted", severity="major",
-                       drugs=[drugs[0].inn, drugs[1].inn], lines=[0, 1])]
+        if {d.inn for d in drugs} != {"amiodarone", "paracetamol"}:
+            return []
+        return [_Alert(id="ddi-predicted:amiodarone+paracetamol", kind="drug-drug-predicted",
+                       severity="major", drugs=[drugs[0].inn, drugs[1].inn], lines=[0, 1])]
 
     def unusual_drugs(self, drugs, codes, lines):
         return []
@@ -274,11 +276,12 @@ def test_learned_alerts_are_added_to_the_kb_alerts():
 
     learned = _Predicted()
     eng = CheckEngine(fixture_kb(), Icd10(edits=FIXTURE_KB / "icd-edits.csv"), learned=learned)
-    result = eng.check(rx("Amiodaron", "Paracetamol", current=["Warfarin"]))
-    assert [a.kind for a in result.alerts if a.kind == "drug-drug-predicted"] == [
-        "drug-drug-predicted"]
-    assert learned.calls == [(["amiodarone", "paracetamol", "warfarin"], [0, 1, 2],
-                              [False, False, True])]
+    for _ in range(2):  # the second time from the memo: no new model calls
+        result = eng.check(rx("Paracetamol", "Amiodaron", current=["Warfarin"]))
+        [predicted] = [a for a in result.alerts if a.kind == "drug-drug-predicted"]
+        assert predicted.lines == [0, 1] and predicted.severity == "major"
+    # pairs the KB knows (paracetamol + warfarin) and repeated pairs are not scored
+    assert sorted(learned.calls) == [("amiodarone", "paracetamol"), ("amiodarone", "warfarin")]
 
 
 def test_a_failing_model_never_breaks_the_kb_checks():
