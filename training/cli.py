@@ -35,11 +35,11 @@ def register(sub) -> None:
         type=Path,
         help="new version folder, e.g. models/cxr-pneumonia/1.1.0",
     )
-    p.add_argument("--epochs", type=int, default=None, help="epochs per seed (default 16)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per seed (default 12)")
     p.add_argument(
         "--seeds",
         default=None,
-        help="comma-separated seeds; one ensemble member each (default 0,1)",
+        help="comma-separated seeds; one ensemble member each (default 0)",
     )
     p.add_argument(
         "--time-budget-min",

@@ -51,7 +51,7 @@ class Config:
     learning_rate: float = 0.05
     max_leaf_nodes: int = 15
     min_samples_leaf: int = 10
-    l2_regularization: float = 1.0
+    subsample: float = 0.8
     target_specificity: float = 0.99  # threshold: predicted alert when above this
     major_specificity: float = 0.999  # severity "major" above this, else "moderate"
     seed: int = 0
@@ -89,12 +89,14 @@ def build_pairs(kb: KnowledgeBase, featurizer: PairFeaturizer) -> PairData:
 
 
 def make_model(cfg: Config, seed: int):
-    from sklearn.ensemble import HistGradientBoostingClassifier
+    """Gradient-boosted trees (skl2onnx converts these exactly; its HistGradientBoosting
+    converter fails with this scikit-learn release)."""
+    from sklearn.ensemble import GradientBoostingClassifier
 
-    return HistGradientBoostingClassifier(
-        max_iter=cfg.max_iter, learning_rate=cfg.learning_rate,
+    return GradientBoostingClassifier(
+        n_estimators=cfg.max_iter, learning_rate=cfg.learning_rate,
         max_leaf_nodes=cfg.max_leaf_nodes, min_samples_leaf=cfg.min_samples_leaf,
-        l2_regularization=cfg.l2_regularization, early_stopping=False, random_state=seed,
+        subsample=cfg.subsample, random_state=seed,
     )
 
 
@@ -352,7 +354,7 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
         },
         "parity": parity_fig,
         "model": {
-            "estimator": "sklearn.ensemble.HistGradientBoostingClassifier",
+            "estimator": "sklearn.ensemble.GradientBoostingClassifier",
             "exported_with": "skl2onnx (opset 17, ai.onnx.ml 3, zipmap off)",
             "n_features": len(names),
         },

@@ -126,6 +126,7 @@ def train_and_register(
             "name": "probability",
             "shape": [-1, 1],
             "dtype": "float32",
+            "activation": "none",
             "meaning": "probability of pneumonia (sigmoid of the ensemble's mean logit)",
         },
         "threshold": None,
