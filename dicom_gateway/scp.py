@@ -29,6 +29,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from dicom_gateway import metrics
 from dicom_gateway.index import Index
 from dicom_gateway.spool import OutOfSpace, Spool
+from dicom_gateway.wellformed import check_file_bytes
 from haidang.settings import GatewaySettings, TLSSettings
 
 log = logging.getLogger("haidang.gateway.scp")
@@ -95,6 +96,7 @@ def parse_header(data: bytes) -> pydicom.Dataset:
     """
     try:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        check_file_bytes(data, str(ds.file_meta.TransferSyntaxUID))  # cut short, bad lengths
         uids = [str(ds[k].value).strip() for k in HEADER_TAGS[1:5]]
         for key in ROUTING_KEYS:
             ds.get(key)
