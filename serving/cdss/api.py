@@ -24,6 +24,7 @@ from serving.cdss.models import (
     PrescriptionCheckRequest,
     PrescriptionCheckResponse,
     prescription_from_native,
+    response_json,
 )
 from serving.cdss.security import Guard, Unauthorized
 from serving.cdss.xml130 import Xml130Error, parse_xml130
@@ -206,9 +207,8 @@ def cdss_router(
             lines=len(req.THUOC), alerts=[a.id for a in result.alerts],
             ms=round((time.perf_counter() - started) * 1000, 3),
         )
-        out = PrescriptionCheckResponse(alerts=result.alerts, recognised=result.recognised,
-                                        knowledge_version=state.knowledge_version)
-        return Response(out.model_dump_json(), media_type="application/json")
+        body = response_json(result.alerts, result.recognised, state.knowledge_version)
+        return Response(body, media_type="application/json")
 
     # ------------------------------------------------------------------ CDS Hooks
     @router.get("/cds-services", tags=["cds-hooks"], summary="CDS Hooks discovery")

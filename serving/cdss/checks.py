@@ -93,7 +93,7 @@ class CheckEngine:
         self._indicated_memo: dict[tuple, bool] = {}
         self._contra_found_memo: dict[tuple, tuple] = {}
         self._alert_memo: dict[tuple, InteractionAlert] = {}
-        self._predicted_memo: dict[tuple[str, str], tuple] = {}
+        self._predicted_memo: dict[tuple, tuple] = {}
         self._unusual_memo: dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------------ entry point
@@ -141,26 +141,28 @@ class CheckEngine:
                     facts = self._pair_memo.get(pair)
                     if facts is not None and facts[0] is not None:
                         continue  # the knowledge base already speaks for this pair
-                    found = self._predicted_memo.get(pair)
+                    key = (pair, a.line, b.line)
+                    found = self._predicted_memo.get(key)
                     if found is None:
-                        found = _remember(self._predicted_memo, pair, tuple(
-                            p.as_dict() for p in self.learned.predicted_interactions(
+                        lines = sorted({a.line, b.line})
+                        found = _remember(self._predicted_memo, key, tuple(
+                            InteractionAlert(**{**p.as_dict(), "lines": lines})
+                            for p in self.learned.predicted_interactions(
                                 [a.drug, b.drug], [0, 1], [False, False])))
-                    lines = sorted({a.line, b.line})
-                    alerts.extend(InteractionAlert(**{**d, "lines": lines}) for d in found)
+                    alerts.extend(found)
             if codes and new_items and getattr(self.learned, "protocol", True) is not None:
                 done: set[str] = set()
                 for it in new_items:
                     if it.drug.inn in done:
                         continue
                     done.add(it.drug.inn)
-                    key = (it.drug.inn, *codes)
+                    key = (it.drug.inn, it.line, *codes)
                     found = self._unusual_memo.get(key)
                     if found is None:
                         found = _remember(self._unusual_memo, key, tuple(
-                            u.as_dict() for u in self.learned.unusual_drugs([it.drug], codes,
-                                                                            [0])))
-                    alerts.extend(InteractionAlert(**{**d, "lines": [it.line]}) for d in found)
+                            InteractionAlert(**{**u.as_dict(), "lines": [it.line]})
+                            for u in self.learned.unusual_drugs([it.drug], codes, [0])))
+                    alerts.extend(found)
         except Exception as exc:  # noqa: BLE001 - a model must not break the KB checks
             log.warning("learned checks skipped: %s", type(exc).__name__)
 

@@ -7,6 +7,7 @@ patient identifiers among them are never stored, only hashed in the audit log.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
@@ -148,6 +149,30 @@ class PrescriptionCheckResponse(BaseModel):
         default_factory=list, description="ingredient names recognised, one entry per line"
     )
     knowledge_version: str | None = None
+
+
+# id(alert) -> (alert, its JSON). The engine reuses alert objects across requests (they are
+# never modified); holding the object keeps its id from being reused while cached.
+_ALERT_JSON: dict[int, tuple[InteractionAlert, bytes]] = {}
+
+
+def _alert_json(alert: InteractionAlert) -> bytes:
+    hit = _ALERT_JSON.get(id(alert))
+    if hit is not None and hit[0] is alert:
+        return hit[1]
+    data = alert.model_dump_json().encode()
+    if len(_ALERT_JSON) >= 20_000:
+        _ALERT_JSON.clear()
+    _ALERT_JSON[id(alert)] = (alert, data)
+    return data
+
+
+def response_json(alerts: list[InteractionAlert], recognised: list[str],
+                  knowledge_version: str | None) -> bytes:
+    """`PrescriptionCheckResponse` as JSON bytes, assembled from each alert's cached JSON."""
+    tail = json.dumps({"recognised": recognised, "knowledge_version": knowledge_version},
+                      ensure_ascii=False, separators=(",", ":")).encode()
+    return b'{"alerts":[' + b",".join(_alert_json(a) for a in alerts) + b"]," + tail[1:]
 
 
 # ---- the engine's own view of a prescription (native and FHIR requests both map to it) ----
