@@ -93,14 +93,17 @@ class Gateway:
         settings = self.settings.model_copy(deep=True)
         settings.gateway.port = self.port  # the port actually bound (0 = any)
         for i in range(n):
+            ready = ctx.Event()
             proc = ctx.Process(
                 target=run_listener,
-                args=(settings.model_dump_json(), os.getpid()),
+                args=(settings.model_dump_json(), os.getpid(), ready),
                 name=f"haidang-listener-{i + 1}",
                 daemon=True,
             )
             proc.start()
             self._listeners.append(proc)
+            if not ready.wait(60):
+                log.error("listener process %s did not start within 60 s", i + 1)
 
     def reindex_spool(self) -> int:
         """Index spool files the index does not know (its last commits lost in an OS crash)."""
@@ -248,7 +251,7 @@ class Gateway:
         self._loop("exporter", step, self._exports_ready, 0.25)
 
 
-def run_listener(settings_json: str, parent_pid: int) -> None:
+def run_listener(settings_json: str, parent_pid: int, ready=None) -> None:
     """An extra listener process: C-STORE into the shared spool and index, nothing else."""
     settings = Settings.model_validate_json(settings_json)
     g = settings.gateway
@@ -257,6 +260,8 @@ def run_listener(settings_json: str, parent_pid: int) -> None:
     scp = StorageSCP(g, spool, index)
     scp.reuse_port = True
     scp.start()
+    if ready is not None:
+        ready.set()
     try:
         while os.getppid() == parent_pid:  # the gateway died (even kill -9): stop listening
             time.sleep(0.5)

@@ -37,8 +37,7 @@ log = logging.getLogger("haidang.gateway.scp")
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
-PROCESSING_FAILURE = 0x0110
-DUL_LOOP_DELAY_S = 0.0002  # index or disk error other than space: the caller retries later
+PROCESSING_FAILURE = 0x0110  # index or disk error other than space: the caller retries later
 
 ROUTING_KEYS = (
     "Modality",
@@ -190,8 +189,6 @@ class StorageSCP:
 
     def handle_conn_open(self, event) -> None:
         set_nodelay(event.assoc.dul.socket.socket)
-        # the DUL polls its socket; a shorter idle sleep cuts latency per PDU (default 1 ms)
-        event.assoc.dul._run_loop_delay = DUL_LOOP_DELAY_S
 
     def handle_requested(self, event) -> None:
         assoc = event.assoc
@@ -214,27 +211,30 @@ class StorageSCP:
     # -- storage ----------------------------------------------------------------------
 
     def handle_store(self, event) -> int:
+        """pynetdicom's EVT_C_STORE: the data set bytes exactly as received."""
+        try:
+            req = event.request
+            stream = req.DataSet.getvalue()
+            sop_class, sop_instance = str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)
+            transfer_syntax = str(event.context.transfer_syntax)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("C-STORE without a data set (%s)", exc)
+            metrics.INSTANCES.labels("unparsable").inc()
+            return CANNOT_UNDERSTAND
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        return self.store(calling_ae, sop_class, sop_instance, transfer_syntax, stream)
+
+    def store(self, calling_ae: str, sop_class: str, sop_instance: str, transfer_syntax: str,
+              stream: bytes) -> int:
+        """File one received data set; the returned status is the C-STORE response."""
         t0 = time.perf_counter()
-        status = self._store(event)
+        status = self._store(calling_ae, sop_class, sop_instance, transfer_syntax, stream)
         metrics.STORE_SECONDS.observe(time.perf_counter() - t0)
         return status
 
-    def _store(self, event) -> int:
-        calling_ae = str(event.assoc.requestor.ae_title).strip()
-        try:
-            stream = event.request.DataSet.getvalue()
-            req = event.request
-            transfer_syntax = str(event.context.transfer_syntax)
-            head = file_header(
-                str(req.AffectedSOPClassUID),
-                str(req.AffectedSOPInstanceUID),
-                transfer_syntax,
-                calling_ae,
-            )
-        except Exception as exc:  # noqa: BLE001
-            log.warning("C-STORE from %s: no data set (%s)", calling_ae, exc)
-            metrics.INSTANCES.labels("unparsable").inc()
-            return CANNOT_UNDERSTAND
+    def _store(self, calling_ae: str, sop_class: str, sop_instance: str, transfer_syntax: str,
+               stream: bytes) -> int:
+        head = file_header(sop_class, sop_instance, transfer_syntax, calling_ae)
         try:
             ds = parse_header(head + stream)
         except Unparsable as exc:
@@ -314,27 +314,30 @@ class StorageSCP:
         return ae
 
     def start(self) -> None:
-        ae = self.make_ae()
-        handlers = [
-            (evt.EVT_CONN_OPEN, self.handle_conn_open),
-            (evt.EVT_REQUESTED, self.handle_requested),
-            (evt.EVT_C_ECHO, self.handle_echo),
-            (evt.EVT_C_STORE, self.handle_store),
-        ]
         ssl_ctx = tls_context(self.settings.tls) if self.settings.tls else None
-        self.server = ae.start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
-            evt_handlers=handlers,
-            ssl_context=ssl_ctx,
-        )
-        set_nodelay(self.server.socket)
+        address = (self.settings.host, self.settings.port)
+        if self.settings.receive_path == "lean":
+            from dicom_gateway.lean import LeanServer
+
+            self.server = LeanServer(self, *address, ssl_context=ssl_ctx,
+                                     reuse_port=self.reuse_port)
+        else:
+            handlers = [
+                (evt.EVT_CONN_OPEN, self.handle_conn_open),
+                (evt.EVT_REQUESTED, self.handle_requested),
+                (evt.EVT_C_ECHO, self.handle_echo),
+                (evt.EVT_C_STORE, self.handle_store),
+            ]
+            self.server = self.make_ae().start_server(
+                address, block=False, evt_handlers=handlers, ssl_context=ssl_ctx)
+            set_nodelay(self.server.socket)
         log.info(
-            "DICOM listener %s on %s:%s%s",
+            "DICOM listener %s on %s:%s (%s receive path%s)",
             self.settings.ae_title,
             self.settings.host,
             self.server.server_address[1],
-            " (TLS)" if ssl_ctx else "",
+            self.settings.receive_path,
+            ", TLS" if ssl_ctx else "",
         )
 
     @property

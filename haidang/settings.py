@@ -12,7 +12,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -62,6 +62,9 @@ class GatewaySettings(_Section):
     max_pdu: int = 0
     listener_processes: int = Field(
         1, ge=1, description="DICOM listener processes sharing the port (SO_REUSEPORT)"
+    )
+    receive_path: Literal["lean", "pynetdicom"] = Field(
+        "lean", description="lean: the gateway's own C-ECHO/C-STORE listener; or pynetdicom's"
     )
 
 

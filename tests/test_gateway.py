@@ -12,8 +12,10 @@ from tests.gateway_helpers import dataset_hash, gateway_settings, send_as_is, wa
 pytestmark = pytest.mark.orthanc
 
 
-def test_ingest_assemble_and_write_back(tmp_path, orthanc):
+@pytest.mark.parametrize("receive_path", ["lean", "pynetdicom"])
+def test_ingest_assemble_and_write_back(tmp_path, orthanc, receive_path):
     settings = gateway_settings(tmp_path, orthanc)
+    settings.gateway.receive_path = receive_path
     study_uid, files = make_study(list(SAMPLES), tmp_path / "send")
     with Gateway(settings) as gw:
         for res in send_as_is(files, gw.port):

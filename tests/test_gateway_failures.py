@@ -32,11 +32,14 @@ pytestmark = pytest.mark.orthanc
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_unknown_ae_and_wrong_host_rejected(tmp_path):
+@pytest.mark.parametrize("receive_path", ["lean", "pynetdicom"])
+def test_unknown_ae_and_wrong_host_rejected(tmp_path, receive_path):
     allowed = [{"ae_title": "STORESCU", "host": "127.0.0.1"},
                {"ae_title": "REMOTEPACS", "host": "10.20.30.40"}]
     f = fresh_copy("ct", tmp_path / "send")
-    with Gateway(gateway_settings(tmp_path, allowed=allowed)) as gw:
+    settings = gateway_settings(tmp_path, allowed=allowed)
+    settings.gateway.receive_path = receive_path
+    with Gateway(settings) as gw:
         for calling in ("INTRUDER", "REMOTEPACS"):  # unknown AE; known AE from the wrong host
             res = storescu([f], gw.port, "HAIDANG", calling_ae=calling)
             assert res.returncode != 0
@@ -62,7 +65,8 @@ def test_duplicate_instance_stored_once(tmp_path):
         assert study["instance_count"] == 1
 
 
-def test_malformed_data_refused_and_gateway_keeps_serving(tmp_path):
+@pytest.mark.parametrize("receive_path", ["lean", "pynetdicom"])
+def test_malformed_data_refused_and_gateway_keeps_serving(tmp_path, receive_path):
     send = tmp_path / "send"
     good = fresh_copy("ct", send)
     # a well-formed file without a Study Instance UID (dcmtk sends it; we cannot file it)
@@ -80,7 +84,9 @@ def test_malformed_data_refused_and_gateway_keeps_serving(tmp_path):
     garbage = random.Random(7).randbytes(3000)
     junk.write_bytes(raw[:meta_end] + b"\x08\x00\x16\x00UI\xff\x7f" + garbage)
 
-    with Gateway(gateway_settings(tmp_path, quiet=30)) as gw:
+    settings = gateway_settings(tmp_path, quiet=30)
+    settings.gateway.receive_path = receive_path
+    with Gateway(settings) as gw:
         res = storescu([no_study], gw.port, "HAIDANG", extra=["-v"])
         assert "Received Store Response (Error: CannotUnderstand)" in res.stderr
         results = send_files("127.0.0.1", gw.port, "HAIDANG", "STORESCU", [junk])
