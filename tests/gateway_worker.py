@@ -8,7 +8,9 @@ Settings come from the environment (``HAIDANG_<SECTION>`` JSON variables, see
   job is taken over within seconds instead of a minute;
 * ``HAIDANG_TEST_MARKER``: a file where the ``marked-summary`` analysis appends
   ``start STUDY PID`` and ``done STUDY PID`` lines (O_APPEND: one write per line);
-* ``HAIDANG_TEST_ANALYSIS_S``: how long ``marked-summary`` works on a study.
+* ``HAIDANG_TEST_ANALYSIS_S``: how long ``marked-summary`` works on a study;
+* ``HAIDANG_TEST_WARM_UP=cxr``: load the chest X-ray model and builders before listening
+  (as ``haidang demo`` does), so a benchmark's clock does not count start-up.
 
 Prints ``READY <dicom port>`` once listening, stops cleanly on SIGTERM.
 """
@@ -53,7 +55,12 @@ def main() -> int:
     lease = os.environ.get("HAIDANG_TEST_JOB_LEASE_S")
     if lease:
         runtime.JOB_LEASE_S = float(lease)
-    gateway = runtime.Gateway(load_settings()).start()
+    settings = load_settings()
+    if os.environ.get("HAIDANG_TEST_WARM_UP") == "cxr":
+        from dicom_gateway.analyses.cxr_pneumonia import warm_up
+
+        warm_up(settings)
+    gateway = runtime.Gateway(settings).start()
     print(f"READY {gateway.port}", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
