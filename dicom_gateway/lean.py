@@ -36,6 +36,7 @@ APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.10.1471.1"  # Haidang gateway
 IMPLEMENTATION_VERSION = "HAIDANG_01"
 MAX_PDU_RECEIVE = 1 << 20  # we accept P-DATA PDUs up to 1 MiB
+MAX_ASSOCIATIONS = 64  # at once per listener process; more are rejected as transient
 C_STORE_RQ, C_ECHO_RQ = 0x0001, 0x0030
 C_STORE_RSP, C_ECHO_RSP = 0x8001, 0x8030
 
@@ -257,6 +258,7 @@ class LeanServer:
         self.socket.listen(128)
         self.server_address = self.socket.getsockname()
         self._stop = threading.Event()
+        self._slots = threading.BoundedSemaphore(MAX_ASSOCIATIONS)
         self._thread = threading.Thread(target=self._accept_loop, name="haidang-listener",
                                         daemon=True)
         self._thread.start()
@@ -275,6 +277,22 @@ class LeanServer:
     def _handle(self, conn, address) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.settimeout(self.network_timeout)
+        if not self._slots.acquire(blocking=False):
+            log.warning("association from %s refused: %s associations already open",
+                        address[0], MAX_ASSOCIATIONS)
+            try:  # A-ASSOCIATE-RJ: transient, service provider (presentation), local limit
+                _read_pdu(conn)
+                conn.sendall(struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 0x02, 0x03, 0x02))
+            except (OSError, PeerGone, ValueError):
+                pass
+            conn.close()
+            return
+        try:
+            self._serve_connection(conn, address)
+        finally:
+            self._slots.release()
+
+    def _serve_connection(self, conn, address) -> None:
         if self.ssl_context is not None:
             try:
                 conn = self.ssl_context.wrap_socket(conn, server_side=True)

@@ -291,3 +291,22 @@ def test_extra_listener_processes_share_the_port(tmp_path):
         assert storescu([late], gw.port, "HAIDANG").returncode == 0
         assert len(gw.index.study_instances(study_uid)) == 17
     assert not child.is_alive()
+
+
+def test_lean_listener_survives_garbage_and_half_open_connections(tmp_path):
+    import socket
+
+    with Gateway(gateway_settings(tmp_path, quiet=30)) as gw:
+        for junk in (b"GET / HTTP/1.1\r\n\r\n", b"\x01\x00\x00\x00\x00\x10abc", b"\x04"):
+            with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+                s.sendall(junk)
+                s.shutdown(socket.SHUT_WR)
+                s.recv(100)  # answered with an abort, or closed
+        half_open = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        try:
+            assert echo("127.0.0.1", gw.port, "HAIDANG", "STORESCU")[0]
+            f = fresh_copy("us_rle", tmp_path / "send")
+            assert send_as_is([f], gw.port)[0].returncode == 0
+            assert gw.index.counts()["instances"] == 1
+        finally:
+            half_open.close()
