@@ -111,3 +111,46 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     (tmp_path / "s" / ".left.tmp").write_bytes(b"half")
     assert spool.sweep_temporaries() == 1
     assert safe_name("1.2.840.1") == "1.2.840.1" and safe_name("../etc") .startswith("x")
+
+
+def test_directory_fsyncs_are_shared_but_never_skipped(tmp_path, monkeypatch):
+    """Concurrent writers share directory fsyncs; each one's sync starts after its rename."""
+    import threading
+    import time
+
+    import dicom_gateway.spool as spool_mod
+
+    syncs: list[tuple[float, float]] = []
+    real = spool_mod._fsync_dir
+
+    def slow_sync(path):
+        start = time.monotonic()
+        time.sleep(0.005)
+        real(path)
+        syncs.append((start, time.monotonic()))
+
+    monkeypatch.setattr(spool_mod, "_fsync_dir", slow_sync)
+    renamed: dict[int, tuple[float, float]] = {}
+    real_replace = spool_mod.os.replace
+
+    def write(i):
+        target = tmp_path / f"{i}.dcm"
+        spool_mod.write_atomic(target, b"x" * 100)
+        renamed[i] = (target.stat().st_mtime, time.monotonic())
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        replace_times[str(dst)] = time.monotonic()
+
+    replace_times: dict[str, float] = {}
+    monkeypatch.setattr(spool_mod.os, "replace", replace)
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(list(tmp_path.glob("*.dcm"))) == 30
+    assert len(syncs) < 30  # shared
+    for i, (_mtime, returned) in renamed.items():
+        at = replace_times[str(tmp_path / f"{i}.dcm")]
+        assert any(at <= start and end <= returned for start, end in syncs), i
