@@ -24,8 +24,8 @@ SELECT_SERVICE = "haidang-prescription-select"
 SIGN_SERVICE = "haidang-prescription-sign"
 ICD10_SYSTEMS = ("http://hl7.org/fhir/sid/icd-10", "http://hl7.org/fhir/sid/icd-10-vn",
                  "urn:oid:2.16.840.1.113883.6.3")
-OVERRIDE_SYSTEM = "https://haidang.vn/fhir/CodeSystem/cds-override-reason"
-CARD_SOURCE_URL = "https://thuvienphapluat.vn/van-ban/The-thao-Y-te/Quyet-dinh-5948-QD-BYT-2021"
+OVERRIDE_SYSTEM = "urn:haidang:cds:override-reason"
+ALERT_KIND_SYSTEM = "urn:haidang:cds:alert-kind"
 
 PREFETCH = {
     "patient": "Patient/{{context.patientId}}",
@@ -269,12 +269,9 @@ def card_for(alert: InteractionAlert, lang: str, lines: list[DrugLine]) -> dict:
         "indicator": INDICATOR[alert.severity],
         "source": {
             "label": _short("Hải Đăng CDSS – " + alert.source.split(";")[0], 200),
-            "topic": {"system": "https://haidang.vn/fhir/CodeSystem/alert-kind",
-                      "code": alert.kind, "display": alert.kind},
+            "topic": {"system": ALERT_KIND_SYSTEM, "code": alert.kind, "display": alert.kind},
         },
     }
-    if "QĐ 5948" in alert.source:
-        card["source"]["url"] = CARD_SOURCE_URL
     if card["indicator"] == "critical":
         card["overrideReasons"] = [
             {"system": OVERRIDE_SYSTEM, "code": code, "display": v if vi else e}
