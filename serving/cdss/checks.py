@@ -220,7 +220,7 @@ class CheckEngine:
         if alert is not None:
             return alert
         sev = it.severity if it.severity in SEVERITY_RANK else "major"
-        conseq_en = it.consequence_en or "Consequence and management in Vietnamese (see the source)."
+        conseq_en = it.consequence_en or "Details in Vietnamese (see the source)."
         extra = ""
         if len(found) > 1:
             extra = " (" + ", ".join(i.source for i in found if i is not it) + ")"
