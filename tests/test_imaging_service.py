@@ -123,3 +123,19 @@ def test_no_replica_answering_is_a_clear_error(registry):
     client = ImagingClient(settings(f"http://127.0.0.1:{free_port()}", registry, retries=1))
     with pytest.raises(ServingUnavailable, match="serving.url"):
         client.predict(bright_top_left())
+
+
+def test_serve_imaging_command_registers_and_defaults_to_the_gateways_url():
+    import argparse
+
+    from serving.imaging_cli import default_address, register, service_command
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["serve-imaging", "--port", "3999"])
+    assert args.port == 3999 and callable(args.handler)
+    assert default_address(ServingSettings(url="http://a:3100,http://b:3200")) == ("127.0.0.1",
+                                                                                   3100)
+    assert default_address(ServingSettings(port=3000)) == ("127.0.0.1", 3001)
+    cmd = service_command("127.0.0.1", 3100)
+    assert cmd[1:4] == ["-m", "bentoml", "serve"] and "serving.imaging_service:ImagingService" in cmd
