@@ -138,4 +138,5 @@ def test_serve_imaging_command_registers_and_defaults_to_the_gateways_url():
                                                                                    3100)
     assert default_address(ServingSettings(port=3000)) == ("127.0.0.1", 3001)
     cmd = service_command("127.0.0.1", 3100)
-    assert cmd[1:4] == ["-m", "bentoml", "serve"] and "serving.imaging_service:ImagingService" in cmd
+    assert cmd[1:4] == ["-m", "bentoml", "serve"]
+    assert "serving.imaging_service:ImagingService" in cmd
