@@ -20,7 +20,13 @@ pytest.importorskip("monai")
 
 from haidang.cli import main  # noqa: E402
 from serving.registry import ModelVersion  # noqa: E402
-from training.cxr_pneumonia import TrainConfig, build_network, youden_threshold  # noqa: E402
+from training.cxr_pneumonia import (  # noqa: E402
+    TrainConfig,
+    build_network,
+    learning_rate,
+    schedule_progress,
+    youden_threshold,
+)
 from training.export import ParityError, export_onnx, parity_check  # noqa: E402
 from training.register import train_and_register  # noqa: E402
 
@@ -32,7 +38,7 @@ REQUIRED_JSON = ("auc", "accuracy", "sensitivity", "specificity", "threshold", "
 
 def tiny_config(**kw) -> TrainConfig:
     base = dict(epochs=4, seeds=[0], widths=[8, 16, 32, 64], batch_size=64, lr=3e-3,
-                time_budget_s=120, threads=2)
+                time_budget_s=900, threads=2)  # budget never binds: deterministic
     base.update(kw)
     return TrainConfig(**base)
 
@@ -98,6 +104,17 @@ def test_export_parity_dynamic_batch_and_failure(tmp_path):
         next(net.parameters()).add_(0.5)
     with pytest.raises(ParityError, match="onnxruntime"):
         parity_check(net, path, x)
+
+
+def test_schedule_fits_the_time_budget():
+    assert schedule_progress(10, 100, elapsed_s=5, budget_s=100) == 0.1  # steps decide
+    assert schedule_progress(10, 100, elapsed_s=50, budget_s=100) == 0.5  # time decides
+    peak = 2e-3
+    assert learning_rate(peak, 0.0) == pytest.approx(peak / 25)
+    assert learning_rate(peak, 0.15) == pytest.approx(peak)
+    assert learning_rate(peak, 1.0) < peak * 1e-3  # annealed when the budget runs out
+    lrs = [learning_rate(peak, d / 100) for d in range(15, 101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
 def test_youden_threshold_separates_perfect_scores():
