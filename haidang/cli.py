@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "training.cli",  # train, evaluate, models
     "haidang.demo",  # demo
     "haidang.audit_cli",  # audit verify
+    "dicom_gateway.dataset_cli",  # dataset export
     "haidang.config_cli",  # config reference, config show
 )
 
