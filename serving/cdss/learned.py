@@ -175,6 +175,16 @@ class PairFeaturizer:
                 self._ops.append((op, np.asarray(group, dtype=np.int64), None))
             else:
                 self._ops.append((op, col_of[x], col_of[y] if y else None))
+        # vectorised plan: output positions and base columns per kind of feature
+        def plan(kind: str):
+            ks = [k for k, o in enumerate(self._ops) if o[0] == kind]
+            xs = [self._ops[k][1] for k in ks]
+            ys = [self._ops[k][2] for k in ks]
+            return (np.asarray(ks, dtype=np.int64), np.asarray(xs, dtype=np.int64),
+                    np.asarray(ys, dtype=np.int64) if kind == "cross" else None)
+
+        self._both, self._sum, self._cross = plan("both"), plan("sum"), plan("cross")
+        self._same = [(k, o[1]) for k, o in enumerate(self._ops) if o[0] == "same"]
 
     @staticmethod
     def _parse(name: str) -> tuple[str, str | None, str | None]:
@@ -198,16 +208,16 @@ class PairFeaturizer:
 
     def pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Pair features [N, F] from base vectors a [N, C] and b [N, C]; symmetric in a, b."""
-        out = np.empty((a.shape[0], len(self._ops)), dtype=np.float32)
-        for k, (op, x, y) in enumerate(self._ops):
-            if op == "both":
-                out[:, k] = a[:, x] * b[:, x]
-            elif op == "sum":
-                out[:, k] = a[:, x] + b[:, x]
-            elif op == "cross":
-                out[:, k] = np.minimum(1.0, a[:, x] * b[:, y] + a[:, y] * b[:, x])
-            else:
-                out[:, k] = (a[:, x] * b[:, x]).max(axis=1) if len(x) else 0.0
+        out = np.zeros((a.shape[0], len(self._ops)), dtype=np.float32)
+        k, x, _ = self._both
+        out[:, k] = a[:, x] * b[:, x]
+        k, x, _ = self._sum
+        out[:, k] = a[:, x] + b[:, x]
+        k, x, y = self._cross
+        out[:, k] = np.minimum(1.0, a[:, x] * b[:, y] + a[:, y] * b[:, x])
+        for k, group in self._same:
+            if len(group):
+                out[:, k] = (a[:, group] * b[:, group]).max(axis=1)
         return out
 
     def pair_features(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
