@@ -318,3 +318,23 @@ def test_unusual_drug_is_info_with_frequency():
     card = checks.protocol.version.card
     assert card["data"]["synthetic"] is True
 
+
+
+def test_cli_dispatch_trains_protocol_and_routes_interaction_risk(tmp_path, exports,
+                                                                  monkeypatch, capsys):
+    """``haidang train protocol|interaction-risk`` lands in training.learned_cli.train."""
+    from argparse import Namespace
+
+    from training import learned_cli
+
+    out = tmp_path / "models" / "protocol-anomaly" / "2.0.0"
+    rc = learned_cli.train(Namespace(model="protocol", data=Path(f"{exports}/*.xml"), out=out,
+                                     promote=True, no_progress=True))
+    assert rc == 0 and "synthetic" in capsys.readouterr().out
+    assert ModelRegistry(tmp_path / "models").current_version("protocol-anomaly") == "2.0.0"
+    assert learned_cli.train(Namespace(model="protocol", data=None, out=None)) == 2
+    seen = {}
+    monkeypatch.setattr(ir, "run", lambda opts: seen.setdefault("opts", opts) and 0)
+    assert learned_cli.train(Namespace(model="interaction-risk", data=None, out=out,
+                                       promote=False)) == 0
+    assert seen["opts"].out == out and seen["opts"].promote is False
