@@ -382,6 +382,13 @@ class Index:
                 return Job(job_id, study_uid, generation, attempts + 1)
         return None
 
+    def defer_job(self, job_id: int, delay_s: float, now: float | None = None) -> None:
+        """Hand a running job back after ``delay_s`` (its lease runs out then; any worker)."""
+        now = time.time() if now is None else now
+        with self.tx() as q:
+            q("UPDATE jobs SET lease_until = ?, worker = NULL WHERE id = ? AND state = 'running'",
+              (now + delay_s, job_id))
+
     def renew_job(self, job_id: int, lease_s: float) -> None:
         with self.tx() as q:
             q(

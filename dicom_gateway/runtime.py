@@ -17,7 +17,7 @@ from dicom_gateway import metrics
 from dicom_gateway.index import Index
 from dicom_gateway.scp import StorageSCP
 from dicom_gateway.spool import Spool
-from dicom_gateway.worker import process_job
+from dicom_gateway.worker import RetryLater, process_job
 from dicom_gateway.writeback import Exporter
 from haidang import audit
 from haidang.settings import Settings
@@ -25,6 +25,7 @@ from haidang.settings import Settings
 log = logging.getLogger("haidang.gateway")
 
 JOB_LEASE_S = 60.0  # renewed while the job runs; a dead worker's job is taken after this
+RETRY_MAX_DELAY_S = 60.0  # serving unreachable: the study is retried after 2, 4 ... 60 s
 
 
 class Gateway:
@@ -232,12 +233,22 @@ class Gateway:
 
             beat = threading.Thread(target=heartbeat, name="haidang-job-lease", daemon=True)
             beat.start()
+            retry: RetryLater | None = None
             try:
                 if process_job(job, self.index, self.spool, self.settings):
                     self._exports_ready.set()
+            except RetryLater as exc:
+                retry = exc
             finally:
                 done.set()
                 beat.join()
+            if retry is not None:  # the study waits in the queue until serving is back
+                delay = min(RETRY_MAX_DELAY_S, 2.0 ** min(job.attempts, 6))
+                self.index.defer_job(job.id, delay)
+                metrics.JOBS.labels("deferred").inc()
+                log.warning("study %s waits %.0f s (attempt %s): %s", metrics.uid_hash(
+                    job.study_uid), delay, job.attempts, retry)
+                return False
             return True
 
         self._loop("worker", step, self._jobs_ready, 0.5)

@@ -29,6 +29,16 @@ log = logging.getLogger("haidang.gateway.worker")
 PRIORITIES = ("ROUTINE", "URGENT")
 
 
+class RetryLater(RuntimeError):
+    """Serving cannot be reached: the job goes back to the queue and the study waits."""
+
+
+def _transient(exc: Exception) -> bool:
+    from serving.imaging.client import ServingUnavailable
+
+    return isinstance(exc, ServingUnavailable)
+
+
 def result_series_uid(study_uid: str, analysis: str, ds: pydicom.Dataset) -> str:
     return generate_uid(
         entropy_srcs=[study_uid, analysis, str(ds.SOPClassUID), str(getattr(ds, "Modality", ""))]
@@ -87,6 +97,8 @@ def process_job(job: Job, index: Index, spool: Spool, settings: Settings) -> lis
                 }
             )
         except Exception as exc:  # noqa: BLE001 - a broken analysis fails its job, not the gateway
+            if _transient(exc):  # split mode, serving down: nothing is recorded, retried later
+                raise RetryLater(f"analysis {name}: {exc}") from exc
             msg = f"analysis {name} failed: {type(exc).__name__}: {exc}"
             log.error(
                 "%s (study %s)\n%s",
