@@ -112,19 +112,19 @@ class CheckEngine:
                 items.append(_Item(index, drug, line.current))
             if not line.current and len(match.drugs) == 1:
                 self._dose(alerts, index, line, match.drugs[0], match.strength_mg)
-        self._pairs(alerts, items)
+        unknown_pairs = self._pairs(alerts, items)
         codes = self._icd(alerts, rx)
         new_items = [it for it in items if not it.current]
         if codes:
             self._indications(alerts, new_items, codes)
             self._contraindications(alerts, new_items, codes)
         self._pregnancy(alerts, new_items, rx, codes)
-        if self.learned is not None and items:
-            self._learned(alerts, items, new_items, codes)
+        if self.learned is not None and (unknown_pairs or new_items):
+            self._learned(alerts, unknown_pairs, new_items, codes)
         alerts.sort(key=lambda a: -SEVERITY_RANK[a.severity])
         return CheckResult(alerts=alerts, recognised=recognised)
 
-    def _learned(self, alerts, items: list[_Item], new_items: list[_Item], codes) -> None:
+    def _learned(self, alerts, unknown_pairs: list, new_items: list[_Item], codes) -> None:
         """Model-based alerts; a failing model costs its alerts, never the whole check.
 
         Both models score one pair / one drug-with-diagnoses at a time, independently of the
@@ -133,14 +133,13 @@ class CheckEngine:
         """
         try:
             if getattr(self.learned, "interaction", True) is not None:
-                for x, y in combinations(items, 2):
-                    if (x.current and y.current) or x.drug.inn == y.drug.inn:
-                        continue
+                seen: set[tuple[str, str]] = set()
+                for x, y in unknown_pairs:  # pairs the knowledge base says nothing about
                     a, b = (x, y) if x.drug.inn < y.drug.inn else (y, x)
                     pair = (a.drug.inn, b.drug.inn)
-                    facts = self._pair_memo.get(pair)
-                    if facts is not None and facts[0] is not None:
-                        continue  # the knowledge base already speaks for this pair
+                    if pair in seen:
+                        continue
+                    seen.add(pair)
                     key = (pair, a.line, b.line)
                     found = self._predicted_memo.get(key)
                     if found is None:
@@ -180,8 +179,10 @@ class CheckEngine:
             source=SOURCE_ENGINE,
         )
 
-    def _pairs(self, alerts: list[InteractionAlert], items: list[_Item]) -> None:
-        """Drug-drug interactions and duplicate therapy: one pass over the pairs."""
+    def _pairs(self, alerts: list[InteractionAlert], items: list[_Item]) -> list:
+        """Drug-drug interactions and duplicate therapy: one pass over the pairs. Returns
+        the pairs the knowledge base says nothing about (for the learned model)."""
+        unknown: list[tuple[_Item, _Item]] = []
         seen_ddi: set[tuple[str, str]] = set()
         seen_dup: set[tuple[str, str]] = set()
         for x, y in combinations(items, 2):
@@ -197,12 +198,15 @@ class CheckEngine:
             if facts is None:
                 facts = _remember(self._pair_memo, pair, self._pair_facts(x.drug, y.drug))
             ddi, group = facts
-            if ddi is not None and pair not in seen_ddi:
+            if ddi is None:
+                unknown.append((x, y))
+            elif pair not in seen_ddi:
                 seen_ddi.add(pair)
                 alerts.append(self._interaction_alert(ddi[0], x, y, ddi[1]))
             if group is not None and x.line != y.line and pair not in seen_dup:
                 seen_dup.add(pair)
                 alerts.append(self._same_group_alert(group, x, y))
+        return unknown
 
     def _pair_facts(self, a: Drug, b: Drug) -> tuple:
         """(worst interaction and all found, or None; shared ATC level-4 group, or None)."""
