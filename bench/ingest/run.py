@@ -138,7 +138,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--ct", type=int, default=300, help="small CT instances per round")
     ap.add_argument("--cr", type=int, default=3, help="large (6 MB) CR instances per round")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=16, help="untimed CT instances per target first")
     ap.add_argument("--parallel", type=int, default=1,
                     help="storescu processes (associations) at once, for every target")
     ap.add_argument("--haidang-processes", type=int, default=1,
@@ -158,6 +159,10 @@ def main(argv=None) -> int:
         t.start()
     runs: dict[str, list[tuple[float, int, int]]] = {n: [] for n in names}
     try:
+        for n in names:  # warm-up, not timed: first associations, directories, caches
+            files = make_files(root / "send" / f"{n}-warmup", args.warmup, 0)
+            send(files, targets[n].port, targets[n].aec(), args.parallel)
+            shutil.rmtree(root / "send" / f"{n}-warmup")
         for r in range(args.rounds):
             for n in names if r % 2 == 0 else reversed(names):
                 files = make_files(root / "send" / f"{n}-{r}", args.ct, args.cr)
