@@ -456,6 +456,13 @@ class Index:
         now = time.time() if now is None else now
         export_ids: list[int] = []
         with self.tx() as q:
+            # still ours? A worker that stalled past its lease lost the job to another (higher
+            # attempts): its late results are dropped, so a study's result is recorded once
+            for_update = " FOR UPDATE" if self.dialect.name == "postgresql" else ""
+            row = q("SELECT state, attempts FROM jobs WHERE id = ?" + for_update,
+                    (job.id,)).fetchone()
+            if row is None or row[0] != "running" or row[1] != job.attempts:
+                return export_ids
             for res in results:
                 rid = q(
                     "INSERT INTO results (job_id, study_uid, generation, analysis, state, "

@@ -159,3 +159,24 @@ def test_concurrent_claims_hand_out_each_job_once(postgres):
     every = [job for part in claimed for job in part]
     assert len(every) == 300 and len(set(every)) == 300
     assert sum(1 for part in claimed if part) >= 2  # they really competed
+
+
+def test_a_worker_that_lost_its_lease_cannot_record_a_second_result(postgres):
+    index = Index(postgres)
+    index.record_instance(sop_uid="1.2.3.1", study_uid="1.2.4.1", series_uid="1.2.5",
+                          sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                          transfer_syntax="1.2.840.10008.1.2.1", path="x/1", size=1,
+                          calling_ae="PACS", attrs={}, quiet_period_s=0, now=time.time() - 10)
+    index.assemble_due()
+    stalled = index.claim_job("w-stalled", lease_s=0.2)
+    time.sleep(0.4)  # its lease runs out while it is frozen
+    taker = index.claim_job("w-taker", lease_s=60)
+    assert taker.id == stalled.id and taker.attempts == 2
+    result = [{"analysis": "a", "state": "current", "priority": "ROUTINE", "summary": {},
+               "exports": [{"destination": "pacs", "sop_uid": "9.1", "sop_class_uid": "1.2",
+                            "series_uid": "9", "path": "r/9.1.dcm"}]}]
+    assert index.complete_job(stalled, result) == []  # late: dropped
+    assert len(index.complete_job(taker, result)) == 1
+    assert [r["state"] for r in index.results("1.2.4.1")] == ["current"]
+    assert len(index.list_exports()) == 1
+    index.close()

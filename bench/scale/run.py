@@ -11,7 +11,7 @@ the workers start and warm up (model loaded); then every study is released at on
 the clock runs from the release to the last job's finish (times from the index).
 Speed-up is against 1 worker in the same run; efficiency = speed-up / workers.
 
-    python bench/scale/run.py --studies 120 --workers 1,2,4
+    python bench/scale/run.py --studies 120 --workers 1,2,4 --repeat 3
 """
 
 from __future__ import annotations
@@ -78,6 +78,15 @@ def start_worker(url: str, spool_dir: Path, models: Path, log: Path) -> subproce
     return proc
 
 
+def cpu_seconds(pids) -> float:
+    """user + system CPU time of these processes (Linux /proc), in seconds."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def run_once(server: PostgresServer, workers: int, studies, models: Path, tmp: Path) -> dict:
     url = fresh_database(server)
     spool_dir = tmp / f"spool-{workers}-{time.time_ns()}"
@@ -86,6 +95,7 @@ def run_once(server: PostgresServer, workers: int, studies, models: Path, tmp: P
              for i in range(workers)]
     index = Index(url)
     try:
+        cpu_before = cpu_seconds([p.pid for p in procs])
         released = time.time()
         with index.tx() as q:
             q("UPDATE studies SET quiet_period_s = 0")
@@ -97,6 +107,7 @@ def run_once(server: PostgresServer, workers: int, studies, models: Path, tmp: P
         finished = index.query("SELECT MAX(finished_at) FROM jobs")[0][0]
         per_worker = dict(index.query("SELECT worker, COUNT(*) FROM jobs GROUP BY worker"))
         failed = index.counts().get("jobs.failed", 0)
+        cpu = cpu_seconds([p.pid for p in procs]) - cpu_before
     finally:
         index.close()
         for p in procs:
@@ -110,6 +121,8 @@ def run_once(server: PostgresServer, workers: int, studies, models: Path, tmp: P
     seconds = finished - released
     return {"workers": workers, "studies": len(studies), "seconds": round(seconds, 2),
             "studies_per_min": round(len(studies) / seconds * 60, 1), "failed_jobs": failed,
+            "worker_cpu_s_per_study": round(cpu / len(studies), 3),
+            "load_average": round(os.getloadavg()[0], 1),
             "jobs_per_worker": sorted(per_worker.values(), reverse=True)}
 
 
@@ -117,6 +130,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--studies", type=int, default=120)
     ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds, alternating the order")
     ap.add_argument("--out", default=str(ROOT / "bench" / "scale" / "results.json"))
     args = ap.parse_args()
     counts = [int(x) for x in args.workers.split(",")]
@@ -124,23 +138,33 @@ def main() -> int:
     try:
         studies = cxr_studies(tmp / "in", args.studies)
         models = model_registry(tmp)
-        rows = []
+        runs: dict[int, list[dict]] = {n: [] for n in counts}
+        load_before = os.getloadavg()[0]
         with PostgresServer() as server:
-            for n in counts:
-                row = run_once(server, n, studies, models, tmp)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            for r in range(args.repeat):  # alternate the order: drift hits every count alike
+                for n in counts if r % 2 == 0 else counts[::-1]:
+                    row = run_once(server, n, studies, models, tmp)
+                    runs[n].append(row)
+                    print(json.dumps(row), flush=True)
+        rows = []
+        for n in counts:  # the median run of each worker count
+            ordered = sorted(runs[n], key=lambda x: x["studies_per_min"])
+            rows.append({**ordered[len(ordered) // 2],
+                         "all_studies_per_min": [x["studies_per_min"] for x in runs[n]]})
         base = rows[0]["studies_per_min"] / counts[0]
         print(f"\ncpus: {os.cpu_count()}, {platform.processor() or platform.machine()}, "
-              f"studies: {args.studies}, analysis: cxr-pneumonia (SR + visual summary)")
-        print("| workers | studies/min | speed-up | linear | efficiency |")
-        print("| ---: | ---: | ---: | ---: | ---: |")
+              f"studies: {args.studies}, rounds: {args.repeat} (median shown), analysis: "
+              f"cxr-pneumonia (SR + visual summary); load average before {load_before:.1f}, "
+              f"after {os.getloadavg()[0]:.1f}")
+        print("| workers | studies/min | speed-up | linear | efficiency | worker CPU s/study |")
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
         for r in rows:
             speedup = r["studies_per_min"] / base
             r["speedup"], r["efficiency"] = round(speedup, 2), round(speedup / r["workers"], 2)
             print(f"| {r['workers']} | {r['studies_per_min']:.0f} | {speedup:.2f}x | "
-                  f"{r['workers']}x | {r['efficiency']:.0%} |")
-        Path(args.out).write_text(json.dumps({"cpus": os.cpu_count(), "rows": rows}, indent=2)
+                  f"{r['workers']}x | {r['efficiency']:.0%} | {r['worker_cpu_s_per_study']} |")
+        Path(args.out).write_text(json.dumps({"cpus": os.cpu_count(), "studies": args.studies,
+                                              "rounds": args.repeat, "rows": rows}, indent=2)
                                   + "\n")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
