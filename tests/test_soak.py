@@ -37,6 +37,7 @@ def test_crash_soak_short(tmp_path, orthanc):
     assert res.studies == 6 and res.studies_processed == 6, res.problems
     assert res.studies_one_current == 6 and res.current_in_pacs == 6, res.problems
     assert res.duplicates_in_pacs == res.superseded_in_pacs, res.problems
+    assert res.audit_records > res.rounds  # a settings record at every start; chain intact
     assert not res.problems
 
 

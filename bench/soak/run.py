@@ -63,6 +63,7 @@ class SoakResult:
     kills_mid_stream: int = 0
     kills_after_stream: int = 0
     seconds: float = 0.0
+    audit_records: int = 0
     problems: list[str] = field(default_factory=list)
 
     def table(self) -> str:
@@ -82,6 +83,7 @@ class SoakResult:
             ("result objects in PACS", self.pacs_results),
             ("duplicates written to PACS", self.duplicates_in_pacs),
             ("  of which superseded (study re-opened)", self.superseded_in_pacs),
+            ("audit records (chain verified)", self.audit_records),
             ("wall time (s)", f"{self.seconds:.1f}"),
         ]
         width = max(len(k) for k, _ in rows)
@@ -227,6 +229,7 @@ def run_soak(workdir: Path, rounds: int = 20, instances: int = 500, per_study: i
                               "port": orthanc.dicom_port}],
             "export": {"max_attempts": 50, "base_delay_s": 0.3, "max_delay_s": 2.0},
             "routes": [{"name": "all", "match": {}, "analyses": ["study-summary"]}],
+            "security": {"audit_log": str(workdir / "audit.log")},
         }
         import os
 
@@ -271,6 +274,10 @@ def run_soak(workdir: Path, rounds: int = 20, instances: int = 500, per_study: i
         try:
             _wait_quiet(index, timeout=120 + 0.5 * instances)
             _verify(index, Path(data["gateway"]["spool_dir"]), acked, orthanc, res)
+            from haidang.audit import verify_chain
+
+            res.audit_records, audit_problems = verify_chain(workdir / "audit.log")
+            res.problems += [f"audit trail: {p}" for p in audit_problems]
         finally:
             index.close()
             gateway.stop()
