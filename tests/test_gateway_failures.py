@@ -132,7 +132,8 @@ def test_kill_9_during_ingest_loses_nothing_acknowledged(tmp_path, orthanc):
     env = settings_env(data)
     port = data["gateway"]["port"]
     study_uid = generate_uid()
-    files = [fresh_copy("ct", tmp_path / "send", study_uid=study_uid) for _ in range(40)]
+    # enough that the kill lands mid-ingest even on a fast machine
+    files = [fresh_copy("ct", tmp_path / "send", study_uid=study_uid) for _ in range(200)]
     files += [fresh_copy("cr", tmp_path / "send", study_uid=study_uid) for _ in range(4)]
     log = tmp_path / "gateway.log"
 
@@ -143,7 +144,8 @@ def test_kill_9_during_ingest_loses_nothing_acknowledged(tmp_path, orthanc):
          "-aec", "HAIDANG", "127.0.0.1", str(port), *map(str, files)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dcmtk_env())
     index = Index(data["gateway"]["database_url"])
-    wait_until(lambda: index.counts()["instances"] >= 12, timeout=60, what="some instances stored")
+    wait_until(lambda: index.counts()["instances"] >= 12, timeout=60, interval=0.01,
+               what="some instances stored")
     gw.send_signal(signal.SIGKILL)  # mid-ingest
     gw.wait()
     out, _ = sender.communicate(timeout=60)
