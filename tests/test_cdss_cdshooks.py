@@ -214,3 +214,25 @@ def test_unknown_service_and_malformed_body(client):
     r = client.post(SELECT, content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400
     assert client.post(SELECT + "/feedback", json={"feedback": [{"card": "x"}]}).status_code == 422
+
+
+def test_workers_share_what_was_shown(tmp_path):
+    """Two app instances on one settings file stand for two uvicorn workers: order-sign on
+    the second does not repeat what order-select showed on the first, and feedback sent to
+    the second is audited with the alert id of a card the first made."""
+    settings = settings_for(tmp_path, development=True)
+    with TestClient(create_app(settings, kb=real_kb())) as a, \
+            TestClient(create_app(settings, kb=real_kb())) as b:
+        select = a.post(SELECT, json=load("cds-order-select.json")).json()
+        [ddi] = cards_about(select, "amiodaron", "moxifloxacin")
+        sign = b.post(SIGN, json=load("cds-order-sign.json")).json()
+        assert cards_about(sign, "amiodaron", "moxifloxacin") == []
+        assert cards_about(sign, "clarithromycin", "simvastatin")
+        fb = {"feedback": [{"card": ddi["uuid"], "outcome": "overridden",
+                            "overrideReason": {"reason": ddi["overrideReasons"][1]}}]}
+        assert b.post(SELECT + "/feedback", json=fb).status_code == 200
+        b.app.state.cdss.audit.close()
+        records = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+        [rec] = [r for r in records if r["event"] == "feedback"]
+        assert rec["alert"].startswith("ddi:qd5948-051:")
+        assert rec["override_code"] == "already-tolerated"

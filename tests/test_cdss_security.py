@@ -196,3 +196,28 @@ def test_replay_store_forgets_expired_and_stays_bounded():
         assert store.check_and_add(key, now + 60, now)
     assert len(store._seen) <= 3
     assert store.check_and_add("x", now + 60, now + 500)  # old ones expired and purged
+
+
+def test_a_token_replayed_to_another_worker_is_refused(tmp_path, signers):
+    """Two app instances on one settings file stand for two uvicorn workers."""
+    signers[0].write_jwks(tmp_path / "jwks.json")
+    settings = settings_for(tmp_path, jwks_file=str(tmp_path / "jwks.json"),
+                            allowed_issuers=[ISSUER])
+    with TestClient(create_app(settings, kb=real_kb())) as a, \
+            TestClient(create_app(settings, kb=real_kb())) as b:
+        token = signers[0].token(AUD)
+        assert call(a, token).status_code == 200
+        assert_refused(call(b, token))
+        assert call(b, signers[0].token(AUD)).status_code == 200
+
+
+def test_shared_replay_store_across_connections(tmp_path):
+    from serving.cdss.shared import SharedState
+
+    one, two = SharedState(tmp_path / "s.sqlite"), SharedState(tmp_path / "s.sqlite")
+    now = time.time()
+    assert one.check_and_add("iss\x00j1", now + 60, now)
+    assert not two.check_and_add("iss\x00j1", now + 60, now)
+    assert two.check_and_add("iss\x00j1", now + 900, now + 600)  # its token long expired
+    one.close()
+    two.close()

@@ -12,6 +12,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -27,6 +28,7 @@ from serving.cdss.models import (
     response_json,
 )
 from serving.cdss.security import Guard, Unauthorized
+from serving.cdss.shared import SharedState
 from serving.cdss.xml130 import Xml130Error, parse_xml130
 
 log = logging.getLogger("haidang.cdss")
@@ -125,12 +127,15 @@ class CdssState:
     max_body: int
     public_url: str | None
     show_minor: bool
-    shown: cdshooks.ShownCards
-    cards: cdshooks.CardIndex
+    shown: cdshooks.ShownCards | SharedState
+    cards: cdshooks.CardIndex | SharedState
     knowledge_version: str | None = None
+    shared: SharedState | None = None
 
     def close(self) -> None:
         self.audit.close()
+        if self.shared is not None:
+            self.shared.close()
 
 
 def _unauthorized(state: CdssState, exc: Unauthorized, request: Request, api: str) -> Response:
@@ -152,17 +157,20 @@ def cdss_router(
 ) -> APIRouter:
     """The CDSS routes; the router's `.cdss` attribute holds their shared state."""
     sec = settings.security
+    # Shared by the worker processes: JWT jti replay store, cards shown, card ids.
+    shared = SharedState(Path(sec.audit_log).with_name("cdss-shared.sqlite"))
     state = CdssState(
         engine=engine or CheckEngine(kb),
-        guard=guard or Guard.from_settings(sec),
+        guard=guard or Guard.from_settings(sec, replay=shared),
         audit=audit or AuditLog(sec.audit_log, key=sec.audit_key),
         language=getattr(settings, "language", "vi"),
         max_body=sec.max_body_bytes,
         public_url=sec.public_url.rstrip("/") if sec.public_url else None,
         show_minor=show_minor,
-        shown=cdshooks.ShownCards(),
-        cards=cdshooks.CardIndex(),
+        shown=shared,
+        cards=shared,
         knowledge_version=getattr(kb, "version", None),
+        shared=shared,
     )
     router = APIRouter()
     router.cdss = state  # type: ignore[attr-defined]

@@ -49,7 +49,10 @@ class Caller:
 
 
 class ReplayStore:
-    """`jti` values seen while their token is still valid; bounded in size and time."""
+    """`jti` values seen while their token is still valid; bounded in size and time.
+
+    In one process only; the app uses `serving.cdss.shared.SharedState` (same interface),
+    which all worker processes share."""
 
     def __init__(self, max_entries: int = 100_000):
         self._seen: OrderedDict[str, float] = OrderedDict()
@@ -73,7 +76,7 @@ class ReplayStore:
 class JwtVerifier:
     """Verifies CDS Hooks bearer tokens against a JWKS file and an issuer allowlist."""
 
-    def __init__(self, jwks: dict, allowed_issuers: list[str], replay: ReplayStore | None = None):
+    def __init__(self, jwks: dict, allowed_issuers: list[str], replay=None):
         self._keys: dict[str | None, list] = {}
         for jwk in jwks.get("keys", []):
             if jwk.get("kty") == "oct":
@@ -87,8 +90,8 @@ class JwtVerifier:
         self._replay = replay or ReplayStore()
 
     @classmethod
-    def from_file(cls, path: Path, allowed_issuers: list[str]) -> JwtVerifier:
-        return cls(json.loads(Path(path).read_text(encoding="utf-8")), allowed_issuers)
+    def from_file(cls, path: Path, allowed_issuers: list[str], replay=None) -> JwtVerifier:
+        return cls(json.loads(Path(path).read_text(encoding="utf-8")), allowed_issuers, replay)
 
     def verify(self, authorization: str | None, audience: str) -> Caller:
         if not authorization or not authorization.startswith("Bearer "):
@@ -177,10 +180,12 @@ class Guard:
         self.jwt = jwt_verifier
 
     @classmethod
-    def from_settings(cls, security, environ=None) -> Guard:
+    def from_settings(cls, security, environ=None, replay=None) -> Guard:
+        """`replay`: a store shared by the worker processes (`serving.cdss.shared`)."""
         verifier = None
         if security.jwks_file:
-            verifier = JwtVerifier.from_file(security.jwks_file, list(security.allowed_issuers))
+            verifier = JwtVerifier.from_file(security.jwks_file, list(security.allowed_issuers),
+                                             replay)
         return cls(bool(security.development), ApiKeys.from_settings(list(security.api_keys),
                                                                      environ), verifier)
 
