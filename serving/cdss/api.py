@@ -127,8 +127,8 @@ class CdssState:
     max_body: int
     public_url: str | None
     show_minor: bool
-    shown: cdshooks.ShownCards | SharedState
-    cards: cdshooks.CardIndex | SharedState
+    shown: SharedState  # alert ids shown per patient/encounter (order-select -> order-sign)
+    cards: SharedState  # card uuid -> alert id, for feedback
     knowledge_version: str | None = None
     shared: SharedState | None = None
 

@@ -4,15 +4,12 @@ The EHR sends FHIR R4 resources (draft MedicationRequests in `context.draftOrder
 Patient, active Conditions and current MedicationRequests in `prefetch`); they are read with
 `fhir.resources.R4B`, turned into the engine's `Prescription`, checked, and each alert
 becomes a card. A card shown at order-select for a patient/encounter is not shown again at
-order-sign (bounded memory, per process).
+order-sign (`serving.cdss.shared`: bounded in time, shared by the worker processes).
 """
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
-from collections import OrderedDict
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -294,48 +291,6 @@ def card_for(alert: InteractionAlert, lang: str, lines: list[DrugLine]) -> dict:
         card["suggestions"] = suggestions
         card["selectionBehavior"] = "at-most-one"
     return card
-
-
-class ShownCards:
-    """Alert ids already shown per patient/encounter, so order-sign does not repeat them."""
-
-    def __init__(self, max_entries: int = 100_000, ttl_s: float = 12 * 3600):
-        self._shown: OrderedDict[tuple[str, str], float] = OrderedDict()
-        self._max = max_entries
-        self._ttl = ttl_s
-        self._lock = threading.Lock()
-
-    def seen(self, scope: str, alert_id: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            t = self._shown.get((scope, alert_id))
-            return t is not None and now - t < self._ttl
-
-    def remember(self, scope: str, alert_id: str) -> None:
-        with self._lock:
-            self._shown[(scope, alert_id)] = time.monotonic()
-            self._shown.move_to_end((scope, alert_id))
-            while len(self._shown) > self._max:
-                self._shown.popitem(last=False)
-
-
-class CardIndex:
-    """card uuid -> (alert id, alert kind), so feedback can be audited by alert id."""
-
-    def __init__(self, max_entries: int = 100_000):
-        self._cards: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._max = max_entries
-        self._lock = threading.Lock()
-
-    def add(self, card_uuid: str, alert: InteractionAlert) -> None:
-        with self._lock:
-            self._cards[card_uuid] = (alert.id, alert.kind)
-            while len(self._cards) > self._max:
-                self._cards.popitem(last=False)
-
-    def get(self, card_uuid: str) -> tuple[str, str] | None:
-        with self._lock:
-            return self._cards.get(card_uuid)
 
 
 def language(accept_language: str | None, default: str) -> str:
