@@ -52,8 +52,13 @@ def dcmtk_env() -> dict[str, str]:
 def storescu(files: list[Path] | list[str], port: int, called_ae: str, calling_ae: str = "STORESCU",
              host: str = "127.0.0.1", extra: list[str] | None = None,
              timeout: float = 300) -> subprocess.CompletedProcess:
-    """Send files with dcmtk storescu, proposing every file's own transfer syntax (no transcoding)."""
-    # --required: propose each file's own transfer syntax, so compressed data goes as is
+    """Send files with dcmtk storescu in one run.
+
+    ``--required`` proposes only the SOP classes needed; the transfer syntaxes proposed are
+    dcmtk's default (uncompressed) unless ``extra`` names one (``-xs``, ``-xr``, ``-xv`` ...).
+    To send mixed compressed files each in its own syntax, use
+    ``tests.gateway_helpers.send_as_is``.
+    """
     cmd = [dcmtk("storescu"), "--required", "-aet", calling_ae, "-aec", called_ae,
            *(extra or []), host, str(port), *map(str, files)]
     return subprocess.run(cmd, capture_output=True, text=True, env=dcmtk_env(), timeout=timeout)
