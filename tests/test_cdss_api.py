@@ -379,3 +379,16 @@ def test_haidang_serve_with_two_workers(tmp_path):
         proc.wait(timeout=30)
     count, problems = verify_chain(tmp_path / "audit.log")
     assert count == 5 and problems == []
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(st.one_of(
+    st.binary(max_size=300),
+    st.builds(lambda tag, text: f"<{tag}><CHI_TIET_THUOC><TEN_THUOC>{text}</TEN_THUOC>"
+              f"</CHI_TIET_THUOC></{tag}>".encode(),
+              st.sampled_from(["DON_THUOC", "GIAMDINHHS", "HOSO", "x"]),
+              st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=30)),
+))
+def test_no_xml_input_gives_500(client, data):
+    r = client.post(CHECK, content=data, headers={"Content-Type": "application/xml"})
+    assert r.status_code in (200, 400, 422), r.text

@@ -236,3 +236,31 @@ def test_workers_share_what_was_shown(tmp_path):
         [rec] = [r for r in records if r["event"] == "feedback"]
         assert rec["alert"].startswith("ddi:qd5948-051:")
         assert rec["override_code"] == "already-tolerated"
+
+
+def test_no_hook_input_gives_500(client):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    base = load("cds-order-select.json")
+    leaf = st.none() | st.booleans() | st.integers() | st.text(max_size=10)
+    junk = st.recursive(leaf, lambda inner: st.lists(inner, max_size=3)
+                        | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+
+    @settings(max_examples=60, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(["context", "prefetch", "draftOrders", "entry", "resource"]), junk)
+    def run(where, value):
+        req = copy.deepcopy(base)
+        if where in ("context", "prefetch"):
+            req[where] = value
+        elif where == "draftOrders":
+            req["context"]["draftOrders"] = value
+        elif where == "entry":
+            req["context"]["draftOrders"]["entry"] = value
+        else:
+            req["context"]["draftOrders"]["entry"][0]["resource"] = value
+        r = client.post(SELECT, json=req)
+        assert r.status_code in (200, 400, 422), r.text
+
+    run()
