@@ -223,3 +223,17 @@ def test_built_bento_serves_the_model_with_its_probes(bento, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_gpu_bento_builds_on_a_cuda_image_with_onnxruntime_gpu(bento):
+    run = subprocess.run([sys.executable, "-m", "bentoml", "build", "-f",
+                          "deploy/bentofile.gpu.yaml", "."], cwd=bento["ctx"], env=bento["env"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    tag = re.search(r"(haidang-imaging-gpu:[a-z0-9]+)", run.stdout + run.stderr).group(1)
+    path = Path(bento["env"]["BENTOML_HOME"]) / "bentos" / "haidang-imaging-gpu" / tag.split(":")[1]
+    dockerfile = (path / "env" / "docker" / "Dockerfile").read_text()
+    assert re.search(r"^FROM nvidia/cuda:12\.\S*cudnn", dockerfile, re.M)
+    requirements = (path / "env" / "python" / "requirements.txt").read_text()
+    assert "onnxruntime-gpu" in requirements and "torch" not in requirements
+    assert (path / "src" / "models" / "cxr-pneumonia" / "current").is_file()
