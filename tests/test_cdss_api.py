@@ -294,7 +294,8 @@ def test_audit_has_alert_ids_and_no_patient_identifiers(tmp_path, monkeypatch):
     assert len(checks) == 2 and [r["event"] for r in records].count("denied") == 1
     assert any(a.startswith("ddi:qd5948-051:") for a in checks[0]["alerts"])
     assert checks[0]["patient"] == checks[1]["patient"] and len(checks[0]["patient"]) == 32
-    for secret in ("BN-TEST-0001", "LK-TEST-0001", "Nguyễn Văn Thử", "19580314", KEY, "sai"):
+    for secret in ("BN-TEST-0001", "LK-TEST-0001", "Nguyễn Văn Thử", "19580314", KEY, "sai",
+                   "gia truyền", "gia truy"):
         assert secret not in log
     assert verify_chain(tmp_path / "audit.log") == (3, [])
     lines = log.splitlines()

@@ -8,6 +8,7 @@ shape we do not know) only switches off the check that needs it.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -168,7 +169,8 @@ class CheckEngine:
     # ------------------------------------------------------------------ drugs
     def _unrecognised(self, index: int, text: str) -> InteractionAlert:
         return InteractionAlert(
-            id=f"unrecognised:{index}:{text.strip().lower()[:60]}",
+            # the id goes to the audit log: a digest, never the free text of the line
+            id=f"unrecognised:{index}:{hashlib.sha256(text.encode()).hexdigest()[:12]}",
             kind="unrecognised-drug",
             severity="moderate",
             lines=[index],
