@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "dicom_gateway.cli",  # up, gateway, echo, send, exports
     "serving.cli",  # serve, cdss
     "training.cli",  # train, evaluate, models
+    "training.learned_cli",  # xml130-synth
     "haidang.demo",  # demo
     "haidang.audit_cli",  # audit verify
     "dicom_gateway.dataset_cli",  # dataset export
