@@ -198,8 +198,9 @@ def _models_list(args) -> int:
     if not rows:
         print(f"no models under {reg.root}")
         return 0
+    w = max(len(r['name']) for r in rows) + 2
     print(
-        f"{'':2}{'NAME':<16}{'VERSION':<10}{'VAL AUC':>8}{'ACC':>8}{'SENS':>8}{'SPEC':>8}"
+        f"{'':2}{'NAME':<{w}}{'VERSION':<10}{'VAL AUC':>8}{'ACC':>8}{'SENS':>8}{'SPEC':>8}"
         f"{'THRESH':>9}  CREATED / STATUS"
     )
     for r in rows:
@@ -208,7 +209,7 @@ def _models_list(args) -> int:
             return f"{v:.4f}" if isinstance(v, int | float) else "-"
 
         print(
-            f"{'*' if r['current'] else ' ':2}{r['name']:<16}{r['version']:<10}{f(r['auc']):>8}"
+            f"{'*' if r['current'] else ' ':2}{r['name']:<{w}}{r['version']:<10}{f(r['auc']):>8}"
             f"{f(r['accuracy']):>8}{f(r['sensitivity']):>8}{f(r['specificity']):>8}"
             f"{f(r['threshold']):>9}  {r['created'] or ''} "
             f"{'' if r['status'] == 'ok' else r['status']}"
