@@ -55,17 +55,24 @@ def network_config():
     return cfg, {}
 
 
-def timed(fn, seconds: float) -> tuple[float, float]:
-    """(calls per second, median ms per call) after a warm-up."""
-    for _ in range(3):
-        fn()
-    times = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return len(times) / sum(times), 1000 * float(np.median(times))
+def timed(fns: dict, seconds: float, rounds: int = 5) -> dict[str, float]:
+    """Median seconds per call for each function, measured in alternating rounds.
+
+    The machine is shared: alternating the runtimes spreads any burst of outside load
+    over both, and the median ignores the calls that a burst hit.
+    """
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            end = time.perf_counter() + seconds / rounds
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t)
+    return {name: float(np.median(v)) for name, v in samples.items()}
 
 
 def main() -> int:
@@ -102,26 +109,30 @@ def main() -> int:
     for batch in (1, 32):
         x = np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])), np.float32)
         xt = torch.from_numpy(x)
+        fns = {"PyTorch eager (CPU)": lambda xt=xt: model(xt)}
+        for name, sess in sessions.items():
+            fns[name] = lambda s=sess, x=x: s.run(None, {s.get_inputs()[0].name: x})
         with torch.inference_mode():
             reference = model(xt).numpy()
-            rate, ms = timed(lambda xt=xt: model(xt), args.seconds)
-        torch_ips = rate * batch
-        rows.append({"runtime": "PyTorch eager (CPU)", "batch": batch, "images_per_s": torch_ips,
-                     "ms_per_batch": ms, "speedup": 1.0, "max_abs_diff": 0.0})
-        for name, sess in sessions.items():
-            out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
-            rate, ms = timed(lambda s=sess, x=x: s.run(None, {s.get_inputs()[0].name: x}),
-                             args.seconds)
-            rows.append({"runtime": name, "batch": batch, "images_per_s": rate * batch,
-                         "ms_per_batch": ms, "speedup": rate * batch / torch_ips,
-                         "max_abs_diff": float(np.abs(out - reference).max())})
+            median = timed(fns, args.seconds * len(fns))
+        torch_ips = batch / median["PyTorch eager (CPU)"]
+        for name, sec in median.items():
+            if name in sessions:
+                sess = sessions[name]
+                out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+                diff = float(np.abs(out - reference).max())
+            else:
+                diff = 0.0
+            rows.append({"runtime": name, "batch": batch, "images_per_s": batch / sec,
+                         "ms_per_batch": 1000 * sec, "speedup": batch / sec / torch_ips,
+                         "max_abs_diff": diff})
 
     params = sum(p.numel() for p in model.parameters())
     print(f"model: TriageModel, {len(cfg.seeds)} x MONAI ResNet widths={cfg.widths} "
           f"layers={cfg.layers}, {params / 1e6:.2f} M parameters, input {size}; "
           f"threads={args.threads}; torch {torch.__version__}, onnxruntime {ort.__version__}; "
           f"{platform.processor() or platform.machine()}")
-    print("\n| runtime | batch | images/s | ms per batch | vs PyTorch | max abs diff |")
+    print("\n| runtime | batch | images/s | median ms per batch | vs PyTorch | max abs diff |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(f"| {r['runtime']} | {r['batch']} | {r['images_per_s']:.0f} | "
