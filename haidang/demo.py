@@ -40,6 +40,9 @@ def register(sub) -> None:
     p.add_argument("--no-orthanc", action="store_true", help="write results to a local archive "
                                                              "even when Orthanc is installed")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for results")
+    p.add_argument("--interval", type=float, default=0.5,
+                   help="seconds between studies, as from a modality (0: all at once, which "
+                        "measures queueing rather than time to flag)")
     p.set_defaults(handler=run_demo)
 
 
@@ -246,10 +249,12 @@ def run_demo(args) -> int:
         sent_at: dict[str, float] = {}
         send_errors = []
         for uid, files in studies.items():
+            started = time.monotonic()
             results = send_files("127.0.0.1", gateway.port, settings.gateway.ae_title,
                                  "HAIDANG_DEMO", files)
             sent_at[uid] = time.time()
             send_errors += [f"{f.name}: {why}" for f, why in results if why]
+            time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
 
         def finished() -> dict[str, dict]:
             rows = {r["study_uid"]: r for r in worklist_rows(gateway.index)}
@@ -265,12 +270,16 @@ def run_demo(args) -> int:
 
         report = _report(studies, rows, sent_at, settings, pacs, archive, web, send_errors,
                          gateway)
+        report["interval_s"] = args.interval
         if pacs is None:
             _archive_results(settings, archive)
         if args.json:
             print(json.dumps(report, ensure_ascii=False))
         else:
             _print_table(report)
+            if not args.keep_running:
+                print("(the worklist and PACS stop with the demo; `haidang demo --keep-running` "
+                      "keeps them up)")
         if args.keep_running:
             print("Ctrl-C stops the demo.")
             try:
