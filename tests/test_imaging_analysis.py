@@ -87,3 +87,33 @@ def test_analysis_on_samples_urgent_webhook_fhir(tmp_path, receiver):
             sr.save_as(sr_path, enforce_file_format=True)
             assert_valid_sr(sr_path)
     assert urgent >= 1 and urgent == len([p for p, _ in received if p == "/hook"])
+
+
+def test_webhook_retries_server_errors_and_reports_failure(caplog):
+    from dicom_gateway.notify import send_webhook, urgent_payload
+    from tests.pacs import free_port
+
+    answers = [503, 200]
+    hits = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            hits.append(1)
+            self.send_response(answers.pop(0) if answers else 400)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/hook"
+    payload = urgent_payload("1.2.3", {"verdict": "pneumonia", "probability": 0.9})
+    try:
+        assert send_webhook(url, payload, attempts=3) is True and len(hits) == 2
+        assert send_webhook(url, payload, attempts=3) is False and len(hits) == 3  # 400: no retry
+    finally:
+        server.shutdown()
+    assert send_webhook(f"http://127.0.0.1:{free_port()}/hook", payload, attempts=2) is False
+    assert "notify.webhook_url" in caplog.text and "not delivered" in caplog.text
