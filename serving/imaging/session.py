@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,6 @@ class ModelSession:
         self.input_name = self._session.get_inputs()[0].name
         self.input_shape = list(self._session.get_inputs()[0].shape)
         self.output_name = self._session.get_outputs()[0].name
-        self._lock = threading.Lock()
         log.info(
             "model %s %s (sha256 %s) on %s",
             self.name,
