@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import signal
 import sys
 import threading
@@ -75,6 +76,25 @@ def _wait_for_signal() -> None:
         pass
 
 
+def _warm_up(settings) -> None:
+    """Load the routed models before the first study arrives, so it does not pay for it.
+
+    A failure (serving not up yet in split mode) is only logged: the gateway must still
+    take studies, which wait in the queue until serving answers.
+    """
+    routed = {name for route in settings.routes for name in route.analyses}
+    if "cxr-pneumonia" not in routed:
+        return
+    try:
+        from dicom_gateway.analyses.cxr_pneumonia import warm_up
+
+        warm_up(settings)
+    except Exception as exc:  # noqa: BLE001 - start anyway; jobs retry
+        logging.getLogger("haidang.gateway").warning(
+            "cxr-pneumonia warm-up failed (%s: %s); studies will wait for serving",
+            type(exc).__name__, exc)
+
+
 def cmd_gateway(args) -> int:
     from dicom_gateway.runtime import Gateway
 
@@ -83,6 +103,7 @@ def cmd_gateway(args) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr=settings.serving.host)
+    _warm_up(settings)
     gateway = Gateway(settings).start()
     print(
         f"haidang gateway: {settings.gateway.ae_title} listening on "
@@ -121,6 +142,7 @@ def cmd_up(args) -> int:
     from dicom_gateway.runtime import Gateway
 
     settings = _settings(args)
+    _warm_up(settings)
     gateway = Gateway(settings).start()
     try:
         web = importlib.import_module("haidang.web")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -170,6 +171,11 @@ def demo_settings(workdir: Path, models_dir: Path, pacs: DemoOrthanc | None, bas
                        "host": "127.0.0.1", "port": _free_port()}
     data["export"] = {**data.get("export", {}), "base_delay_s": 0.5, "max_delay_s": 5.0}
     data["notify"] = {**data.get("notify", {})}
+    # The worklist data are patient results: even the demo serves them behind a key, a fresh
+    # one per run, handed to the browser once in the printed address (/worklist?key=...).
+    data["security"] = {**data.get("security", {}), "development": False,
+                        "api_keys": [secrets.token_urlsafe(18)],
+                        "audit_log": str(workdir / "audit.log")}
     return Settings.model_validate(data)
 
 
@@ -339,7 +345,7 @@ def _report(studies, rows, sent_at, settings, pacs, archive, web, send_errors, g
         "quiet_period_s": quiet,
         "pacs": f"Orthanc {pacs.url}" if pacs else None,
         "archive": None if pacs else str(archive),
-        "worklist_url": f"{web.url}/worklist",
+        "worklist_url": f"{web.url}/worklist?key={settings.security.api_keys[0]}",
         "send_errors": send_errors,
         "studies": table,
     }

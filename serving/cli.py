@@ -1,8 +1,8 @@
 """Subcommands of `serving`: `haidang serve` and `haidang cdss …`.
 
-`serve` runs the HTTP app (CDSS routes, OpenAPI docs at /docs) on uvicorn; the BentoML
-imaging service has its own `serve-imaging` (`serving.imaging_cli`), and could also be
-started from `_serve`. Heavy imports stay inside the handlers so `haidang --help` is fast.
+`serve` runs the HTTP app (CDSS routes, OpenAPI docs at /docs) on uvicorn and, beside it,
+the BentoML imaging service (`serving.imaging_cli`; alone: `serve-imaging`). Heavy imports
+stay inside the handlers so `haidang --help` is fast.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ def register(sub) -> None:
     serve.add_argument("--port", type=int, default=None, help="default: serving.port (3000)")
     serve.add_argument("--workers", type=int, default=1,
                        help="uvicorn worker processes (each loads the knowledge base)")
+    serve.add_argument("--no-imaging", action="store_true",
+                       help="do not start the BentoML imaging service beside the CDSS")
     serve.set_defaults(handler=_serve)
 
     cdss = sub.add_parser("cdss", help="prescription checks from the command line")
@@ -47,8 +50,25 @@ def _serve(args) -> int:
     settings = load_settings(args.config)  # fail here, once, on a bad settings file
     if args.config:
         os.environ["HAIDANG_CONFIG"] = str(Path(args.config).resolve())
-    run_http("serving.app:app_from_env", args.host or settings.serving.host,
-             args.port or settings.serving.port, max(1, args.workers))
+    imaging = None
+    if not args.no_imaging:
+        # Split mode: the gateway calls this BentoML service (serving.url) for the imaging
+        # models; it runs as a child so `haidang serve` is the one serving command.
+        from serving.imaging_cli import default_address, start_imaging_service
+
+        img_host, img_port = default_address(settings.serving)
+        imaging = start_imaging_service(args.config, img_host, img_port)
+        print(f"haidang serve: imaging (BentoML) on http://{img_host}:{img_port}", flush=True)
+    try:
+        run_http("serving.app:app_from_env", args.host or settings.serving.host,
+                 args.port or settings.serving.port, max(1, args.workers))
+    finally:
+        if imaging is not None:
+            imaging.terminate()
+            try:
+                imaging.wait(15)
+            except subprocess.TimeoutExpired:
+                imaging.kill()
     return 0
 
 

@@ -43,7 +43,8 @@ def test_demo_json_with_orthanc(tmp_path):
     assert all(s["verdict"] == "pneumonia" for s in urgent)
     ttf = report["time_to_flag_ms"]
     assert 0 <= ttf["p50"] <= ttf["p95"] <= ttf["max"]
-    assert report["pacs"].startswith("Orthanc") and report["worklist_url"].endswith("/worklist")
+    assert report["pacs"].startswith("Orthanc") and "/worklist?key=" in report["worklist_url"]
+
     # clean shutdown: neither the PACS nor the worklist is still listening
     for url in (report["pacs"].split()[-1], report["worklist_url"]):
         with pytest.raises(httpx.HTTPError):
@@ -58,3 +59,13 @@ def test_demo_without_orthanc_writes_a_local_archive(tmp_path):
                   for f in archive.rglob("*.dcm")]
     assert modalities.count("SR") >= _chest_studies() and "OT" in modalities
     assert len(list((archive / "summaries").glob("*.png"))) == _chest_studies()
+
+
+def test_demo_serves_results_behind_a_fresh_key(tmp_path):
+    from haidang.demo import demo_settings
+
+    one = demo_settings(tmp_path / "a", tmp_path / "models", None)
+    two = demo_settings(tmp_path / "b", tmp_path / "models", None)
+    assert not one.security.development
+    assert len(one.security.api_keys) == 1 and len(one.security.api_keys[0]) >= 20
+    assert one.security.api_keys != two.security.api_keys
