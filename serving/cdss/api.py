@@ -154,8 +154,12 @@ def cdss_router(
     guard: Guard | None = None,
     audit: AuditLog | None = None,
     show_minor: bool = False,
+    router: APIRouter | None = None,
 ) -> APIRouter:
-    """The CDSS routes; the router's `.cdss` attribute holds their shared state."""
+    """The CDSS routes; the router's `.cdss` attribute holds their shared state.
+
+    Pass the app's own router (`app.router`) to register the routes on it directly: an
+    included router is a second layer of route matching on every request (FastAPI 0.165)."""
     sec = settings.security
     # Shared by the worker processes: JWT jti replay store, cards shown, card ids.
     shared = SharedState(Path(sec.audit_log).with_name("cdss-shared.sqlite"))
@@ -172,7 +176,7 @@ def cdss_router(
         knowledge_version=getattr(kb, "version", None),
         shared=shared,
     )
-    router = APIRouter()
+    router = APIRouter() if router is None else router
     router.cdss = state  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ native API
