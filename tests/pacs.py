@@ -106,7 +106,8 @@ class Orthanc:
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(self.config(), indent=2))
         self._logf = open(self.log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([ORTHANC_BIN, str(cfg)], stdout=self._logf, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([ORTHANC_BIN, str(cfg)], stdout=self._logf,
+                                     stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -353,7 +353,8 @@ def test_haidang_serve_with_two_workers(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAIDANG_")}
     env.update(HAIDANG_API_KEYS=KEY, HAIDANG_SECURITY__AUDIT_LOG=str(tmp_path / "audit.log"))
     proc = subprocess.Popen([sys.executable, "-m", "haidang", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--workers", "2", "--no-imaging"], cwd=tmp_path, env=env,
+                             "--port", str(port), "--workers", "2", "--no-imaging"],
+                            cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
