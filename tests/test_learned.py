@@ -322,14 +322,16 @@ def test_unusual_drug_is_info_with_frequency():
 
 def test_cli_dispatch_trains_protocol_and_routes_interaction_risk(tmp_path, exports,
                                                                   monkeypatch, capsys):
-    """``haidang train protocol|interaction-risk`` lands in training.learned_cli.train."""
+    """``haidang train protocol|interaction-risk`` (the real CLI) lands in learned_cli.train."""
     from argparse import Namespace
 
     from training import learned_cli
 
     out = tmp_path / "models" / "protocol-anomaly" / "2.0.0"
-    rc = learned_cli.train(Namespace(model="protocol", data=Path(f"{exports}/*.xml"), out=out,
-                                     promote=True, no_progress=True))
+    from haidang.cli import main
+
+    rc = main(["train", "protocol", "--data", f"{exports}/*.xml", "--out", str(out),
+               "--promote", "--no-progress"])
     assert rc == 0 and "synthetic" in capsys.readouterr().out
     assert ModelRegistry(tmp_path / "models").current_version("protocol-anomaly") == "2.0.0"
     assert learned_cli.train(Namespace(model="protocol", data=None, out=None)) == 2

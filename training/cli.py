@@ -9,7 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-MODELS = ("cxr-pneumonia",)
+# cxr-pneumonia: MONAI imaging model (here); interaction-risk and protocol: the learned CDSS
+# models (training.learned_cli).
+MODELS = ("cxr-pneumonia", "interaction-risk", "protocol")
 
 
 def register(sub) -> None:
@@ -19,9 +21,9 @@ def register(sub) -> None:
     p.add_argument("model", choices=MODELS, help="which model to train")
     p.add_argument(
         "--data",
-        required=True,
         type=Path,
-        help="MedMNIST .npz (train/val splits) or a folder of DICOM files",
+        help="cxr-pneumonia: MedMNIST .npz (train/val splits) or a folder of DICOM files; "
+        "protocol: XML 130 exports, e.g. 'exports/*.xml'",
     )
     p.add_argument(
         "--labels",
@@ -31,9 +33,9 @@ def register(sub) -> None:
     )
     p.add_argument(
         "--out",
-        required=True,
         type=Path,
-        help="new version folder, e.g. models/cxr-pneumonia/1.1.0",
+        help="new version folder, e.g. models/cxr-pneumonia/1.1.0 "
+        "(required for cxr-pneumonia; the learned CDSS models default to the next version)",
     )
     p.add_argument("--epochs", type=int, default=None, help="epochs per seed (default 12)")
     p.add_argument(
@@ -88,6 +90,14 @@ def _models_dir(args) -> Path:
 
 
 def _train(args) -> int:
+    if args.model != "cxr-pneumonia":
+        from training import learned_cli
+
+        return learned_cli.train(args)
+    if args.data is None or args.out is None:
+        print("haidang train cxr-pneumonia: give --data (npz or DICOM folder) and --out "
+              "(new version folder)", file=sys.stderr)
+        return 2
     from training.cxr_pneumonia import TrainConfig
     from training.register import command_line, train_and_register
 
