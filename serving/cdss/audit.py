@@ -7,8 +7,10 @@ named by `writer`. Patient identifiers are never written: they are keyed hashes 
 with `security.audit_key`), enough to link records of one patient, useless to read them.
 
 Requests only append a small dict to a deque; a background thread wakes every
-`flush_interval_s`, pseudonymises, hashes and writes the batch, so the check path pays about
-a microsecond and never wakes a thread. `close()` drains it (the app calls it at shutdown).
+`flush_interval_s`, pseudonymises, hashes and writes the batch in slices of
+`SLICE_RECORDS` (each write releases the GIL), so the check path pays about a microsecond,
+never wakes a thread and never waits long behind the writer. `close()` drains it (the app
+calls it at shutdown).
 """
 
 from __future__ import annotations
@@ -26,8 +28,27 @@ from pathlib import Path
 GENESIS = "0" * 64
 
 
+# Records written by this version: compact JSON in the order the fields were set (no key
+# sort: ~1.3 µs a record less), hashed over exactly the bytes written before `"hash"`.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# A batch is hashed and written in slices of at most this many records (~10 µs each): each
+# `os.write` releases the GIL, so a request never waits more than ~1 ms behind the writer.
+SLICE_RECORDS = 64
+_HASH_TAIL = len(b',"hash":"') + 64 + len(b'"}')
+
+
 def _canonical(record: dict) -> bytes:
+    """The sorted-key form earlier versions hashed; `verify_chain` still accepts it."""
     return json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _hashed_body(raw: bytes, claimed: str) -> bytes | None:
+    """The bytes a record's hash covers, cut from its line: all but the trailing `"hash"`."""
+    line = raw.rstrip(b"\r\n")
+    tail = b',"hash":"' + claimed.encode() + b'"}'
+    if len(tail) != _HASH_TAIL or not line.endswith(tail):
+        return None
+    return line[:-len(tail)] + b"}"
 
 
 class AuditLog:
@@ -35,6 +56,8 @@ class AuditLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._key = (key or "haidang-audit-v1").encode("utf-8")
+        # HMAC keyed once; each pseudonym copies it (half the cost of `hmac.new` per call)
+        self._keyed = hmac.new(self._key, digestmod=hashlib.sha256)
         self.writer = secrets.token_hex(8)
         self._prev = GENESIS
         self._seq = 0
@@ -51,7 +74,9 @@ class AuditLog:
         """A keyed hash of a patient identifier: linkable, not readable."""
         if not identifier:
             return None
-        return hmac.new(self._key, identifier.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+        mac = self._keyed.copy()
+        mac.update(identifier.encode("utf-8"))
+        return mac.hexdigest()[:32]
 
     def record(self, event: str, identifiers: dict[str, str | None] | None = None,
                **fields) -> None:
@@ -77,21 +102,24 @@ class AuditLog:
                 batch.append(self._pending.popleft())
             except IndexError:
                 break
-        for fields in batch:
-            for name, raw in (fields.pop("_identifiers", None) or {}).items():
-                fields[name] = self.pseudonym(raw)
-        self._write(batch)
+        for start in range(0, len(batch), SLICE_RECORDS):
+            part = batch[start:start + SLICE_RECORDS]
+            for fields in part:
+                for name, raw in (fields.pop("_identifiers", None) or {}).items():
+                    fields[name] = self.pseudonym(raw)
+            self._write(part)
 
     def _write(self, batch: list[dict]) -> None:
         if not batch:
             return
         lines = []
+        encode = _ENCODER.encode
         for fields in batch:
             self._seq += 1
             fields["writer"] = self.writer
             fields["seq"] = self._seq
             fields["prev"] = self._prev
-            body = _canonical(fields)
+            body = encode(fields).encode()
             digest = hashlib.sha256(body).hexdigest()
             self._prev = digest
             # The record as hashed, plus its hash: `verify_chain` re-hashes all but "hash".
@@ -123,7 +151,9 @@ def verify_chain(path: Path | str) -> tuple[int, list[str]]:
             except (ValueError, KeyError):
                 problems.append(f"line {number}: not an audit record")
                 continue
-            if hashlib.sha256(_canonical(record)).hexdigest() != claimed:
+            body = _hashed_body(raw, claimed) if isinstance(claimed, str) else None
+            if (body is None or hashlib.sha256(body).hexdigest() != claimed) and \
+                    hashlib.sha256(_canonical(record)).hexdigest() != claimed:
                 problems.append(f"line {number}: content does not match its hash")
             if record.get("prev") != prev.get(writer, GENESIS):
                 problems.append(f"line {number}: chain broken (a record before it is missing "

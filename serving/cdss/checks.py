@@ -95,6 +95,7 @@ class CheckEngine:
         self._contra_found_memo: dict[tuple, tuple] = {}
         self._alert_memo: dict[tuple, InteractionAlert] = {}
         self._predicted_memo: dict[tuple, tuple] = {}
+        self._predicted_pair_memo: dict[tuple[str, str], tuple] = {}
         self._unusual_memo: dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------------ entry point
@@ -134,21 +135,27 @@ class CheckEngine:
         """
         try:
             if getattr(self.learned, "interaction", True) is not None:
+                # The model's answer depends on the two ingredients only: scored once per
+                # ingredient pair, so the usual case (nothing predicted) is one look-up.
+                by_pair = self._predicted_pair_memo
                 seen: set[tuple[str, str]] = set()
-                for x, y in unknown_pairs:  # pairs the knowledge base says nothing about
-                    a, b = (x, y) if x.drug.inn < y.drug.inn else (y, x)
-                    pair = (a.drug.inn, b.drug.inn)
-                    if pair in seen:
+                for pair, x, y in unknown_pairs:  # pairs the knowledge base says nothing about
+                    hit = by_pair.get(pair)
+                    if hit is None:
+                        a, b = (x, y) if x.drug.inn < y.drug.inn else (y, x)
+                        hit = _remember(by_pair, pair, tuple(
+                            p.as_dict() for p in self.learned.predicted_interactions(
+                                [a.drug, b.drug], [0, 1], [False, False])))
+                    if not hit or pair in seen:
                         continue
                     seen.add(pair)
+                    a, b = (x, y) if x.drug.inn < y.drug.inn else (y, x)
                     key = (pair, a.line, b.line)
                     found = self._predicted_memo.get(key)
                     if found is None:
                         lines = sorted({a.line, b.line})
                         found = _remember(self._predicted_memo, key, tuple(
-                            InteractionAlert(**{**p.as_dict(), "lines": lines})
-                            for p in self.learned.predicted_interactions(
-                                [a.drug, b.drug], [0, 1], [False, False])))
+                            InteractionAlert(**{**fields, "lines": lines}) for fields in hit))
                     alerts.extend(found)
             if codes and new_items and getattr(self.learned, "protocol", True) is not None:
                 done: set[str] = set()
@@ -183,8 +190,9 @@ class CheckEngine:
 
     def _pairs(self, alerts: list[InteractionAlert], items: list[_Item]) -> list:
         """Drug-drug interactions and duplicate therapy: one pass over the pairs. Returns
-        the pairs the knowledge base says nothing about (for the learned model)."""
-        unknown: list[tuple[_Item, _Item]] = []
+        the pairs the knowledge base says nothing about, as (INN pair, item, item), for the
+        learned model."""
+        unknown: list[tuple[tuple[str, str], _Item, _Item]] = []
         seen_ddi: set[tuple[str, str]] = set()
         seen_dup: set[tuple[str, str]] = set()
         for x, y in combinations(items, 2):
@@ -201,7 +209,7 @@ class CheckEngine:
                 facts = _remember(self._pair_memo, pair, self._pair_facts(x.drug, y.drug))
             ddi, group = facts
             if ddi is None:
-                unknown.append((x, y))
+                unknown.append((pair, x, y))
             elif pair not in seen_ddi:
                 seen_ddi.add(pair)
                 alerts.append(self._interaction_alert(ddi[0], x, y, ddi[1]))
