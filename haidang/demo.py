@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+from haidang.orthanc import Orthanc, free_port, orthanc_binary
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET_PERIOD_S = 0.5
@@ -45,77 +44,6 @@ def register(sub) -> None:
                    help="seconds between studies, as from a modality (0: all at once, which "
                         "measures queueing rather than time to flag)")
     p.set_defaults(handler=run_demo)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def orthanc_binary() -> str | None:
-    return shutil.which("Orthanc", path=f"/usr/sbin:/usr/bin:{os.environ.get('PATH', '')}")
-
-
-class DemoOrthanc:
-    """An Orthanc on loopback with its own storage, the demo's PACS."""
-
-    def __init__(self, workdir: Path, binary: str):
-        self.workdir, self.binary = workdir, binary
-        self.aet, self.dicom_port, self.http_port = "ORTHANC", _free_port(), _free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def start(self, timeout: float = 30.0) -> None:
-        import httpx
-
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "Name": "haidang-demo-pacs", "StorageDirectory": str(self.workdir / "storage"),
-            "IndexDirectory": str(self.workdir / "storage"), "DicomAet": self.aet,
-            "DicomPort": self.dicom_port, "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
-            "UnknownSopClassAccepted": True, "Plugins": [], "TcpNoDelay": True,
-        }
-        cfg = self.workdir / "orthanc.json"
-        cfg.write_text(json.dumps(config, indent=2))
-        self._log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([self.binary, str(cfg)], stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited ({self.proc.returncode}); "
-                                   f"see {self.workdir / 'orthanc.log'}")
-            try:
-                if httpx.get(f"{self.url}/system", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"Orthanc did not start in {timeout}s; see {self.workdir}/orthanc.log")
-
-    def count(self, modality: str) -> int:
-        import httpx
-
-        r = httpx.post(f"{self.url}/tools/find", timeout=10,
-                       json={"Level": "Instance", "Query": {"Modality": modality}})
-        return len(r.json()) if r.status_code == 200 else 0
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
 
 
 class WebThread:
@@ -149,13 +77,13 @@ def _models_dir(configured: Path) -> Path:
                      "`haidang train cxr-pneumonia`")
 
 
-def demo_settings(workdir: Path, models_dir: Path, pacs: DemoOrthanc | None, base=None):
+def demo_settings(workdir: Path, models_dir: Path, pacs: Orthanc | None, base=None):
     from haidang.settings import Settings
 
     data = base.model_dump(mode="json") if base is not None else {}
     data["gateway"] = {
         **data.get("gateway", {}), "ae_title": "HAIDANG", "host": "127.0.0.1",
-        "port": _free_port(), "allowed_sources": [], "quiet_period_s": QUIET_PERIOD_S,
+        "port": free_port(), "allowed_sources": [], "quiet_period_s": QUIET_PERIOD_S,
         "spool_dir": str(workdir / "spool"), "database_url": f"sqlite:///{workdir / 'haidang.db'}",
         "min_free_bytes": 16 * 1024 * 1024, "tls": None,
     }
@@ -168,7 +96,7 @@ def demo_settings(workdir: Path, models_dir: Path, pacs: DemoOrthanc | None, bas
         {"name": "everything-else", "match": {}, "analyses": ["study-summary"]},
     ]
     data["serving"] = {**data.get("serving", {}), "url": None, "models_dir": str(models_dir),
-                       "host": "127.0.0.1", "port": _free_port()}
+                       "host": "127.0.0.1", "port": free_port()}
     data["export"] = {**data.get("export", {}), "base_delay_s": 0.5, "max_delay_s": 5.0}
     data["notify"] = {**data.get("notify", {})}
     # The worklist data are patient results: even the demo serves them behind a key, a fresh
@@ -238,7 +166,7 @@ def run_demo(args) -> int:
                                         dir=REPO / "var" / "demo"))
 
     binary = None if args.no_orthanc else orthanc_binary()
-    pacs = DemoOrthanc(workdir / "orthanc", binary) if binary else None
+    pacs = Orthanc(workdir / "orthanc", binary=binary, name="haidang-demo-pacs") if binary else None
     archive = workdir / "archive"
     gateway = web = None
     try:

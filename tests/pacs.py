@@ -6,7 +6,6 @@ independent implementation, so they are called by absolute path.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -15,6 +14,9 @@ import time
 from pathlib import Path
 
 import httpx
+
+from haidang.orthanc import Orthanc as BaseOrthanc
+from haidang.orthanc import free_port  # noqa: F401 - the tests import it from here
 
 DCMTK_BIN = Path("/usr/bin")
 ORTHANC_BIN = shutil.which("Orthanc", path="/usr/sbin:/usr/bin") or "/usr/sbin/Orthanc"
@@ -27,10 +29,6 @@ def dcmtk(tool: str) -> str:
     return str(path)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
@@ -64,74 +62,12 @@ def storescu(files: list[Path] | list[str], port: int, called_ae: str, calling_a
     return subprocess.run(cmd, capture_output=True, text=True, env=dcmtk_env(), timeout=timeout)
 
 
-class Orthanc:
-    """An Orthanc 1.10 server with its own storage directory, on loopback ports."""
+class Orthanc(BaseOrthanc):
+    """The product's Orthanc launcher (``haidang.orthanc``) plus REST helpers for assertions."""
 
     def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None):
-        self.workdir = Path(workdir)
-        self.aet = aet
-        self.dicom_port = free_port()
-        self.http_port = free_port()
-        self.modalities = modalities or {}
-        self.proc: subprocess.Popen | None = None
-        self.log = self.workdir / "orthanc.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    def config(self) -> dict:
-        return {
-            "Name": "haidang-test-pacs",
-            "StorageDirectory": str(self.workdir / "storage"),
-            "IndexDirectory": str(self.workdir / "storage"),
-            "DicomAet": self.aet,
-            "DicomPort": self.dicom_port,
-            "HttpPort": self.http_port,
-            "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
-            "DicomCheckCalledAet": False,
-            "DicomAlwaysAllowStore": True,
-            "DicomAlwaysAllowEcho": True,
-            "UnknownSopClassAccepted": True,
-            "DicomModalities": self.modalities,
-            "Plugins": [],
-            "StableAge": 2,
-            "HttpServerEnabled": True,
-            "TcpNoDelay": True,
-        }
-
-    def start(self, timeout: float = 30.0) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        cfg = self.workdir / "orthanc.json"
-        cfg.write_text(json.dumps(self.config(), indent=2))
-        self._logf = open(self.log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([ORTHANC_BIN, str(cfg)], stdout=self._logf,
-                                     stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}; see {self.log}")
-            try:
-                if httpx.get(f"{self.url}/system", timeout=1).status_code == 200:
-                    wait_for_port(self.dicom_port, timeout=5)
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"Orthanc did not answer within {timeout}s; see {self.log}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        if getattr(self, "_logf", None):
-            self._logf.close()
+        super().__init__(workdir, aet=aet, modalities=modalities, binary=ORTHANC_BIN,
+                         name="haidang-test-pacs")
 
     # REST helpers used by assertions
     def get(self, path: str):
@@ -149,10 +85,3 @@ class Orthanc:
         r = httpx.get(f"{self.url}/instances/{orthanc_id}/file", timeout=30)
         r.raise_for_status()
         return r.content
-
-    def find_instances(self, **query: str) -> list[dict]:
-        """Instances whose tags match, e.g. find_instances(StudyInstanceUID=uid, Modality='SR')."""
-        body = {"Level": "Instance", "Query": query, "Expand": True}
-        r = httpx.post(f"{self.url}/tools/find", json=body, timeout=30)
-        r.raise_for_status()
-        return r.json()

@@ -63,13 +63,14 @@ def main() -> int:
 
     from dicom_gateway.analyses.cxr_pneumonia import warm_up
     from dicom_gateway.runtime import Gateway
-    from haidang.demo import DemoOrthanc, demo_settings, orthanc_binary
+    from haidang.demo import demo_settings
+    from haidang.orthanc import Orthanc, orthanc_binary
 
     work = Path(tempfile.mkdtemp(prefix="ttf-"))
     binary = orthanc_binary()
     if not binary:
         raise SystemExit("Orthanc is not installed (apt-get install orthanc)")
-    pacs = DemoOrthanc(work / "orthanc", binary)
+    pacs = Orthanc(work / "orthanc", binary=binary)
     pacs.start()
     settings = demo_settings(work, Path(args.models_dir), pacs)
     data = settings.model_dump(mode="json")
