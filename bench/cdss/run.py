@@ -43,9 +43,9 @@ def free_port() -> int:
 
 
 def start(name: str, app: str, port: int, workers: int, env: dict,
-          launcher: str) -> subprocess.Popen:
-    if launcher == "haidang":  # as `haidang serve` runs it (TCP_NODELAY listener)
-        cmd = [sys.executable, str(HERE / "serve.py"), app, str(port), str(workers)]
+          launcher: str, stack: str = "auto") -> subprocess.Popen:
+    if launcher == "haidang":  # as `haidang serve` runs it (TCP_NODELAY, connections dealt)
+        cmd = [sys.executable, str(HERE / "serve.py"), app, str(port), str(workers), stack]
     else:  # the uvicorn command line, for comparison
         cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), app, "--factory",
                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
@@ -114,6 +114,9 @@ def main(argv=None) -> int:
     ap.add_argument("--launcher", choices=["haidang", "uvicorn-cli"], default="haidang",
                     help="how both servers start: like `haidang serve` (default) or with the "
                     "uvicorn command line (its multi-worker socket leaves Nagle on)")
+    ap.add_argument("--stack", choices=["auto", "asyncio-h11"], default="auto",
+                    help="event loop and HTTP parser of both servers: uvloop + httptools as "
+                    "served (auto), or Python's asyncio + h11")
     args = ap.parse_args(argv)
     if shutil.which("wrk") is None:
         print("wrk not found: apt-get install wrk (scripts/setup.sh installs it)", file=sys.stderr)
@@ -127,9 +130,9 @@ def main(argv=None) -> int:
     procs = []
     try:
         procs.append(start("bare", "bare_app:create_bare_app", ports["bare"], args.workers,
-                           base_env, args.launcher))
+                           base_env, args.launcher, args.stack))
         procs.append(start("haidang", "serving.app:app_from_env", ports["haidang"],
-                           args.workers, haidang_env, args.launcher))
+                           args.workers, haidang_env, args.launcher, args.stack))
         status, answer = post(ports["haidang"], body)
         kinds = sorted({a["kind"] + "/" + a["severity"] for a in answer["alerts"]})
         print(f"haidang answers {status} with {len(answer['alerts'])} alerts: {kinds}")
@@ -187,7 +190,7 @@ def main(argv=None) -> int:
     conditions = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPU, "
                   f"load average {load_before[0]:.2f} before / {load_after[0]:.2f} after "
                   f"(shared with other work), Python {platform.python_version()}, uvicorn "
-                  f"{args.workers} workers each started by {args.launcher}, "
+                  f"{args.workers} workers each started by {args.launcher} (stack {args.stack}), "
                   f"{args.rounds} round(s), median round shown, wrk 4.1 "
                   f"(-t1 at c=1, -t2 otherwise), body "
                   f"{len(body)} bytes, {len(answer['alerts'])} alerts per Haidang answer, "

@@ -1,4 +1,6 @@
-"""Start one benchmark target the way `haidang serve` does: `serve.py APP PORT WORKERS`."""
+"""Start one benchmark target the way `haidang serve` does: `serve.py APP PORT WORKERS [STACK]`.
+
+STACK: "auto" (uvloop + httptools, as served) or "asyncio-h11"."""
 
 import sys
 from pathlib import Path
@@ -8,4 +10,5 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # for bare_app
 from serving.app import run_http  # noqa: E402
 
 if __name__ == "__main__":
-    run_http(sys.argv[1], "127.0.0.1", int(sys.argv[2]), int(sys.argv[3]))
+    run_http(sys.argv[1], "127.0.0.1", int(sys.argv[2]), int(sys.argv[3]),
+             sys.argv[4] if len(sys.argv) > 4 else "auto")
