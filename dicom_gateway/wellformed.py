@@ -20,6 +20,11 @@ DEFLATED = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1")
 NATIVE = (IMPLICIT_LE, "1.2.840.10008.1.2.1", EXPLICIT_BE)
 PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 MAX_DEPTH = 32
+KNOWN_VRS = LONG_VRS | {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS",
+                        b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL",
+                        b"US"}
+_U16 = {"<": struct.Struct("<H").unpack_from, ">": struct.Struct(">H").unpack_from}
+_U32 = {"<": struct.Struct("<I").unpack_from, ">": struct.Struct(">I").unpack_from}
 
 
 class Malformed(ValueError):
@@ -43,6 +48,34 @@ def check_complete(data: bytes | memoryview, transfer_syntax: str, start: int = 
         walker.walk(start, len(data), depth=0, in_item=False)
 
 
+def scan_top_level(data: bytes | memoryview, transfer_syntax: str, start: int,
+                   wanted: frozenset[int]) -> dict[int, tuple[bytes | None, int, int]] | None:
+    """:func:`check_complete` that also notes where the ``wanted`` top-level elements are.
+
+    Returns ``{tag: (vr or None, value offset, value length)}`` for the wanted tags seen
+    before the pixel data, as a reader that stops before the pixel data sees them.
+    Raises :class:`Malformed` as :func:`check_complete` does. Returns None where this
+    quick reading is not the whole story and a full parser must decide: deflated or big
+    endian syntaxes, a VR this module does not know, a wanted element of undefined length,
+    or implicit VR data under an explicit VR declaration.
+    """
+    ts = str(transfer_syntax)
+    if ts in DEFLATED or ts == EXPLICIT_BE:
+        return None
+    walker = _Walker(memoryview(data), ts)
+    walker.capture = {}
+    walker.wanted = wanted
+    try:
+        walker.walk(start, len(data), depth=0, in_item=False)
+    except Malformed:
+        if walker.explicit and not _first_vr_valid(data, start):
+            return None  # check_complete would retry as implicit VR: the full parser decides
+        raise
+    if walker.odd:
+        return None
+    return walker.capture
+
+
 def _first_vr_valid(data, start: int) -> bool:
     vr = bytes(data[start + 4:start + 6])
     return len(vr) == 2 and vr.isalpha() and vr.isupper()
@@ -54,12 +87,17 @@ class _Walker:
         self.explicit = ts != IMPLICIT_LE
         self.endian = ">" if ts == EXPLICIT_BE else "<"
         self.encapsulated = ts not in NATIVE
+        self.capture: dict | None = None  # scan_top_level: wanted tag -> (vr, offset, length)
+        self.wanted: frozenset[int] = frozenset()
+        self.odd = False  # something only a full parser should judge
+        self._u16_from = _U16[self.endian]
+        self._u32_from = _U32[self.endian]
 
     def _u16(self, pos):
-        return struct.unpack_from(self.endian + "H", self.buf, pos)[0]
+        return self._u16_from(self.buf, pos)[0]
 
     def _u32(self, pos):
-        return struct.unpack_from(self.endian + "I", self.buf, pos)[0]
+        return self._u32_from(self.buf, pos)[0]
 
     def _tag(self, pos, end):
         if pos + 8 > end:
@@ -82,6 +120,8 @@ class _Walker:
                 if not (len(vr) == 2 and vr.isalpha() and vr.isupper()):
                     raise Malformed(f"element ({group:04X},{elem:04X}) has no valid VR "
                                     f"({vr!r})")
+                if vr not in KNOWN_VRS:
+                    self.odd = True
                 if vr in LONG_VRS:
                     if pos + 12 > end:
                         raise Malformed(f"data set ends inside element ({group:04X},{elem:04X})")
@@ -91,6 +131,14 @@ class _Walker:
             else:
                 length, head = self._u32(pos + 4), 8
             pos += head
+            if self.capture is not None and depth == 0 and not in_item:
+                key = group << 16 | elem
+                if key in self.wanted:
+                    if length == UNDEFINED:
+                        self.odd = True
+                    self.capture[key] = (vr, pos, length)
+                elif (group, elem) in PIXEL_TAGS:
+                    self.wanted = frozenset()  # a reader stopping before pixel data stops here
             if (group, elem) in PIXEL_TAGS and self.encapsulated and length != UNDEFINED:
                 raise Malformed("pixel data are not encapsulated although the transfer syntax "
                                 "declared is a compressed one")
