@@ -39,10 +39,23 @@ MAX_PDU_RECEIVE = 1 << 20  # we accept P-DATA PDUs up to 1 MiB
 MAX_ASSOCIATIONS = 64  # at once per listener process; more are rejected as transient
 C_STORE_RQ, C_ECHO_RQ = 0x0001, 0x0030
 C_STORE_RSP, C_ECHO_RSP = 0x8001, 0x8030
+INITIAL_BUFFER = 1 << 20  # per association; grows for larger data sets
+MAX_KEPT_BUFFER = 16 << 20  # a buffer grown past this is dropped after its instance
+_U32 = struct.Struct(">I").unpack_from
 
 
 class PeerGone(Exception):
     """The connection closed or timed out."""
+
+
+def _fill(sock, view: memoryview) -> None:
+    """Fill ``view`` from the socket."""
+    got, n = 0, len(view)
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise PeerGone("connection closed by peer")
+        got += k
 
 
 def _recv_exact(sock, n: int) -> bytearray:
@@ -187,41 +200,65 @@ class Association:
         return True
 
     def _serve(self) -> None:
+        """P-DATA PDUs are read item by item: data set fragments go from the socket straight
+        into one reused buffer (no copy per fragment, no join), and the data set is handed
+        to the SCP as a view of that buffer."""
+        sock = self.sock
+        head = bytearray(6)
+        head_view = memoryview(head)
         command = bytearray()
-        dataset: list[bytes] = []
+        buf = bytearray(INITIAL_BUFFER)
+        used = 0  # bytes of the current data set in buf
         cmd: dict[int, bytes] | None = None
         while True:
-            pdu_type, data = _read_pdu(self.sock)
-            if pdu_type == 0x05:  # A-RELEASE-RQ
-                self.sock.sendall(struct.pack(">BBII", 0x06, 0, 4, 0))
-                return
-            if pdu_type == 0x07:  # A-ABORT
-                return
+            _fill(sock, head_view)
+            pdu_type, remaining = head[0], _U32(head, 2)[0]
             if pdu_type != 0x04:
-                _abort(self.sock, 0x02)  # unexpected PDU
+                if remaining > 65536:
+                    raise ValueError(f"PDU of type {pdu_type:#04x} claims {remaining} bytes")
+                _recv_exact(sock, remaining)
+                if pdu_type == 0x05:  # A-RELEASE-RQ
+                    sock.sendall(struct.pack(">BBII", 0x06, 0, 4, 0))
+                    return
+                if pdu_type == 0x07:  # A-ABORT
+                    return
+                _abort(sock, 0x02)  # unexpected PDU
                 return
-            view = memoryview(data)
-            pos = 0
-            while pos < len(view):
-                length = struct.unpack_from(">I", view, pos)[0]
-                context_id, header = view[pos + 4], view[pos + 5]
-                fragment = view[pos + 6:pos + 4 + length]
-                pos += 4 + length
+            if remaining > MAX_PDU_RECEIVE + 6:
+                raise ValueError(f"P-DATA PDU of {remaining} bytes exceeds our maximum "
+                                 f"{MAX_PDU_RECEIVE}")
+            while remaining:
+                if remaining < 6:
+                    raise ValueError("P-DATA PDU ends inside a presentation data value header")
+                _fill(sock, head_view)
+                length, context_id, header = _U32(head, 0)[0], head[4], head[5]
+                if length < 2 or length + 4 > remaining:
+                    raise ValueError(f"presentation data value of {length} bytes does not fit "
+                                     f"its PDU ({remaining} bytes left)")
+                remaining -= 4 + length
+                size = length - 2
                 if header & 0x01:  # command fragment
-                    command += fragment
+                    command += _recv_exact(sock, size)
                     if header & 0x02:
                         cmd = _parse_command(command)
                         command = bytearray()
                         if _us(cmd.get(0x0800)) == 0x0101:  # no data set: answer now
                             self._answer(context_id, cmd, None)
                             cmd = None
-                else:
-                    dataset.append(bytes(fragment))
-                    if header & 0x02:
-                        if cmd is None:
-                            raise ValueError("data set without a command")
-                        self._answer(context_id, cmd, b"".join(dataset))
-                        dataset, cmd = [], None
+                    continue
+                if used + size > len(buf):  # a new buffer: views of the old one stay valid
+                    bigger = bytearray(max(2 * len(buf), used + size))
+                    bigger[:used] = memoryview(buf)[:used]
+                    buf = bigger
+                _fill(sock, memoryview(buf)[used:used + size])
+                used += size
+                if header & 0x02:
+                    if cmd is None:
+                        raise ValueError("data set without a command")
+                    self._answer(context_id, cmd, memoryview(buf)[:used])
+                    used, cmd = 0, None
+                    if len(buf) > MAX_KEPT_BUFFER:
+                        buf = bytearray(INITIAL_BUFFER)
 
     def _answer(self, context_id: int, cmd: dict[int, bytes], stream: bytes | None) -> None:
         field = _us(cmd.get(0x0100))

@@ -23,6 +23,9 @@ MAX_DEPTH = 32
 KNOWN_VRS = LONG_VRS | {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS",
                         b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL",
                         b"US"}
+PIXEL_KEYS = {g << 16 | e for g, e in PIXEL_TAGS}
+_EXPLICIT = {"<": struct.Struct("<HH2sH").unpack_from, ">": struct.Struct(">HH2sH").unpack_from}
+_IMPLICIT = {"<": struct.Struct("<HHI").unpack_from, ">": struct.Struct(">HHI").unpack_from}
 _U16 = {"<": struct.Struct("<H").unpack_from, ">": struct.Struct(">H").unpack_from}
 _U32 = {"<": struct.Struct("<I").unpack_from, ">": struct.Struct(">I").unpack_from}
 
@@ -108,38 +111,45 @@ class _Walker:
         """Walk elements from ``pos``; returns where the walk stopped (delimiter or end)."""
         if depth > MAX_DEPTH:
             raise Malformed("sequences nested deeper than 32 levels")
+        buf = self.buf
+        explicit_from = _EXPLICIT[self.endian]
+        implicit_from = _IMPLICIT[self.endian]
+        u32_from = self._u32_from
+        capture = self.capture if depth == 0 and not in_item else None
         while pos < end:
-            group, elem = self._tag(pos, end)
+            if pos + 8 > end:
+                raise Malformed(f"data set ends inside an element header at byte {pos}")
+            if self.explicit:
+                group, elem, vr, length = explicit_from(buf, pos)
+            else:
+                group, elem, length = implicit_from(buf, pos)
+                vr = None
             if group == 0xFFFE:
                 if in_item and elem == 0xE00D:  # item delimitation
                     return pos + 8
                 raise Malformed(f"unexpected delimiter ({group:04X},{elem:04X}) at byte {pos}")
-            vr = None
-            if self.explicit:
-                vr = bytes(self.buf[pos + 4:pos + 6])
-                if not (len(vr) == 2 and vr.isalpha() and vr.isupper()):
-                    raise Malformed(f"element ({group:04X},{elem:04X}) has no valid VR "
-                                    f"({vr!r})")
+            head = 8
+            if vr is not None:
                 if vr not in KNOWN_VRS:
+                    if not (vr.isalpha() and vr.isupper()):
+                        raise Malformed(f"element ({group:04X},{elem:04X}) has no valid VR "
+                                        f"({vr!r})")
                     self.odd = True
                 if vr in LONG_VRS:
                     if pos + 12 > end:
                         raise Malformed(f"data set ends inside element ({group:04X},{elem:04X})")
-                    length, head = self._u32(pos + 8), 12
-                else:
-                    length, head = self._u16(pos + 6), 8
-            else:
-                length, head = self._u32(pos + 4), 8
+                    length, head = u32_from(buf, pos + 8)[0], 12
             pos += head
-            if self.capture is not None and depth == 0 and not in_item:
-                key = group << 16 | elem
+            key = group << 16 | elem
+            pixels = key in PIXEL_KEYS
+            if capture is not None:
                 if key in self.wanted:
                     if length == UNDEFINED:
                         self.odd = True
-                    self.capture[key] = (vr, pos, length)
-                elif (group, elem) in PIXEL_TAGS:
+                    capture[key] = (vr, pos, length)
+                elif pixels:
                     self.wanted = frozenset()  # a reader stopping before pixel data stops here
-            if (group, elem) in PIXEL_TAGS and self.encapsulated and length != UNDEFINED:
+            if pixels and self.encapsulated and length != UNDEFINED:
                 raise Malformed("pixel data are not encapsulated although the transfer syntax "
                                 "declared is a compressed one")
             if length == UNDEFINED:
@@ -150,7 +160,7 @@ class _Walker:
                     finally:
                         self.explicit = True
                     continue
-                pos = self._sequence(pos, end, depth, pixels=(group, elem) in PIXEL_TAGS)
+                pos = self._sequence(pos, end, depth, pixels=pixels)
                 continue
             if pos + length > end:
                 raise Malformed(f"element ({group:04X},{elem:04X}) claims {length} bytes but "
