@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
+from haidang.logs import FORMATS, configure
 from haidang.settings import SettingsError
 
 COMMAND_MODULES = (
@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", "-c", help="settings file (TOML); default $HAIDANG_CONFIG")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument("--log-format", choices=FORMATS, default=None,
+                        help="text (default) or json: one JSON object per line, for a log "
+                        "collector; default $HAIDANG_LOG_FORMAT")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -42,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    try:
+        configure(args.log_level, args.log_format)
+    except ValueError as exc:  # a bad HAIDANG_LOG_FORMAT
+        print(f"haidang: {exc}; set HAIDANG_LOG_FORMAT to text or json", file=sys.stderr)
+        return 2
     try:
         return int(args.handler(args) or 0)
     except SettingsError as exc:

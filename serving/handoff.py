@@ -69,6 +69,9 @@ class HandedServer(uvicorn.Server):
 
 
 def _worker(config: uvicorn.Config, channel: socket.socket) -> None:
+    from haidang.logs import configure
+
+    configure()  # as the parent command was told (text or JSON, level), via the environment
     channel.setblocking(False)
     HandedServer(config, channel).run()
 
