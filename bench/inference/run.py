@@ -169,7 +169,7 @@ def fp32_peak(threads: int) -> float | None:
     return sum(float(p.communicate()[0].split()[0]) for p in procs)
 
 
-def int8_extra(onnx_path: Path, spec: dict, threads: int, workdir: Path):
+def int8_extra(onnx_path: Path, spec: dict, threshold: float, threads: int, workdir: Path):
     """Static QDQ int8 copy of the graph + validation AUC of float32 and int8 (not served)."""
     import onnxruntime as ort
     from onnxruntime.quantization import (
@@ -210,7 +210,8 @@ def int8_extra(onnx_path: Path, spec: dict, threads: int, workdir: Path):
     p8 = int8.run(None, {"image": val})[0].ravel()
     quality = {"val_images": int(len(val)), "auc_fp32": float(roc_auc_score(labels, p32)),
                "auc_int8": float(roc_auc_score(labels, p8)),
-               "max_abs_diff_probability": float(np.abs(p32 - p8).max())}
+               "max_abs_diff_probability": float(np.abs(p32 - p8).max()),
+               "verdicts_changed": int(((p32 >= threshold) != (p8 >= threshold)).sum())}
     return int8, quality
 
 
@@ -266,7 +267,8 @@ def main() -> int:
     extra: dict = {}
     if not args.no_int8:
         int8_session, extra["int8_quality"] = int8_extra(
-            session.onnx_path, spec, args.threads, Path(tempfile.mkdtemp()))
+            session.onnx_path, spec, float(card["threshold"]), args.threads,
+            Path(tempfile.mkdtemp()))
 
     rows = []
     for batch in (1, 32):
@@ -321,7 +323,8 @@ def main() -> int:
         q = extra["int8_quality"]
         print(f"int8 row is a different model (quantised): validation AUC {q['auc_int8']:.4f} vs "
               f"float32 {q['auc_fp32']:.4f} on {q['val_images']} images, max |probability "
-              f"difference| {q['max_abs_diff_probability']:.3f}; not what the service runs")
+              f"difference| {q['max_abs_diff_probability']:.3f}, {q['verdicts_changed']} verdicts "
+              "changed at the card's threshold; not what the service runs")
     if max(fp32_diffs) > PARITY_TOLERANCE:
         print("PARITY FAILED: the runtimes do not compute the same model", file=sys.stderr)
         return 1
