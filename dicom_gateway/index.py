@@ -256,59 +256,91 @@ class Index:
         now: float | None = None,
     ) -> bool:
         """Index a spooled instance; returns False if it was already there (idempotent)."""
-        now = time.time() if now is None else now
+        return self.record_instances([dict(
+            sop_uid=sop_uid, study_uid=study_uid, series_uid=series_uid,
+            sop_class_uid=sop_class_uid, transfer_syntax=transfer_syntax, path=path, size=size,
+            calling_ae=calling_ae, attrs=attrs, quiet_period_s=quiet_period_s, now=now)])[0]
+
+    def record_instances(self, records: list[dict]) -> list[bool]:
+        """Index several spooled instances in one transaction (group commit); each record
+        holds :meth:`record_instance`'s keyword arguments. Returns, per record, whether it
+        was new. All or nothing: on an error none is recorded. Study rows are taken in
+        UID order, so concurrent batches (PostgreSQL: several processes) cannot deadlock."""
+        order = sorted(range(len(records)), key=lambda i: records[i]["study_uid"])
+        new = [False] * len(records)
         with self.tx() as q:
-            cur = q(
-                "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, "
-                "transfer_syntax, path, size, calling_ae, attrs, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sop_uid) DO NOTHING",
-                (
-                    sop_uid,
-                    study_uid,
-                    series_uid,
-                    sop_class_uid,
-                    transfer_syntax,
-                    path,
-                    size,
-                    calling_ae,
-                    json.dumps(attrs),
-                    now,
-                ),
-            )
-            if cur.rowcount == 0:
-                return False
-            # PostgreSQL: lock the study row, so an assembler in another process cannot
-            # close the study between this read and the update below
-            for_update = " FOR UPDATE" if self.dialect.name == "postgresql" else ""
+            for i in order:
+                new[i] = self._record(q, **records[i])
+        return new
+
+    def _record(
+        self,
+        q,
+        *,
+        sop_uid: str,
+        study_uid: str,
+        series_uid: str,
+        sop_class_uid: str,
+        transfer_syntax: str,
+        path: str,
+        size: int,
+        calling_ae: str,
+        attrs: dict,
+        quiet_period_s: float,
+        now: float | None = None,
+    ) -> bool:
+        now = time.time() if now is None else now
+        cur = q(
+            "INSERT INTO instances (sop_uid, study_uid, series_uid, sop_class_uid, "
+            "transfer_syntax, path, size, calling_ae, attrs, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sop_uid) DO NOTHING",
+            (
+                sop_uid,
+                study_uid,
+                series_uid,
+                sop_class_uid,
+                transfer_syntax,
+                path,
+                size,
+                calling_ae,
+                json.dumps(attrs),
+                now,
+            ),
+        )
+        if cur.rowcount == 0:
+            return False
+        # PostgreSQL: lock the study row, so an assembler in another process cannot
+        # close the study between this read and the update below
+        for_update = " FOR UPDATE" if self.dialect.name == "postgresql" else ""
+        row = q(
+            "SELECT state, generation FROM studies WHERE study_uid = ?" + for_update,
+            (study_uid,),
+        ).fetchone()
+        if row is None and q(
+            "INSERT INTO studies (study_uid, calling_ae, state, generation, "
+            "quiet_period_s, instance_count, first_arrival, last_arrival) "
+            "VALUES (?, ?, 'receiving', 1, ?, 1, ?, ?) ON CONFLICT (study_uid) DO NOTHING",
+            (study_uid, calling_ae, quiet_period_s, now, now),
+        ).rowcount == 0:  # another listener created it meanwhile
             row = q(
                 "SELECT state, generation FROM studies WHERE study_uid = ?" + for_update,
                 (study_uid,),
             ).fetchone()
-            if row is None and q(
-                "INSERT INTO studies (study_uid, calling_ae, state, generation, "
-                "quiet_period_s, instance_count, first_arrival, last_arrival) "
-                "VALUES (?, ?, 'receiving', 1, ?, 1, ?, ?) ON CONFLICT (study_uid) DO NOTHING",
-                (study_uid, calling_ae, quiet_period_s, now, now),
-            ).rowcount == 0:  # another listener created it meanwhile
-                row = q(
-                    "SELECT state, generation FROM studies WHERE study_uid = ?" + for_update,
-                    (study_uid,),
-                ).fetchone()
-            if row is None:
-                pass  # created just above
-            elif row[0] == "receiving":
-                q(
-                    "UPDATE studies SET instance_count = instance_count + 1, last_arrival = ? "
-                    "WHERE study_uid = ?",
-                    (now, study_uid),
-                )
-            else:  # a late instance re-opens the study; the next result supersedes the last
-                q(
-                    "UPDATE studies SET instance_count = instance_count + 1, last_arrival = ?, "
-                    "state = 'receiving', generation = generation + 1, quiet_period_s = ? "
-                    "WHERE study_uid = ?",
-                    (now, quiet_period_s, study_uid),
-                )
+        if row is None:
+            pass  # created just above
+        elif row[0] == "receiving":
+            q(
+                "UPDATE studies SET instance_count = instance_count + 1, last_arrival = ? "
+                "WHERE study_uid = ?",
+                (now, study_uid),
+            )
+        else:  # a late instance re-opens the study; the next result supersedes the last
+            q(
+                "UPDATE studies SET instance_count = instance_count + 1, last_arrival = ?, "
+                "state = 'receiving', generation = generation + 1, quiet_period_s = ? "
+                "WHERE study_uid = ?",
+                (now, quiet_period_s, study_uid),
+            )
         return True
 
     # -- assembly ---------------------------------------------------------------------

@@ -33,6 +33,9 @@ def main(argv=None) -> int:
     ap.add_argument("--ct", type=int, default=200)
     ap.add_argument("--cprofile", action="store_true")
     ap.add_argument("--no-fsync", action="store_true")
+    ap.add_argument("--no-group-commit", action="store_true",
+                    help="each C-STORE commits its own index transaction")
+    ap.add_argument("--parallel", type=int, default=1, help="storescu processes at once")
     args = ap.parse_args(argv)
 
     from pydicom.uid import generate_uid
@@ -71,10 +74,17 @@ def main(argv=None) -> int:
              for _ in range(args.ct)]
     try:
         with Gateway(settings) as gw:
+            if args.no_group_commit:
+                gw.scp.commits.record = gw.index.record_instance
+
             def send(paths):
-                cmd = [dcmtk("storescu"), "--required", "-xe", "-aet", "STORESCU", "-aec",
-                       "HAIDANG", "127.0.0.1", str(gw.port), *map(str, paths)]
-                subprocess.run(cmd, check=True, env=dcmtk_env(), capture_output=True)
+                procs = [subprocess.Popen(
+                    [dcmtk("storescu"), "--required", "-xe", "-aet", "STORESCU", "-aec",
+                     "HAIDANG", "127.0.0.1", str(gw.port), *map(str, paths[i::args.parallel])],
+                    env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    for i in range(args.parallel)]
+                if any(p.wait() for p in procs):
+                    raise RuntimeError("storescu failed")
             send(warm)
             profiles.clear()
             cpu.clear()
@@ -84,11 +94,13 @@ def main(argv=None) -> int:
             wall = time.perf_counter() - t0
             proc_cpu = time.process_time() - p0
             for _ in range(50):
-                if cpu:
+                if len(cpu) >= args.parallel:
                     break
                 time.sleep(0.05)
             n = gw.index.counts().get("instances", 0)
-        print(f"{args.ct} CT instances, fsync={'off' if args.no_fsync else 'on'}: "
+        print(f"{args.parallel} association(s), {args.ct} CT instances, "
+              f"group commit {'off' if args.no_group_commit else 'on'}, "
+              f"fsync={'off' if args.no_fsync else 'on'}: "
               f"{args.ct / wall:.1f} inst/s, wall {wall / args.ct * 1e3:.2f} ms/instance, "
               f"association thread CPU {sum(cpu) / args.ct * 1e3:.2f} ms/instance, "
               f"gateway process CPU {proc_cpu / args.ct * 1e3:.2f} ms/instance; "

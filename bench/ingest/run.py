@@ -92,18 +92,23 @@ class Haidang:
 
 
 class StoreSCP:
+    """dcmtk storescp; ``fork=True`` adds ``--fork`` (one child process per association, so
+    parallel associations are served at once instead of one after another)."""
+
     name = "storescp"
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, fork: bool = False):
         self.work = work
         self.port = free_port()
+        self.fork = fork
 
     def start(self):
         out = self.work / "out"
         out.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen([dcmtk("storescp"), "-aet", "STORESCP", "-od", str(out),
-                                      str(self.port)], env=dcmtk_env(),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen([dcmtk("storescp"), *(["--fork"] if self.fork else []),
+                                      "-aet", "STORESCP", "-od", str(out), str(self.port)],
+                                     env=dcmtk_env(), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         wait_for_port(self.port, timeout=20)
 
     def stop(self):
@@ -144,15 +149,18 @@ def main(argv=None) -> int:
                     help="storescu processes (associations) at once, for every target")
     ap.add_argument("--haidang-processes", type=int, default=1,
                     help="listener processes of the gateway (SO_REUSEPORT)")
-    ap.add_argument("--targets", default="haidang,storescp,orthanc")
+    ap.add_argument("--targets", default="haidang,storescp,orthanc",
+                    help="any of haidang, storescp, storescp-fork (storescp --fork), orthanc")
     ap.add_argument("--no-fsync", action="store_true",
                     help="gateway.fsync = false (not a production setting; shows the fsync cost)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args(argv)
 
+    load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="haidang-bench-"))
     makers = {"haidang": lambda w: Haidang(w, args.haidang_processes, not args.no_fsync),
-              "storescp": StoreSCP, "orthanc": OrthancTarget}
+              "storescp": StoreSCP, "storescp-fork": lambda w: StoreSCP(w, fork=True),
+              "orthanc": OrthancTarget}
     names = args.targets.split(",")
     targets = {n: makers[n](root / n) for n in names}
     for t in targets.values():
@@ -169,7 +177,7 @@ def main(argv=None) -> int:
                 nbytes = sum(f.stat().st_size for f in files)
                 dt = send(files, targets[n].port, targets[n].aec(), args.parallel)
                 runs[n].append((dt, len(files), nbytes))
-                print(f"round {r + 1} {n:9} {len(files) / dt:7.1f} inst/s "
+                print(f"round {r + 1} {n:13} {len(files) / dt:7.1f} inst/s "
                       f"{nbytes / dt / 1e6:7.1f} MB/s ({dt:.2f} s)", flush=True)
                 shutil.rmtree(root / "send" / f"{n}-{r}")
     finally:
@@ -182,15 +190,21 @@ def main(argv=None) -> int:
         ips = statistics.median(c / dt for dt, c, _ in rs)
         mbs = statistics.median(b / dt / 1e6 for dt, _, b in rs)
         summary[n] = {"instances_per_s": round(ips, 1), "mb_per_s": round(mbs, 1)}
+    load_after = os.getloadavg()
     print(f"\n{args.ct} CT + {args.cr} CR per round, {args.rounds} rounds, "
-          f"{args.parallel} association(s) at once; median of rounds")
+          f"{args.parallel} association(s) at once, {args.haidang_processes} gateway "
+          f"process(es); median of rounds; load average (1/5/15 min) before "
+          f"{'/'.join(f'{x:.2f}' for x in load_before)}, after "
+          f"{'/'.join(f'{x:.2f}' for x in load_after)}")
     print("| target | instances/s | MB/s | Haidang ÷ target |\n|---|---:|---:|---:|")
     for n, s in summary.items():
         ratio = (summary["haidang"]["instances_per_s"] / s["instances_per_s"]
                  if "haidang" in summary else float("nan"))
         print(f"| {n} | {s['instances_per_s']} | {s['mb_per_s']} | {ratio:.2f}× |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "results": summary}, indent=2))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "results": summary,
+                                               "load_before": load_before,
+                                               "load_after": load_after}, indent=2))
     return 0
 
 
