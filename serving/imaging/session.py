@@ -52,7 +52,7 @@ def session_options(threads: int = 0):
     convolutions at ~90% of the cores' FP32 FMA peak (bench/inference/RESULTS.md). The
     other knobs (spinning, arena, memory pattern, denormals-as-zero, a fixed batch size,
     IOBinding) measured within noise of onnxruntime's defaults, so they stay default;
-    spinning in particular is kept: off, batch-1 latency rose ~20%. ``threads`` 0 = one
+    spinning in particular is kept: off, batch-1 latency rose 23-35%. ``threads`` 0 = one
     intra-op thread per physical core.
     """
     import onnxruntime as ort
