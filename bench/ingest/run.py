@@ -4,6 +4,8 @@
     before every Success), (b) dcmtk ``storescp`` writing to a temporary directory (no fsync),
 (c) Orthanc 1.10. Targets alternate round by round; each round sends fresh-UID copies
 (several hundred small CT instances and a few large CR) so nothing is a duplicate.
+Before each timed round the disk is synced (``sync``), so no target's round pays for the
+write-back of the previous target's files.
 TCP_NODELAY=1 for every dcmtk process. Prints instances/s, MB/s and the ratios.
 
     python bench/ingest/run.py --ct 300 --cr 3 --rounds 2 [--parallel 1]
@@ -175,6 +177,10 @@ def main(argv=None) -> int:
             for n in names if r % 2 == 0 else reversed(names):
                 files = make_files(root / "send" / f"{n}-{r}", args.ct, args.cr)
                 nbytes = sum(f.stat().st_size for f in files)
+                # the previous target's unflushed files (storescp and Orthanc leave ~170 MB of
+                # dirty pages) would otherwise be written back during this round, and queue
+                # ahead of this target's fsyncs: every round starts on a clean disk
+                os.sync()
                 dt = send(files, targets[n].port, targets[n].aec(), args.parallel)
                 runs[n].append((dt, len(files), nbytes))
                 print(f"round {r + 1} {n:13} {len(files) / dt:7.1f} inst/s "
