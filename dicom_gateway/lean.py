@@ -139,6 +139,7 @@ class Association:
         self.host = address[0]
         self.calling_ae = ""
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract syntax, transfer syntax)
+        self.spare = None  # a temporary file made ahead for the next instance (Spool.spare)
 
     def run(self) -> None:
         try:
@@ -154,6 +155,9 @@ class Association:
                         self.host, type(exc).__name__, exc)
             _abort(self.sock, 0x02)
         finally:
+            if self.spare is not None:
+                self.spare.discard()
+                self.spare = None
             try:
                 self.sock.close()
             except OSError:
@@ -271,10 +275,19 @@ class Association:
         elif field == C_STORE_RQ and stream is not None:
             sop_instance = _uid(cmd.get(0x1000))
             transfer_syntax = self.contexts[context_id][1]
-            status = self.scp.store(self.calling_ae, sop_class, sop_instance, transfer_syntax,
-                                    stream)
+            spare, self.spare = self.spare, None
+            try:
+                status = self.scp.store(self.calling_ae, sop_class, sop_instance,
+                                        transfer_syntax, stream, spare=spare)
+            finally:
+                if spare is not None:
+                    spare.discard()  # unused (duplicate, refused); a used one is gone already
             self.sock.sendall(response(context_id, C_STORE_RSP, message_id, sop_class, status,
                                        sop_instance))
+            # while the sender prepares its next instance: the next temporary file
+            spool = getattr(self.scp, "spool", None)
+            if spool is not None:
+                self.spare = spool.spare()
         else:
             raise ValueError(f"unsupported DIMSE command 0x{field:04X} (only C-ECHO, C-STORE)")
 

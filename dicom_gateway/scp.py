@@ -30,7 +30,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_gateway import metrics
 from dicom_gateway.index import Index
-from dicom_gateway.spool import OutOfSpace, Spool
+from dicom_gateway.spool import OutOfSpace, SpareFile, Spool
 from dicom_gateway.wellformed import Malformed, check_file_bytes, scan_top_level
 from haidang.settings import GatewaySettings, TLSSettings
 
@@ -386,15 +386,19 @@ class StorageSCP:
         return self.store(calling_ae, sop_class, sop_instance, transfer_syntax, stream)
 
     def store(self, calling_ae: str, sop_class: str, sop_instance: str, transfer_syntax: str,
-              stream: bytes) -> int:
-        """File one received data set; the returned status is the C-STORE response."""
+              stream: bytes | memoryview, spare: SpareFile | None = None) -> int:
+        """File one received data set; the returned status is the C-STORE response.
+
+        ``spare``: a temporary file made ahead (``Spool.spare``) to write it into; used or
+        not, the caller discards it afterwards."""
         t0 = time.perf_counter()
-        status = self._store(calling_ae, sop_class, sop_instance, transfer_syntax, stream)
+        status = self._store(calling_ae, sop_class, sop_instance, transfer_syntax, stream,
+                             spare)
         metrics.STORE_SECONDS.observe(time.perf_counter() - t0)
         return status
 
     def _store(self, calling_ae: str, sop_class: str, sop_instance: str, transfer_syntax: str,
-               stream: bytes) -> int:
+               stream: bytes | memoryview, spare: SpareFile | None = None) -> int:
         head = file_header(sop_class, sop_instance, transfer_syntax, calling_ae)
         try:
             header = read_header(head, stream, transfer_syntax)
@@ -417,7 +421,7 @@ class StorageSCP:
                 )
                 return SUCCESS
             path = self.spool.instance_path(study_uid, series_uid, sop_uid)
-            self.spool.store(path, [head, stream])
+            self.spool.store(path, [head, stream], spare)
             new = self.commits.record(
                 sop_uid=sop_uid,
                 study_uid=study_uid,

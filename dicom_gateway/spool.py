@@ -95,12 +95,45 @@ def _ensure_dir(path: Path, do_fsync: bool) -> None:
         fsync_dir(path.parent)
 
 
-def write_atomic(path: Path, data: bytes | list[bytes], do_fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` so that only the complete file can ever be seen there."""
+class SpareFile:
+    """An empty temporary file created ahead of need in ``<spool>/incoming``.
+
+    The lean listener creates one right after answering a C-STORE, while the sender
+    prepares its next instance, so creating the file (a journalled metadata change that
+    can take a few tenths of a ms while the disk is busy) is off the path to the next
+    Success. Unused ones are removed (``discard``); a crash leaves a ``.*.tmp`` that
+    :meth:`Spool.sweep_temporaries` removes."""
+
+    def __init__(self, directory: Path):
+        self.path = directory / f".{uuid.uuid4().hex}.tmp"
+        self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+
+    def take(self) -> tuple[int, Path]:
+        fd, self.fd = self.fd, None
+        return fd, self.path
+
+    def discard(self) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        os.close(fd)
+        self.path.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, data: bytes | list[bytes], do_fsync: bool = True,
+                 spare: SpareFile | None = None) -> None:
+    """Write ``data`` to ``path`` so that only the complete file can ever be seen there.
+
+    ``spare``: an empty temporary file on the same file system to write into (see
+    :class:`SpareFile`); otherwise one is created next to ``path``.
+    """
     _ensure_dir(path.parent, do_fsync)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     chunks = [data] if isinstance(data, bytes | bytearray | memoryview) else data
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    if spare is not None and spare.fd is not None:
+        fd, tmp = spare.take()
+    else:
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     try:
         for chunk in chunks:
             view = memoryview(chunk)
@@ -127,6 +160,15 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         self.fsync = fsync
         _ensure_dir(self.root, fsync)
+        self.incoming = self.root / "incoming"  # spare temporary files (SpareFile)
+
+    def spare(self) -> SpareFile | None:
+        """An empty temporary file for the next instance, or None if it cannot be made."""
+        try:
+            _ensure_dir(self.incoming, self.fsync)
+            return SpareFile(self.incoming)
+        except OSError:
+            return None
 
     def instance_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return (
@@ -148,10 +190,10 @@ class Spool:
                 f"{self.min_free_bytes}; free disk space or move gateway.spool_dir"
             )
 
-    def store(self, path: Path, data: bytes | list[bytes]) -> None:
+    def store(self, path: Path, data: bytes | list[bytes], spare: SpareFile | None = None) -> None:
         size = len(data) if isinstance(data, bytes) else sum(len(c) for c in data)
         self.check_space(size)
-        write_atomic(path, data, self.fsync)
+        write_atomic(path, data, self.fsync, spare)
 
     def sweep_temporaries(self) -> int:
         """Remove temporaries a crash left behind (they were never answered with Success)."""

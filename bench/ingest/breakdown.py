@@ -35,6 +35,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-fsync", action="store_true")
     ap.add_argument("--no-group-commit", action="store_true",
                     help="each C-STORE commits its own index transaction")
+    ap.add_argument("--no-spare", action="store_true",
+                    help="create each temporary file when the data set is complete")
     ap.add_argument("--parallel", type=int, default=1, help="storescu processes at once")
     args = ap.parse_args(argv)
 
@@ -76,6 +78,8 @@ def main(argv=None) -> int:
         with Gateway(settings) as gw:
             if args.no_group_commit:
                 gw.scp.commits.record = gw.index.record_instance
+            if args.no_spare:
+                gw.spool.spare = lambda: None
 
             def send(paths):
                 procs = [subprocess.Popen(
@@ -100,6 +104,7 @@ def main(argv=None) -> int:
             n = gw.index.counts().get("instances", 0)
         print(f"{args.parallel} association(s), {args.ct} CT instances, "
               f"group commit {'off' if args.no_group_commit else 'on'}, "
+              f"spare file {'off' if args.no_spare else 'on'}, "
               f"fsync={'off' if args.no_fsync else 'on'}: "
               f"{args.ct / wall:.1f} inst/s, wall {wall / args.ct * 1e3:.2f} ms/instance, "
               f"association thread CPU {sum(cpu) / args.ct * 1e3:.2f} ms/instance, "

@@ -60,8 +60,9 @@ def send(files: list[Path], port: int, aec: str, parallel: int) -> float:
 class Haidang:
     name = "haidang"
 
-    def __init__(self, work: Path, processes: int, fsync: bool = True):
+    def __init__(self, work: Path, processes: int, fsync: bool = True, code: Path = REPO):
         self.work = work
+        self.code = code
         self.fsync = fsync
         self.port = free_port()
         self.processes = processes
@@ -74,13 +75,14 @@ class Haidang:
         if self.processes >= 1:
             g["listener_processes"] = self.processes
         env = {k: v for k, v in os.environ.items() if not k.startswith("HAIDANG_")}
-        env.update(HAIDANG_GATEWAY=json.dumps(g), HAIDANG_DESTINATIONS="[]",
+        env.update(PYTHONPATH=str(self.code), HAIDANG_GATEWAY=json.dumps(g),
+                   HAIDANG_DESTINATIONS="[]",
                    HAIDANG_ROUTES=json.dumps([{"name": "all", "match": {},
                                                "analyses": ["study-summary"]}]))
         self.work.mkdir(parents=True, exist_ok=True)
         self.log = open(self.work / "haidang.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "haidang", "--log-level", "WARNING",
-                                      "gateway"], cwd=REPO, env=env, stdout=self.log,
+                                      "gateway"], cwd=self.code, env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
         wait_for_port(self.port, timeout=60)
 
@@ -156,11 +158,17 @@ def main(argv=None) -> int:
     ap.add_argument("--no-fsync", action="store_true",
                     help="gateway.fsync = false (not a production setting; shows the fsync cost)")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--with-code", type=Path,
+                    help="a second Haidang checkout (e.g. an older commit extracted with git "
+                         "archive), measured as target 'haidang-other' (add it to --targets): "
+                         "before/after figures in one run")
     args = ap.parse_args(argv)
 
     load_before = os.getloadavg()
     root = Path(tempfile.mkdtemp(prefix="haidang-bench-"))
     makers = {"haidang": lambda w: Haidang(w, args.haidang_processes, not args.no_fsync),
+              "haidang-other": lambda w: Haidang(w, args.haidang_processes, not args.no_fsync,
+                                                 args.with_code),
               "storescp": StoreSCP, "storescp-fork": lambda w: StoreSCP(w, fork=True),
               "orthanc": OrthancTarget}
     names = args.targets.split(",")
@@ -210,7 +218,7 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": summary,
                                                "load_before": load_before,
-                                               "load_after": load_after}, indent=2))
+                                               "load_after": load_after}, indent=2, default=str))
     return 0
 
 
