@@ -6,7 +6,8 @@
 (several hundred small CT instances and a few large CR) so nothing is a duplicate.
 Before each timed round the disk is synced (``sync``), so no target's round pays for the
 write-back of the previous target's files.
-TCP_NODELAY=1 for every dcmtk process. Prints instances/s, MB/s and the ratios.
+TCP_NODELAY=1 for every dcmtk process. Prints instances/s, MB/s, the receiving processes' CPU
+per instance (user + system, kernel threads such as the journal not counted) and the ratios.
 
     python bench/ingest/run.py --ct 300 --cr 3 --rounds 2 [--parallel 1]
 """
@@ -39,6 +40,26 @@ def make_files(dest: Path, n_ct: int, n_cr: int) -> list[Path]:
     files = [fresh_copy("ct", dest, study_uid=study, series_uid=series) for _ in range(n_ct)]
     files += [fresh_copy("cr", dest, study_uid=study) for _ in range(n_cr)]
     return files
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, its live children and its reaped children (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(p):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return int(fields[1]), sum(int(x) for x in fields[11:15])  # ppid, utime..cstime
+
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            st = stat(entry.name)
+            if st and (int(entry.name) == pid or st[0] == pid):
+                total += st[1]
+    return total / tick
 
 
 def send(files: list[Path], port: int, aec: str, parallel: int) -> float:
@@ -94,6 +115,9 @@ class Haidang:
     def aec(self):
         return "HAIDANG"
 
+    def pid(self):
+        return self.proc.pid
+
 
 class StoreSCP:
     """dcmtk storescp; ``fork=True`` adds ``--fork`` (one child process per association, so
@@ -122,6 +146,9 @@ class StoreSCP:
     def aec(self):
         return "STORESCP"
 
+    def pid(self):
+        return self.proc.pid
+
 
 class OrthancTarget:
     name = "orthanc"
@@ -141,6 +168,9 @@ class OrthancTarget:
 
     def aec(self):
         return self.pacs.aet
+
+    def pid(self):
+        return self.pacs.proc.pid
 
 
 def main(argv=None) -> int:
@@ -176,6 +206,7 @@ def main(argv=None) -> int:
     for t in targets.values():
         t.start()
     runs: dict[str, list[tuple[float, int, int]]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}  # receiver CPU ms per instance
     try:
         for n in names:  # warm-up, not timed: first associations, directories, caches
             files = make_files(root / "send" / f"{n}-warmup", args.warmup, 0)
@@ -189,7 +220,9 @@ def main(argv=None) -> int:
                 # dirty pages) would otherwise be written back during this round, and queue
                 # ahead of this target's fsyncs: every round starts on a clean disk
                 os.sync()
+                c0 = tree_cpu_seconds(targets[n].pid())
                 dt = send(files, targets[n].port, targets[n].aec(), args.parallel)
+                cpu[n].append((tree_cpu_seconds(targets[n].pid()) - c0) / len(files) * 1e3)
                 runs[n].append((dt, len(files), nbytes))
                 print(f"round {r + 1} {n:13} {len(files) / dt:7.1f} inst/s "
                       f"{nbytes / dt / 1e6:7.1f} MB/s ({dt:.2f} s)", flush=True)
@@ -203,18 +236,21 @@ def main(argv=None) -> int:
     for n, rs in runs.items():
         ips = statistics.median(c / dt for dt, c, _ in rs)
         mbs = statistics.median(b / dt / 1e6 for dt, _, b in rs)
-        summary[n] = {"instances_per_s": round(ips, 1), "mb_per_s": round(mbs, 1)}
+        summary[n] = {"instances_per_s": round(ips, 1), "mb_per_s": round(mbs, 1),
+                      "cpu_ms_per_instance": round(statistics.median(cpu[n]), 2)}
     load_after = os.getloadavg()
     print(f"\n{args.ct} CT + {args.cr} CR per round, {args.rounds} rounds, "
           f"{args.parallel} association(s) at once, {args.haidang_processes} gateway "
           f"process(es); median of rounds; load average (1/5/15 min) before "
           f"{'/'.join(f'{x:.2f}' for x in load_before)}, after "
           f"{'/'.join(f'{x:.2f}' for x in load_after)}")
-    print("| target | instances/s | MB/s | Haidang ÷ target |\n|---|---:|---:|---:|")
+    print("| target | instances/s | MB/s | receiver CPU ms/instance | Haidang ÷ target |\n"
+          "|---|---:|---:|---:|---:|")
     for n, s in summary.items():
         ratio = (summary["haidang"]["instances_per_s"] / s["instances_per_s"]
                  if "haidang" in summary else float("nan"))
-        print(f"| {n} | {s['instances_per_s']} | {s['mb_per_s']} | {ratio:.2f}× |")
+        print(f"| {n} | {s['instances_per_s']} | {s['mb_per_s']} | "
+              f"{s['cpu_ms_per_instance']} | {ratio:.2f}× |")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": summary,
                                                "load_before": load_before,
