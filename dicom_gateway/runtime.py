@@ -264,6 +264,9 @@ class Gateway:
 
 def run_listener(settings_json: str, parent_pid: int, ready=None) -> None:
     """An extra listener process: C-STORE into the shared spool and index, nothing else."""
+    from haidang.logs import configure
+
+    configure()  # text or JSON, as the parent command was told (via the environment)
     settings = Settings.model_validate_json(settings_json)
     g = settings.gateway
     spool = Spool(g.spool_dir, g.min_free_bytes, g.fsync)
