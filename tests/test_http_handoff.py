@@ -105,3 +105,17 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_all(served):
     assert proc.wait(timeout=40) == 0
     time.sleep(0.5)
     assert not [p for p in live if _alive(p)], "workers outlived their parent"
+
+
+def test_workers_stop_when_the_parent_is_killed(served):
+    proc, port = served
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=5) for _ in range(2)]
+    workers = {_get(c) for c in conns}
+    for c in conns:
+        c.close()
+    proc.kill()  # SIGKILL: no chance to stop its workers; they see their channel close
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and [p for p in workers if _alive(p)]:
+        time.sleep(0.2)
+    assert not [p for p in workers if _alive(p)], "workers outlived a killed parent"
