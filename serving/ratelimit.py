@@ -33,17 +33,23 @@ class TokenBucket:
     def take(self, caller: str, now: float | None = None) -> float:
         """0 when a request may go on; else the seconds until the next token."""
         now = time.monotonic() if now is None else now
+        buckets = self._buckets
         with self._lock:
-            tokens, last = self._buckets.pop(caller, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            entry = buckets.get(caller)
+            if entry is None:
+                tokens = float(self.burst)
+            else:
+                buckets.move_to_end(caller)  # most recently used last
+                tokens = min(float(self.burst), entry[0] + (now - entry[1]) * self.rate)
             if tokens >= 1.0:
-                self._buckets[caller] = (tokens - 1.0, now)
+                buckets[caller] = (tokens - 1.0, now)
                 wait = 0.0
             else:
-                self._buckets[caller] = (tokens, now)
+                buckets[caller] = (tokens, now)
                 wait = (1.0 - tokens) / self.rate
-            while len(self._buckets) > self._max:
-                self._buckets.popitem(last=False)
+            if len(buckets) > self._max:
+                while len(buckets) > self._max:
+                    buckets.popitem(last=False)
         return wait
 
 
@@ -52,8 +58,15 @@ def caller_keys(headers, client_host: str | None) -> list[str]:
     keys = [f"ip:{client_host or '-'}"]
     presented = headers.get("x-api-key")
     if presented:
-        keys.append("key:" + hashlib.sha256(presented.encode("utf-8")).hexdigest()[:16])
+        keys.append(key_bucket(presented))
     return keys
+
+
+def key_bucket(presented: str) -> str:
+    return "key:" + hashlib.sha256(presented.encode("utf-8")).hexdigest()[:16]
+
+
+_KEY_MEMO_MAX = 256
 
 
 class RateLimitMiddleware:
@@ -63,14 +76,28 @@ class RateLimitMiddleware:
         self.app = app
         self.buckets = TokenBucket(rate, burst)
         self.prefixes = tuple(prefixes)
+        self._key_buckets: dict[bytes, str] = {}  # X-API-Key value -> its bucket name
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope.get("path", "").startswith(self.prefixes):
-            headers = {k.decode("latin-1").lower(): v.decode("latin-1")
-                       for k, v in scope.get("headers", [])}
+            # The raw header list, scanned for X-API-Key only (the last one counts, as when
+            # the headers were gathered in a dict); its bucket name memoised per key sent.
+            presented = None
+            for name, value in scope.get("headers", ()):
+                if len(name) == 9 and name.lower() == b"x-api-key":
+                    presented = value
             client = scope.get("client")
-            wait = max(self.buckets.take(k) for k in caller_keys(headers, client[0]
-                                                                    if client else None))
+            take = self.buckets.take
+            now = time.monotonic()
+            wait = take(f"ip:{client[0] if client else '-'}", now)
+            if presented:
+                bucket = self._key_buckets.get(presented)
+                if bucket is None:
+                    if len(self._key_buckets) >= _KEY_MEMO_MAX:
+                        self._key_buckets.clear()  # bounded: a key guesser only churns it
+                    bucket = self._key_buckets[presented] = key_bucket(
+                        presented.decode("latin-1"))
+                wait = max(wait, take(bucket, now))
             if wait > 0:
                 response = JSONResponse(
                     {"error": "too many requests; slow down and retry after the delay given in "
