@@ -30,7 +30,9 @@ GENESIS = "0" * 64
 
 # Records written by this version: compact JSON in the order the fields were set (no key
 # sort: ~1.3 µs a record less), hashed over exactly the bytes written before `"hash"`.
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# No circular-reference check (records are flat dicts of strings, numbers and lists of
+# strings built here): ~40% of the encoding time.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False)
 # A batch is hashed and written in slices of at most this many records (~10 µs each): each
 # `os.write` releases the GIL, so a request never waits more than ~1 ms behind the writer.
 SLICE_RECORDS = 64
@@ -96,35 +98,39 @@ class AuditLog:
         self._drain()
 
     def _drain(self) -> None:
-        batch = []
-        while True:
-            try:
-                batch.append(self._pending.popleft())
-            except IndexError:
-                break
-        for start in range(0, len(batch), SLICE_RECORDS):
-            part = batch[start:start + SLICE_RECORDS]
-            for fields in part:
-                for name, raw in (fields.pop("_identifiers", None) or {}).items():
-                    fields[name] = self.pseudonym(raw)
+        pending = self._pending
+        while pending:  # in slices: each write releases the GIL
+            part = []
+            for _ in range(min(len(pending), SLICE_RECORDS)):
+                part.append(pending.popleft())
             self._write(part)
 
     def _write(self, batch: list[dict]) -> None:
+        """Pseudonymise, chain, hash and append one slice of records (one write)."""
         if not batch:
             return
-        lines = []
+        out: list[bytes] = []
+        append = out.append
         encode = _ENCODER.encode
+        sha256 = hashlib.sha256
+        pseudonym = self.pseudonym
+        writer, seq, prev = self.writer, self._seq, self._prev
         for fields in batch:
-            self._seq += 1
-            fields["writer"] = self.writer
-            fields["seq"] = self._seq
-            fields["prev"] = self._prev
+            identifiers = fields.pop("_identifiers", None)
+            if identifiers:
+                for name, raw in identifiers.items():
+                    fields[name] = pseudonym(raw)
+            seq += 1
+            fields["writer"] = writer
+            fields["seq"] = seq
+            fields["prev"] = prev
             body = encode(fields).encode()
-            digest = hashlib.sha256(body).hexdigest()
-            self._prev = digest
+            prev = sha256(body).hexdigest()
             # The record as hashed, plus its hash: `verify_chain` re-hashes all but "hash".
-            lines.append(body[:-1] + b',"hash":"' + digest.encode() + b'"}\n')
-        os.write(self._fd, b"".join(lines))
+            append(body[:-1])
+            append(b',"hash":"' + prev.encode() + b'"}\n')
+        self._seq, self._prev = seq, prev
+        os.write(self._fd, b"".join(out))
 
     def close(self) -> None:
         if self._closed:
