@@ -17,6 +17,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.requests import ClientDisconnect
 
 from serving.cdss import cdshooks
 from serving.cdss.audit import AuditLog
@@ -75,22 +76,63 @@ def validation_error(exc: ValidationError, what: str) -> BadRequest:
     return BadRequest(422, f"{what}: invalid field(s) {names}", fields)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+_HEADER = object()  # read_body: take Content-Length from the request's headers
+
+
+async def read_body(request: Request, limit: int, declared: str | None = _HEADER) -> bytes:
+    """The whole body, refused with 413 past `limit` bytes (declared or received).
+
+    Reads the ASGI messages itself (as `Request.stream` does, without an async generator
+    per request); `declared`: the Content-Length when the caller has already read it."""
+    if declared is _HEADER:
+        declared = request.headers.get("content-length")
     if declared is not None:
         try:
             if int(declared) > limit:
                 raise BadRequest(413, f"body larger than {limit} bytes; split the request")
         except ValueError:
             raise BadRequest(400, "Content-Length is not a number") from None
+    if hasattr(request, "_body"):  # already read by the framework
+        body = request._body  # noqa: SLF001
+        if len(body) > limit:
+            raise BadRequest(413, f"body larger than {limit} bytes; split the request")
+        return body
+    receive = request.receive
     chunks = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, f"body larger than {limit} bytes; split the request")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(413, f"body larger than {limit} bytes; split the request")
+            if not message.get("more_body", False):
+                if not chunks:
+                    return chunk  # the usual case: one message
+                chunks.append(chunk)
+                return b"".join(chunks)
+            chunks.append(chunk)
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()
+
+
+def _native_headers(scope) -> tuple[str | None, str | None, str]:
+    """(X-API-Key, Content-Length, Content-Type) from one scan of the raw header list; the
+    first of each counts, as with `request.headers.get` (ASGI names are lower case)."""
+    key = length = ctype = None
+    for name, value in scope["headers"]:
+        if name == b"x-api-key":
+            if key is None:
+                key = value.decode("latin-1")
+        elif name == b"content-length":
+            if length is None:
+                length = value.decode("latin-1")
+        elif name == b"content-type":
+            if ctype is None:
+                ctype = value.decode("latin-1")
+    return key, length, ctype or ""
 
 
 def _json_object(body: bytes, what: str) -> dict:
@@ -200,13 +242,15 @@ def cdss_router(
     )
     async def check_prescription(request: Request) -> Response:
         started = time.perf_counter()
+        key, length, ctype = _native_headers(request.scope)
         try:
-            caller = state.guard.native(request.headers.get("x-api-key"))
+            caller = state.guard.native(key)
         except Unauthorized as exc:
             return _unauthorized(state, exc, request, "native")
         try:
-            body = await read_body(request, state.max_body)
-            ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            body = await read_body(request, state.max_body, length)
+            if ctype != "application/json":
+                ctype = ctype.split(";")[0].strip().lower()
             try:
                 if ctype in XML_TYPES or ctype.endswith("+xml"):
                     req = PrescriptionCheckRequest.model_validate(parse_xml130(body))

@@ -167,19 +167,33 @@ def _alert_json(alert: InteractionAlert) -> bytes:
     return data
 
 
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
+                          check_circular=False).encode
+# A string (an ingredient label, the knowledge version) -> its JSON; bounded.
+_STRING_JSON: dict[str | None, bytes] = {}
+
+
+def _string_json(value: str | None) -> bytes:
+    data = _STRING_JSON.get(value)
+    if data is None:
+        data = _ENCODE(value).encode()
+        if len(_STRING_JSON) >= 20_000:
+            _STRING_JSON.clear()
+        _STRING_JSON[value] = data
+    return data
 
 
 def response_json(alerts: list[InteractionAlert], recognised: list[str],
                   knowledge_version: str | None) -> bytes:
-    """`PrescriptionCheckResponse` as JSON bytes, assembled from each alert's cached JSON.
+    """`PrescriptionCheckResponse` as JSON bytes, assembled from each alert's and each
+    label's cached JSON.
 
-    One join (no copies of the answer per piece) and one reused encoder: the route returns
-    these bytes as they are, so FastAPI neither validates nor re-serialises the answer."""
+    One join (no copies of the answer per piece): the route returns these bytes as they
+    are, so FastAPI neither validates nor re-serialises the answer."""
     return b"".join((
         b'{"alerts":[', b",".join([_alert_json(a) for a in alerts]),
-        b'],"recognised":', _ENCODE(recognised).encode(),
-        b',"knowledge_version":', _ENCODE(knowledge_version).encode(), b"}",
+        b'],"recognised":[', b",".join([_string_json(r) for r in recognised]),
+        b'],"knowledge_version":', _string_json(knowledge_version), b"}",
     ))
 
 
