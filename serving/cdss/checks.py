@@ -43,6 +43,9 @@ PREGNANCY_RANGES = ("O00-O99", "Z32.1", "Z33", "Z34-Z36")
 _MEMO_MAX = 50_000
 _MISSING = object()  # "not in the memo", where None is a memoised answer
 _NOTHING = ()  # the learned model's answer for a pair: nothing predicted
+# A pair's facts when the knowledge base and the model have nothing on it (most pairs):
+# one identity test skips it. Never modified.
+_QUIET = (None, None, _NOTHING)
 
 
 def _remember(memo: dict, key, value):
@@ -82,7 +85,9 @@ class CheckEngine:
         self._dose_memo: dict[tuple, InteractionAlert | None] = {}
         self._atc_memo: dict[str, frozenset[str]] = {}
         self._line_memo: dict[str, tuple] = {}  # line text -> (ingredients, label, strength)
-        self._pair_memo: dict[tuple[str, str], list] = {}  # see _pair_facts
+        # inn -> partner inn -> the pair's facts (see _pair_facts), both ways round
+        self._pair_rows: dict[str, dict[str, list | tuple]] = {}
+        self._pair_count = 0
         self._contra_memo: dict[tuple[str, str], tuple] = {}
         self._drug_memo: dict[tuple, list] = {}  # (inn, line, codes) -> see _drug_facts
         self._alert_memo: dict[tuple, InteractionAlert | None] = {}
@@ -96,6 +101,9 @@ class CheckEngine:
         alerts: list[InteractionAlert] = []  # unrecognised lines and doses, in line order
         items: list[tuple] = []  # (line, Drug, current, inn) per recognised ingredient
         recognised: list[str] = []
+        # the first line of each ingredient newly ordered (later lines repeat its answers)
+        firsts: list[tuple] = []
+        seen: set[str] = set()
         line_memo = self._line_memo
         for index, line in enumerate(rx.lines):
             text = line.text
@@ -110,20 +118,17 @@ class CheckEngine:
             recognised.append(label)
             current = line.current
             for drug in drugs:
-                items.append((index, drug, current, drug.inn))
+                item = (index, drug, current, drug.inn)
+                items.append(item)
+                if not current and item[3] not in seen:
+                    seen.add(item[3])
+                    firsts.append(item)
             if not current and len(drugs) == 1 and drugs[0].max_daily_dose_mg:
                 self._dose(alerts, index, line, drugs[0], strength_mg)
         scoring = self.learned is not None and \
             getattr(self.learned, "interaction", True) is not None
         unknown_pairs = self._pairs(alerts, items, scoring)
         codes, pregnancy_code = self._icd(alerts, rx)
-        # the first line of each ingredient newly ordered (later lines repeat its answers)
-        firsts: list[tuple] = []
-        seen: set[str] = set()
-        for it in items:
-            if not it[2] and it[3] not in seen:
-                seen.add(it[3])
-                firsts.append(it)
         drug_facts: list[list] = []
         if codes:
             codes_key = tuple(codes)
@@ -176,6 +181,8 @@ class CheckEngine:
                     hit = tuple(p.as_dict() for p in self.learned.predicted_interactions(
                         [a[1], b[1]], [0, 1], [False, False]))
                     facts[2] = hit or _NOTHING
+                    if not hit and facts[1] is None:
+                        self._set_pair(pair, _QUIET)
                 if not hit or pair in seen:
                     continue
                 seen.add(pair)
@@ -224,13 +231,16 @@ class CheckEngine:
         unknown: list[tuple] = []
         seen_ddi: set[tuple[str, str]] = set()
         seen_dup: set[tuple[str, str]] = set()
-        memo = self._pair_memo
-        n = len(items)
-        for i in range(n - 1):
-            x = items[i]
+        rows = self._pair_rows
+        for i, x in enumerate(items):
             lx, dx, cx, ix = x
-            for j in range(i + 1, n):
-                y = items[j]
+            row = rows.get(ix)
+            if row is None:
+                row = rows[ix] = {}
+            for y in items[i + 1:]:
+                facts = row.get(y[3])
+                if facts is _QUIET:
+                    continue  # nothing known, nothing predicted: most pairs
                 if cx and y[2]:
                     continue  # both already taken together: not this prescriber's decision
                 iy = y[3]
@@ -239,9 +249,8 @@ class CheckEngine:
                         alerts.append(self._same_ingredient_alert(x, y))
                     continue
                 pair = (ix, iy) if ix < iy else (iy, ix)
-                facts = memo.get(pair)
                 if facts is None:
-                    facts = _remember(memo, pair, self._pair_facts(dx, y[1]))
+                    facts = self._set_pair(pair, self._pair_facts(dx, y[1]))
                 ddi, group, predicted = facts
                 if ddi is None:
                     if scoring and predicted is not _NOTHING:
@@ -253,6 +262,19 @@ class CheckEngine:
                     seen_dup.add(pair)
                     alerts.append(self._same_group_alert(group, x, y))
         return unknown
+
+    def _set_pair(self, pair: tuple[str, str], facts):
+        """Remember a pair's facts both ways round (bounded: all dropped at _MEMO_MAX)."""
+        if self._pair_count >= _MEMO_MAX:
+            self._pair_rows.clear()
+            self._pair_count = 0
+        a, b = pair
+        row = self._pair_rows.setdefault(a, {})
+        if b not in row:
+            self._pair_count += 1
+        row[b] = facts
+        self._pair_rows.setdefault(b, {})[a] = facts
+        return facts
 
     def _pair_facts(self, a: Drug, b: Drug) -> list:
         """[worst interaction and all found, or None; shared ATC level-4 group, or None;
