@@ -8,8 +8,9 @@ patient identifiers among them are never stored, only hashed in the audit log.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -223,10 +224,26 @@ class Prescription:
     pregnant: bool | None = None
 
 
+def _today() -> date:
+    """The local date, recomputed only past the next local midnight (not every request)."""
+    global _TODAY
+    today, start, end = _TODAY
+    now = time.time()
+    if not start <= now < end:  # a new day (or the clock was set back)
+        today = date.today()
+        start = datetime.combine(today, datetime.min.time()).timestamp()
+        end = datetime.combine(today + timedelta(days=1), datetime.min.time()).timestamp()
+        _TODAY = (today, start, end)
+    return today
+
+
+_TODAY: tuple[date, float, float] = (date.min, 0.0, 0.0)  # local date, its start and end
+
+
 def age_in_days(birth: str | None, on: str | None = None) -> int | None:
     if not birth:
         return None
-    today = None if on else date.today()
+    today = None if on else _today()
     key = (birth, on, today)
     days = _AGES.get(key, _MISSING)
     if days is _MISSING:
