@@ -77,14 +77,15 @@ class CheckEngine:
 
             icd = Icd10()
         self.icd = icd
-        # Memos of pure functions of their key (ICD facts, range tests, parsed doses), so a
-        # request repeats no string work another request already did.
+        # Memos of pure functions of their key (per drug line, ICD code, range test,
+        # ingredient pair, drug with its diagnoses; never a whole prescription), so a
+        # request repeats no string work another request already did; each is bounded.
         self._code_memo: dict[str, tuple] = {}
         self._range_memo: dict[tuple, bool] = {}
         self._edit_memo: dict[tuple, tuple] = {}
-        self._dose_memo: dict[tuple, InteractionAlert | None] = {}
         self._atc_memo: dict[str, frozenset[str]] = {}
-        self._line_memo: dict[str, tuple] = {}  # line text -> (ingredients, label, strength)
+        # (text, index, current, strength, dosage, daily dose) -> see _line_facts
+        self._line_memo: dict[tuple, tuple] = {}
         # inn -> partner inn -> the pair's facts (see _pair_facts), both ways round
         self._pair_rows: dict[str, dict[str, list | tuple]] = {}
         self._pair_count = 0
@@ -106,25 +107,23 @@ class CheckEngine:
         seen: set[str] = set()
         line_memo = self._line_memo
         for index, line in enumerate(rx.lines):
-            text = line.text
-            resolved = line_memo.get(text)
-            if resolved is None:
-                resolved = _remember(line_memo, text, self._resolve_line(text))
-            drugs, label, strength_mg = resolved
-            if not drugs:
-                recognised.append("")
-                alerts.append(self._unrecognised(index, text))
-                continue
+            # one look-up per line: its ingredients, and its unrecognised or dose alert
+            key = (line.text, index, line.current, line.strength, line.dosage,
+                   line.daily_dose_mg)
+            facts = line_memo.get(key)
+            if facts is None:
+                facts = _remember(line_memo, key, self._line_facts(index, line))
+            label, line_items, alert = facts
             recognised.append(label)
-            current = line.current
-            for drug in drugs:
-                item = (index, drug, current, drug.inn)
-                items.append(item)
-                if not current and item[3] not in seen:
-                    seen.add(item[3])
-                    firsts.append(item)
-            if not current and len(drugs) == 1 and drugs[0].max_daily_dose_mg:
-                self._dose(alerts, index, line, drugs[0], strength_mg)
+            if alert is not None:
+                alerts.append(alert)
+            if line_items:
+                items.extend(line_items)
+                if not line.current:
+                    for item in line_items:
+                        if item[3] not in seen:
+                            seen.add(item[3])
+                            firsts.append(item)
         scoring = self.learned is not None and \
             getattr(self.learned, "interaction", True) is not None
         unknown_pairs = self._pairs(alerts, items, scoring)
@@ -155,12 +154,19 @@ class CheckEngine:
         alerts.sort(key=_by_severity)
         return CheckResult(alerts=alerts, recognised=recognised)
 
-    def _resolve_line(self, text: str) -> tuple:
-        """(ingredients, their names joined for `recognised`, strength in the name)."""
+    def _line_facts(self, index: int, line) -> tuple:
+        """(its ingredients' names joined for `recognised`, its items (line, Drug, current,
+        inn), its alert: not recognised, dose above the maximum, or None)."""
+        text = line.text
         match = self.kb.resolve(text) if text else None
         if match is None or not match.drugs:
-            return (), "", None
-        return match.drugs, "/".join(d.inn for d in match.drugs), match.strength_mg
+            return "", (), self._unrecognised(index, text)
+        drugs = match.drugs
+        items = tuple((index, drug, line.current, drug.inn) for drug in drugs)
+        alert = None
+        if not line.current and len(drugs) == 1:
+            alert = self._dose_alert(index, line, drugs[0], match.strength_mg)
+        return "/".join(d.inn for d in drugs), items, alert
 
     def _learned(self, alerts, unknown_pairs: list, firsts: list, drug_facts: list,
                  codes) -> None:
@@ -359,18 +365,6 @@ class CheckEngine:
             groups = _remember(self._atc_memo, drug.inn,
                                frozenset(c[:5] for c in drug.atc_codes if len(c) >= 5))
         return groups
-
-    def _dose(self, alerts, index, line, drug: Drug, strength_from_name) -> None:
-        """Daily dose above the adult maximum; the answer (an alert or None) is memoised per
-        (ingredient, line, strength, dosage), as the parsed dose was."""
-        key = (drug.inn, index, line.strength, line.dosage, strength_from_name,
-               line.daily_dose_mg)
-        alert = self._dose_memo.get(key, _MISSING)
-        if alert is _MISSING:
-            alert = _remember(self._dose_memo, key, self._dose_alert(
-                index, line, drug, strength_from_name))
-        if alert is not None:
-            alerts.append(alert)
 
     def _dose_alert(self, index, line, drug: Drug, strength_from_name) -> InteractionAlert | None:
         limit = drug.max_daily_dose_mg
