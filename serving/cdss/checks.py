@@ -68,7 +68,8 @@ class CheckEngine:
     def __init__(self, kb: KnowledgeBase, icd=None, learned=None):
         self.kb = kb
         # Optional learned checks (`serving.cdss.learned.LearnedChecks`): predicted
-        # interactions for pairs the KB lacks, unusual drugs for the diagnoses.
+        # interactions for pairs the KB lacks, unusual drugs for the diagnoses. Fixed for
+        # the engine's life: the pair memo records whether a model was there to ask.
         self.learned = learned
         if icd is None:
             icd = getattr(kb, "icd", None)
@@ -124,9 +125,7 @@ class CheckEngine:
                         if item[3] not in seen:
                             seen.add(item[3])
                             firsts.append(item)
-        scoring = self.learned is not None and \
-            getattr(self.learned, "interaction", True) is not None
-        unknown_pairs = self._pairs(alerts, items, scoring)
+        unknown_pairs = self._pairs(alerts, items, self._scoring())
         codes, pregnancy_code = self._icd(alerts, rx)
         drug_facts: list[list] = []
         if codes:
@@ -282,12 +281,20 @@ class CheckEngine:
         self._pair_rows.setdefault(b, {})[a] = facts
         return facts
 
-    def _pair_facts(self, a: Drug, b: Drug) -> list:
+    def _scoring(self) -> bool:
+        """Is there an interaction model to ask about pairs the knowledge base lacks?"""
+        return self.learned is not None and \
+            getattr(self.learned, "interaction", True) is not None
+
+    def _pair_facts(self, a: Drug, b: Drug) -> list | tuple:
         """[worst interaction and all found, or None; shared ATC level-4 group, or None;
-        the learned model's answer for the pair, None until asked]."""
+        the learned model's answer for the pair, None until asked]; _QUIET when the
+        knowledge base has nothing on the pair and there is no model to ask."""
         found = self.kb.interactions(a, b)
         ddi = (max(found, key=lambda i: SEVERITY_RANK.get(i.severity, 0)), found) if found else None
         groups = self._atc4(a) & self._atc4(b)
+        if ddi is None and not groups and not self._scoring():
+            return _QUIET
         return [ddi, (sorted(groups)[0] if groups else None), None]
 
     def _interaction_alert(
