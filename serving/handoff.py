@@ -26,6 +26,7 @@ import socket
 import time
 
 import uvicorn
+import uvicorn.config
 
 log = logging.getLogger("haidang.serving.http")
 
@@ -72,6 +73,15 @@ def _worker(config: uvicorn.Config, channel: socket.socket) -> None:
     from haidang.logs import configure
 
     configure()  # as the parent command was told (text or JSON, level), via the environment
+    # What uvicorn's own workers get from Config.configure_logging (a spawned child has the
+    # pickled Config, not its set-up), without its text handlers: its loggers propagate to
+    # the root logger above. Without this every request wrote an access line to stderr.
+    level = uvicorn.config.LOG_LEVELS.get(str(config.log_level).lower(), logging.WARNING)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        logging.getLogger(name).setLevel(level)
+    if not config.access_log:
+        access = logging.getLogger("uvicorn.access")
+        access.handlers, access.propagate = [], False
     channel.setblocking(False)
     HandedServer(config, channel).run()
 

@@ -119,3 +119,33 @@ def test_workers_stop_when_the_parent_is_killed(served):
     while time.monotonic() < deadline and [p for p in workers if _alive(p)]:
         time.sleep(0.2)
     assert not [p for p in workers if _alive(p)], "workers outlived a killed parent"
+
+
+def test_workers_write_no_access_lines(tmp_path):
+    """`access_log=False` holds in the handed-off workers: a line per request would fill a
+    pipe nobody reads (and the worker would block in the log handler)."""
+    port = free_port()
+    code = ("from serving.app import run_http; "
+            f"run_http('tests.handoff_app:create_app', '127.0.0.1', {port}, 2)")
+    err = tmp_path / "stderr.txt"
+    with open(err, "wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=sink,
+                                env={**os.environ, "HAIDANG_LOG_LEVEL": "INFO"})
+        try:
+            deadline = time.monotonic() + 60
+            served = 0
+            while served < 40 and time.monotonic() < deadline:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    for _ in range(10):
+                        _get(conn)
+                        served += 1
+                    conn.close()
+                except OSError:
+                    time.sleep(0.2)
+            assert served >= 40
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=40)
+    text = err.read_text(errors="replace")
+    assert "GET /pid" not in text, text[-2000:]

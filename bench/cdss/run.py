@@ -50,12 +50,16 @@ def start(name: str, app: str, port: int, workers: int, env: dict,
         cmd = [sys.executable, "-m", "uvicorn", "--app-dir", str(HERE), app, "--factory",
                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                "--log-level", "warning", "--no-access-log"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    # stderr to a file, not a pipe: a pipe nobody reads blocks the server once it is full
+    log_path = Path(tempfile.gettempdir()) / f"haidang-bench-cdss-{name}-{port}.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=log_file)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"{name} exited: {proc.stderr.read().decode()[-2000:]}")
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise SystemExit(f"{name} exited: {tail}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
                 if r.status == 200:
