@@ -36,6 +36,15 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _two_workers(port: int) -> set[int]:
+    """The worker pids behind two fresh connections (dealt in turn: both workers)."""
+    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=5) for _ in range(2)]
+    pids = {_get(c) for c in conns}
+    for c in conns:
+        c.close()
+    return pids
+
+
 @pytest.fixture
 def served():
     port = free_port()
@@ -78,10 +87,7 @@ def test_connections_are_dealt_to_the_workers_in_turn(served):
 
 def test_a_dead_worker_is_replaced_and_sigterm_stops_all(served):
     proc, port = served
-    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=5) for _ in range(2)]
-    workers = {_get(c) for c in conns}
-    for c in conns:
-        c.close()
+    workers = _two_workers(port)
     assert len(workers) == 2
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
@@ -109,10 +115,7 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_all(served):
 
 def test_workers_stop_when_the_parent_is_killed(served):
     proc, port = served
-    conns = [http.client.HTTPConnection("127.0.0.1", port, timeout=5) for _ in range(2)]
-    workers = {_get(c) for c in conns}
-    for c in conns:
-        c.close()
+    workers = _two_workers(port)
     proc.kill()  # SIGKILL: no chance to stop its workers; they see their channel close
     proc.wait()
     deadline = time.monotonic() + 30
