@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from haidang.processes import stop_process
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -98,13 +100,8 @@ class Orthanc:
         raise TimeoutError(f"Orthanc's DICOM port {self.dicom_port} is not listening")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_process(self.proc)
         self.proc = None
         if self._logf:
             self._logf.close()

@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+
+from haidang.processes import stop_process
 
 
 def register(sub) -> None:
@@ -64,11 +65,7 @@ def _serve(args) -> int:
                  args.port or settings.serving.port, max(1, args.workers))
     finally:
         if imaging is not None:
-            imaging.terminate()
-            try:
-                imaging.wait(15)
-            except subprocess.TimeoutExpired:
-                imaging.kill()
+            stop_process(imaging)
     return 0
 
 

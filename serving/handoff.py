@@ -30,7 +30,7 @@ import uvicorn.config
 
 log = logging.getLogger("haidang.serving.http")
 
-RESTART_PAUSE_S = 1.0  # between restarts of a worker that keeps dying at start
+RESTART_PAUSE_S = 1.0  # a worker that dies at start is restarted at most once a second
 
 
 class HandedServer(uvicorn.Server):
@@ -94,7 +94,8 @@ class HandOff:
         self.listener = listener
         self.count = workers
         self.context = multiprocessing.get_context("spawn")  # no forked state in workers
-        self.workers: list[tuple[multiprocessing.Process, socket.socket] | None] = []
+        self.workers: list[tuple[multiprocessing.Process, socket.socket]] = []
+        self.started: dict[int, float] = {}  # slot -> when its worker was started
         self.next = 0
         self.stopping = False
 
@@ -103,6 +104,7 @@ class HandOff:
         proc = self.context.Process(target=_worker, args=(self.config, theirs),
                                     name=f"haidang-http-{slot}", daemon=False)
         proc.start()
+        self.started[slot] = time.monotonic()
         theirs.close()
         return proc, ours
 
@@ -111,24 +113,25 @@ class HandOff:
         for _ in range(self.count):
             slot = self.next
             self.next = (self.next + 1) % self.count
-            worker = self.workers[slot]
-            if worker is None or not worker[0].is_alive():
+            proc, channel = self.workers[slot]
+            if not proc.is_alive():
                 continue
             try:
-                socket.send_fds(worker[1], [b"c"], [conn.fileno()])
+                socket.send_fds(channel, [b"c"], [conn.fileno()])
                 return
             except OSError:
                 continue  # that worker is going; try the next
         log.error("no HTTP worker alive to take a connection; closing it")
 
     def _check_workers(self) -> None:
-        for slot, worker in enumerate(self.workers):
-            if worker is not None and not worker[0].is_alive() and not self.stopping:
-                log.warning("HTTP worker %d exited with %s; restarting it", slot,
-                            worker[0].exitcode)
-                worker[1].close()
-                time.sleep(RESTART_PAUSE_S)
-                self.workers[slot] = self._start(slot)
+        """Restart dead workers, without holding up the accept loop for the live ones."""
+        now = time.monotonic()
+        for slot, (proc, channel) in enumerate(self.workers):
+            if self.stopping or proc.is_alive() or now - self.started[slot] < RESTART_PAUSE_S:
+                continue
+            log.warning("HTTP worker %d exited with %s; restarting it", slot, proc.exitcode)
+            channel.close()
+            self.workers[slot] = self._start(slot)
 
     def run(self) -> None:
         self.listener.listen(self.config.backlog)
@@ -165,11 +168,10 @@ class HandOff:
 
     def _shutdown(self) -> None:
         self.listener.close()
-        live = [w for w in self.workers if w is not None]
-        for proc, _ in live:
+        for proc, _ in self.workers:
             if proc.is_alive() and proc.pid:
                 os.kill(proc.pid, signal.SIGTERM)
-        for proc, channel in live:
+        for proc, channel in self.workers:
             proc.join(timeout=self.config.timeout_graceful_shutdown or 30)
             if proc.is_alive():
                 proc.kill()

@@ -11,6 +11,8 @@ import os
 import subprocess
 import sys
 
+from haidang.processes import stop_process
+
 
 def service_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "bentoml", "serve", "serving.imaging_service:ImagingService",
@@ -58,12 +60,7 @@ def _run(args) -> int:
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            return proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        return stop_process(proc)
 
 
 def register(sub) -> None:

@@ -28,6 +28,7 @@ import yaml
 
 from haidang import config_cli
 from haidang.cli import build_parser
+from haidang.processes import stop_process
 from haidang.settings import Settings, load_settings
 from tests.imaging_model import build_registry
 from tests.pacs import free_port, wait_for_port
@@ -217,12 +218,7 @@ def test_built_bento_serves_the_model_with_its_probes(bento, tmp_path):
         assert info["model"] == "cxr-pneumonia" and info["version"] == "0.0.1-test"
         assert info["provider"] == "CPUExecutionProvider"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 20)
 
 
 def test_gpu_bento_builds_on_a_cuda_image_with_onnxruntime_gpu(bento):

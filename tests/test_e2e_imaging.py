@@ -15,6 +15,7 @@ import pytest
 from dicom_gateway.reports.sr import read_finding
 from dicom_gateway.runtime import Gateway
 from dicom_gateway.worklist import worklist_rows
+from haidang.processes import stop_process
 from serving.imaging.client import ImagingClient
 from serving.imaging.preprocess import dicom_to_model_input
 from tests.gateway_helpers import send_as_is, wait_until
@@ -120,9 +121,5 @@ def test_split_mode_gateway_calls_bentoml_service(tmp_path, orthanc):
         assert present == served.finding and rows[0]["finding"] == served.finding
         assert probability == pytest.approx(served.probability, abs=1e-6)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc, 20)
         log.close()

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY, generate_latest
 
 from dicom_gateway import runtime
 from dicom_gateway.runtime import Gateway
+from haidang.processes import stop_process
 from tests.dicomdata import fresh_copy, make_study
 from tests.gateway_helpers import gateway_settings, wait_until
 from tests.imaging_e2e import cxr_studies, imaging_settings, model_registry
@@ -63,11 +64,7 @@ def test_serving_down_in_split_mode_studies_wait_then_are_processed(tmp_path, or
                                    for uid, _ in studies), timeout=60, what="SRs in the PACS")
     finally:
         if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc, 20)
         log.close()
 
 

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from haidang.processes import stop_process
 from haidang.settings import ServingSettings
 from serving.imaging.client import ImagingClient, ServingUnavailable
 from serving.imaging_cli import start_imaging_service
@@ -49,12 +50,7 @@ def service(registry, tmp_path_factory):
         proc.terminate()
         raise TimeoutError(f"bentoml serve not ready: {log.read_text()[-2000:]}")
     yield url
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, 20)
 
 
 def settings(url: str | None, registry, retries: int = 2) -> ServingSettings:

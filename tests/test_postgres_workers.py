@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 
 from dicom_gateway.index import Index
+from haidang.processes import stop_process
 from tests.dicomdata import make_study
 from tests.gateway_helpers import send_as_is, settings_data, settings_env
 
@@ -41,13 +42,7 @@ class Worker:
         self.pid = self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 30)
         self.log.close()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from haidang.processes import stop_process
 from tests.pacs import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,12 +49,7 @@ def test_serve_starts_cdss_and_imaging_and_stops_both(tmp_path):
         assert info.status_code == 200, info.text
         assert "cxr-pneumonia" in info.text
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 30, signal.SIGINT)
     # the imaging child went with its parent
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

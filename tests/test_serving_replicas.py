@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from dicom_gateway.runtime import Gateway
+from haidang.processes import stop_process
 from serving.imaging_cli import start_imaging_service
 from tests.gateway_helpers import send_as_is
 from tests.imaging_e2e import cxr_studies, imaging_settings
@@ -56,13 +57,7 @@ class Replica:
         return total
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 20)
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from haidang.processes import stop_process  # noqa: E402
 from tests.pacs import Orthanc, dcmtk, dcmtk_env, free_port, wait_for_port  # noqa: E402
 
 SUCCESS_LINE = "Received Store Response (Success)"
@@ -142,12 +143,8 @@ class GatewayProcess:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        if self.proc:
+            stop_process(self.proc, 30)
 
 
 class Stream:
