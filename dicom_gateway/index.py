@@ -240,30 +240,14 @@ class Index:
     def has_instance(self, sop_uid: str) -> bool:
         return bool(self.query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
 
-    def record_instance(
-        self,
-        *,
-        sop_uid: str,
-        study_uid: str,
-        series_uid: str,
-        sop_class_uid: str,
-        transfer_syntax: str,
-        path: str,
-        size: int,
-        calling_ae: str,
-        attrs: dict,
-        quiet_period_s: float,
-        now: float | None = None,
-    ) -> bool:
-        """Index a spooled instance; returns False if it was already there (idempotent)."""
-        return self.record_instances([dict(
-            sop_uid=sop_uid, study_uid=study_uid, series_uid=series_uid,
-            sop_class_uid=sop_class_uid, transfer_syntax=transfer_syntax, path=path, size=size,
-            calling_ae=calling_ae, attrs=attrs, quiet_period_s=quiet_period_s, now=now)])[0]
+    def record_instance(self, **record) -> bool:
+        """Index a spooled instance; returns False if it was already there (idempotent).
+        The keyword arguments are :meth:`_record`'s."""
+        return self.record_instances([record])[0]
 
     def record_instances(self, records: list[dict]) -> list[bool]:
         """Index several spooled instances in one transaction (group commit); each record
-        holds :meth:`record_instance`'s keyword arguments. Returns, per record, whether it
+        holds :meth:`_record`'s keyword arguments. Returns, per record, whether it
         was new. All or nothing: on an error none is recorded. Study rows are taken in
         UID order, so concurrent batches (PostgreSQL: several processes) cannot deadlock."""
         order = sorted(range(len(records)), key=lambda i: records[i]["study_uid"])
