@@ -24,7 +24,7 @@ PyTorch and onnxruntime agree on CPU within 1.2e-7).
 Needs onnxruntime with the CUDA provider (``onnxruntime-gpu``; for the lent machine, the
 sm_90 copy made by ``strip_fatbin.py``), torch with CUDA, MONAI, pydicom, PyYAML.
 
-    python bench/inference/cuda.py [--seconds 2] [--batches 1,32,256] [--json out.json]
+    python bench/inference/cuda.py [--seconds 2] [--batches 1,32,256,1024] [--json out.json]
 """
 
 from __future__ import annotations
