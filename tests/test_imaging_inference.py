@@ -12,7 +12,12 @@ from serving.imaging.predictor import (
     card_threshold,
     to_probability,
 )
-from serving.imaging.session import ModelSession, choose_providers, file_sha256
+from serving.imaging.session import (
+    ModelSession,
+    choose_providers,
+    file_sha256,
+    provider_arguments,
+)
 from tests.imaging_model import CARD, SIZE, bright_top_left, build_onnx
 
 
@@ -40,6 +45,14 @@ def test_session_refuses_a_changed_model_file(tmp_path):
 def test_unknown_provider_is_an_error_that_says_what_to_do():
     with pytest.raises(RuntimeError, match="serving.providers"):
         choose_providers(["NoSuchExecutionProvider"])
+
+
+def test_cuda_is_served_in_strict_float32():
+    """TF32 would let a verdict near the threshold differ between GPU and CPU machines."""
+    args = provider_arguments(["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert args[0] == ("CUDAExecutionProvider", {"use_tf32": "0"})
+    assert args[1] == "CPUExecutionProvider"
+    assert provider_arguments(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
 
 
 def test_predict_uses_card_threshold_and_batches(session):

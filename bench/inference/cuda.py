@@ -13,9 +13,10 @@ Same model, same inputs and the same two sides as ``run.py`` (whose helpers it i
   default settings (no compile, no CUDA graphs, ``cudnn.benchmark`` off). Its peer row
   takes the same numpy batch, copies it to the GPU and the result back.
 
-Both sides use the libraries' float32 defaults: onnxruntime's CUDA provider allows TF32 in
-its convolutions (``use_tf32`` 1), and so does PyTorch (``cudnn.allow_tf32`` True). Extra
-rows (not what the service runs) show strict float32 on both, device-resident inputs
+Both sides compute in strict float32: the service sets the CUDA provider's ``use_tf32`` to 0
+(``serving.imaging.session.CUDA_OPTIONS``: a verdict must not depend on the GPU), so the
+PyTorch peer runs with ``cudnn.allow_tf32`` and ``matmul.allow_tf32`` off. Extra rows (not
+what the service runs) show both libraries' defaults (TF32 allowed), device-resident inputs
 (PyTorch tensors already on the GPU; onnxruntime IOBinding), onnxruntime's CUDA graph
 replay, and both runtimes on the machine's CPU cores for context. Every row's output is
 compared with the CPU float32 result of the registered model (``run.py`` shows that
@@ -49,7 +50,8 @@ _spec.loader.exec_module(base)  # also puts the repository root on sys.path
 
 ROOT, MODEL = base.ROOT, base.MODEL
 PARITY_TOLERANCE = base.PARITY_TOLERANCE  # strict float32 rows
-PEER = "PyTorch eager CUDA"
+PEER = "PyTorch eager CUDA (strict float32)"
+SERVED = "onnxruntime CUDA (served session, strict float32)"
 
 
 def gpu_name() -> str:
@@ -144,9 +146,9 @@ def main() -> int:
 
     extras_failed: dict[str, str] = {}
     try:
-        strict = ort_session({"use_tf32": 0})
+        tf32 = ort_session({"use_tf32": 1})
     except Exception as exc:  # noqa: BLE001 - an extra row; report why it is missing
-        strict, extras_failed["use_tf32=0"] = None, repr(exc)[:300]
+        tf32, extras_failed["use_tf32=1"] = None, repr(exc)[:300]
     node_providers = providers_by_node(
         served.onnx_path, ["CUDAExecutionProvider", "CPUExecutionProvider"],
         np.ascontiguousarray(np.resize(images, (32, *images.shape[1:])), np.float32))
@@ -156,7 +158,10 @@ def main() -> int:
     default_tf32 = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     print(f"PyTorch defaults: cudnn.allow_tf32={default_tf32[0]} "
           f"matmul.allow_tf32={default_tf32[1]} cudnn.benchmark="
-          f"{torch.backends.cudnn.benchmark}", flush=True)
+          f"{torch.backends.cudnn.benchmark}; the peer runs with both off (strict float32)",
+          flush=True)
+    strict_tf32 = (False, False)
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = strict_tf32
 
     rows = []
     for batch in batches:
@@ -172,26 +177,27 @@ def main() -> int:
             sync()
             return y
 
-        def torch_strict(model=gpu_model, xt=xt):
-            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        def torch_tf32(model=gpu_model, xt=xt):
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = \
+                default_tf32
             try:
                 return model(xt.to(dev)).cpu().numpy()
             finally:
                 torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = \
-                    default_tf32
+                    strict_tf32
 
         fns = {
             PEER: torch_host,
-            "onnxruntime CUDA (served session)": lambda x=x: served.run(x),
-            "PyTorch eager CUDA, strict float32 (extra)": torch_strict,
+            SERVED: lambda x=x: served.run(x),
+            "PyTorch eager CUDA, TF32 allowed (default; extra)": torch_tf32,
             "PyTorch eager CUDA, input already on GPU (extra)": torch_device,
         }
-        if strict is not None:
-            fns["onnxruntime CUDA, strict float32 use_tf32=0 (extra)"] = (
-                lambda x=x: strict.run(None, {"image": x})[0])
+        if tf32 is not None:
+            fns["onnxruntime CUDA, TF32 allowed use_tf32=1 (default; extra)"] = (
+                lambda x=x: tf32.run(None, {"image": x})[0])
         outputs: dict = {
             PEER: torch_host,
-            "PyTorch eager CUDA, strict float32 (extra)": torch_strict,
+            "PyTorch eager CUDA, TF32 allowed (default; extra)": torch_tf32,
             "PyTorch eager CUDA, input already on GPU (extra)":
                 lambda xd=xd: gpu_model(xd).cpu().numpy(),
         }
@@ -218,7 +224,7 @@ def main() -> int:
 
         # onnxruntime replaying a captured CUDA graph (fixed shapes and addresses).
         try:
-            graph_sess = ort_session({"enable_cuda_graph": 1})
+            graph_sess = ort_session({"enable_cuda_graph": 1, "use_tf32": 0})
             gx = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
             gy = ort.OrtValue.ortvalue_from_shape_and_type([batch, 1], np.float32, "cuda", 0)
             gb = graph_sess.io_binding()
@@ -269,7 +275,7 @@ def main() -> int:
                          "max_abs_diff_vs_cpu_fp32": diffs.get(name, float("nan"))})
         rows.append({"runtime": "(parity) served ORT CUDA vs PyTorch eager CUDA", "batch": batch,
                      "max_abs_diff": ort_vs_torch})
-        served_ips = batch / median["onnxruntime CUDA (served session)"]
+        served_ips = batch / median[SERVED]
         print(f"batch {batch}: onnxruntime CUDA (served) {served_ips:,.0f} images/s, PyTorch "
               f"eager CUDA {peer_ips:,.0f} images/s", flush=True)
 

@@ -18,6 +18,17 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+# The CUDA provider's options as served. TF32 off: with onnxruntime's default (TF32 allowed
+# in convolutions) a probability differed from the CPU's by up to 6.4e-5 on the H100, enough
+# to flip a verdict that close to the card's threshold, so the same image could be flagged on
+# one machine and not on another. Strict float32 agrees with the CPU within 4.2e-7 and cost
+# nothing measurable at the served batch sizes (1-32; bench/inference/RESULTS.md, CUDA).
+CUDA_OPTIONS = {"use_tf32": "0"}
+
+
+def provider_arguments(chosen: list[str]) -> list:
+    """`chosen` as `InferenceSession(providers=...)` takes it: CUDA with `CUDA_OPTIONS`."""
+    return [(p, dict(CUDA_OPTIONS)) if p == "CUDAExecutionProvider" else p for p in chosen]
 
 
 def choose_providers(requested: list[str] | None = None) -> list[str]:
@@ -93,7 +104,8 @@ class ModelSession:
         self.sha256 = actual
         chosen = choose_providers(self.providers)
         self._session = ort.InferenceSession(
-            str(self.onnx_path), session_options(self.threads), providers=chosen
+            str(self.onnx_path), session_options(self.threads),
+            providers=provider_arguments(chosen),
         )
         self.provider = self._session.get_providers()[0]
         self.input_name = self._session.get_inputs()[0].name
