@@ -32,6 +32,8 @@ sys.path.insert(0, str(HERE))
 
 import run as R  # noqa: E402  (bench/cdss/run.py: start, wrk, constants)
 
+from haidang.processes import stop_process  # noqa: E402
+
 TARGETS = {
     "bare": "bare_app:create_bare_app",
     "answer": "floor_app:create_answer_app",
@@ -121,9 +123,7 @@ def main(argv=None) -> int:
         load_after = os.getloadavg()
     finally:
         for p in procs.values():
-            R.stop_process(p) if hasattr(R, "stop_process") else p.terminate()
-        for p in procs.values():
-            p.wait(timeout=20)
+            stop_process(p)
 
     def med(name: str, key: str) -> float:
         return statistics.median(g[name][key] for g in rounds)

@@ -58,22 +58,16 @@ def main(argv=None) -> int:
     rx = api.prescription_from_native(req)
     result = state.engine.check(rx)
     answer = api.response_json(result.alerts, result.recognised, state.knowledge_version)
-    real = {"check": state.engine.check, "native": api.prescription_from_native,
-            "answer": api.response_json, "audit": audit.record}
+    # step -> (object, attribute) the route calls it through
+    where = {"check": (state.engine, "check"), "native": (api, "prescription_from_native"),
+             "answer": (api, "response_json"), "audit": (audit, "record")}
+    real = {name: getattr(obj, attr) for name, (obj, attr) in where.items()}
     fake = {"check": lambda _rx: result, "native": lambda _req: rx,
             "answer": lambda *_a: answer, "audit": lambda *_a, **_k: None}
 
     def use(replaced: tuple[str, ...]) -> None:
-        for name in real:
-            f = fake[name] if name in replaced else real[name]
-            if name == "check":
-                state.engine.check = f
-            elif name == "native":
-                api.prescription_from_native = f
-            elif name == "answer":
-                api.response_json = f
-            else:
-                audit.record = f
+        for name, (obj, attr) in where.items():
+            setattr(obj, attr, fake[name] if name in replaced else real[name])
 
     async def many(target, n: int) -> None:
         for _ in range(n):

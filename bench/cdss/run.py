@@ -29,6 +29,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from haidang.processes import stop_process
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 BODY = ROOT / "tests" / "fixtures" / "cdss" / "bench-10-drugs.json"
@@ -167,12 +169,7 @@ def main(argv=None) -> int:
             results["haidang"][c] = pick["haidang"][c]
     finally:
         for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            stop_process(p)
     audit_lines = sum(1 for _ in open(tmp / "audit.log", encoding="utf-8")) if (
         tmp / "audit.log").exists() else 0
     shutil.rmtree(tmp, ignore_errors=True)
