@@ -12,7 +12,9 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint:
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports

@@ -1,11 +1,13 @@
-"""Gateway commands: ``up``, ``gateway``, ``echo``, ``send``, ``exports``.
+"""Gateway commands: ``gateway``, ``echo``, ``send``, ``exports``.
+
+``haidang up`` (gateway and the whole HTTP app in one process) is the product's top, in
+``haidang.up``: the gateway does not know the web app that is composed around it.
 
 Registration stays cheap; pynetdicom, uvicorn and the gateway load inside handlers.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import signal
@@ -16,11 +18,6 @@ from datetime import UTC, datetime
 
 
 def register(sub) -> None:
-    p = sub.add_parser("up", help="gateway and HTTP app in one process (the embedded default)")
-    p.add_argument("--port", type=int, help="HTTP port (default serving.port)")
-    p.add_argument("--host", help="HTTP address (default serving.host)")
-    p.set_defaults(handler=cmd_up)
-
     p = sub.add_parser("gateway", help="the DICOM gateway only (analyses served over HTTP)")
     p.add_argument(
         "--metrics-port",
@@ -57,13 +54,13 @@ def register(sub) -> None:
     q.set_defaults(handler=cmd_exports_retry)
 
 
-def _settings(args):
-    from haidang.settings import load_settings
+def settings_of(args):
+    from haidang.ground.settings import load_settings
 
     return load_settings(args.config)
 
 
-def _wait_for_signal() -> None:
+def wait_for_signal() -> None:
     """Block until Ctrl-C or SIGTERM, so both stop the process cleanly."""
     stop = threading.Event()
 
@@ -76,7 +73,7 @@ def _wait_for_signal() -> None:
         pass
 
 
-def _warm_up(settings) -> None:
+def warm_up(settings) -> None:
     """Load the routed models before the first study arrives, so it does not pay for it.
 
     A failure (serving not up yet in split mode) is only logged: the gateway must still
@@ -98,12 +95,12 @@ def _warm_up(settings) -> None:
 def cmd_gateway(args) -> int:
     from dicom_gateway.runtime import Gateway
 
-    settings = _settings(args)
+    settings = settings_of(args)
     if args.metrics_port:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port, addr=settings.serving.host)
-    _warm_up(settings)
+    warm_up(settings)
     gateway = Gateway(settings).start()
     print(
         f"haidang gateway: {settings.gateway.ae_title} listening on "
@@ -111,56 +108,7 @@ def cmd_gateway(args) -> int:
         flush=True,
     )
     try:
-        _wait_for_signal()
-    finally:
-        gateway.stop()
-    return 0
-
-
-def basic_app(gateway):
-    """/healthz and /metrics, used by ``haidang up`` when no web app is installed."""
-    from fastapi import FastAPI, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    app = FastAPI(title="Hải Đăng gateway")
-
-    @app.get("/healthz")
-    def healthz():
-        counts = gateway.index.counts() if gateway.index else {}
-        return {"status": "ok", "dicom_port": gateway.port, "queue": counts}
-
-    @app.get("/metrics")
-    def prom():
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    return app
-
-
-def cmd_up(args) -> int:
-    import uvicorn
-
-    from dicom_gateway.runtime import Gateway
-
-    settings = _settings(args)
-    _warm_up(settings)
-    gateway = Gateway(settings).start()
-    try:
-        web = importlib.import_module("haidang.web")
-        app = web.create_app(settings, gateway)
-    except ModuleNotFoundError as exc:
-        if exc.name != "haidang.web":
-            gateway.stop()
-            raise
-        app = basic_app(gateway)
-    host = args.host or settings.serving.host
-    port = args.port or settings.serving.port
-    print(
-        f"haidang up: DICOM {settings.gateway.ae_title} on port {gateway.port}, "
-        f"HTTP on http://{host}:{port}; Ctrl-C stops",
-        flush=True,
-    )
-    try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        wait_for_signal()
     finally:
         gateway.stop()
     return 0
@@ -176,7 +124,7 @@ def _peer(args, settings):
 def cmd_echo(args) -> int:
     from dicom_gateway.scu import echo
 
-    settings = _settings(args)
+    settings = settings_of(args)
     host, port, aec = _peer(args, settings)
     t0 = time.perf_counter()
     ok, detail = echo(host, port, aec, args.aet, args.timeout)
@@ -188,7 +136,7 @@ def cmd_echo(args) -> int:
 def cmd_send(args) -> int:
     from dicom_gateway.scu import expand_files, send_files
 
-    settings = _settings(args)
+    settings = settings_of(args)
     host, port, aec = _peer(args, settings)
     files = expand_files(args.files)
     if not files:
@@ -214,7 +162,7 @@ def cmd_exports_list(args) -> int:
     from dicom_gateway.index import Index
     from dicom_gateway.metrics import uid_hash
 
-    index = Index(_settings(args).gateway.database_url)
+    index = Index(settings_of(args).gateway.database_url)
     rows = index.list_exports(dead_only=args.dead)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -238,7 +186,7 @@ def cmd_exports_list(args) -> int:
 def cmd_exports_retry(args) -> int:
     from dicom_gateway.index import Index
 
-    index = Index(_settings(args).gateway.database_url)
+    index = Index(settings_of(args).gateway.database_url)
     status = 0
     for export_id in args.ids:
         if index.retry_export(export_id):

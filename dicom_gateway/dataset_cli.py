@@ -29,8 +29,8 @@ def cmd_export(args) -> int:
 
     from dicom_gateway.deid import export_dataset, load_secret
     from dicom_gateway.index import Index
-    from haidang import audit
-    from haidang.settings import load_settings
+    from haidang.ground import audit
+    from haidang.ground.settings import load_settings
 
     settings = load_settings(args.config)
     since = None

@@ -8,7 +8,7 @@ matching rule decides; a study gets the union over its instances, in rule order.
 
 from __future__ import annotations
 
-from haidang.settings import Route
+from haidang.ground.settings import Route
 
 ROUTED_ATTRIBUTES = (
     "Modality",

@@ -19,8 +19,8 @@ from dicom_gateway.scp import StorageSCP
 from dicom_gateway.spool import Spool
 from dicom_gateway.worker import RetryLater, process_job
 from dicom_gateway.writeback import Exporter
-from haidang import audit
-from haidang.settings import Settings
+from haidang.ground import audit
+from haidang.ground.settings import Settings
 
 log = logging.getLogger("haidang.gateway")
 
@@ -264,7 +264,7 @@ class Gateway:
 
 def run_listener(settings_json: str, parent_pid: int, ready=None) -> None:
     """An extra listener process: C-STORE into the shared spool and index, nothing else."""
-    from haidang.logs import configure
+    from haidang.ground.logs import configure
 
     configure()  # text or JSON, as the parent command was told (via the environment)
     settings = Settings.model_validate_json(settings_json)

@@ -32,7 +32,7 @@ from dicom_gateway import metrics
 from dicom_gateway.index import Index
 from dicom_gateway.spool import OutOfSpace, SpareFile, Spool
 from dicom_gateway.wellformed import Malformed, check_file_bytes, scan_top_level
-from haidang.settings import GatewaySettings, TLSSettings
+from haidang.ground.settings import GatewaySettings, TLSSettings
 
 log = logging.getLogger("haidang.gateway.scp")
 

@@ -22,7 +22,7 @@ from dicom_gateway.analyses import StudyInput, load_analysis
 from dicom_gateway.index import Index, Job
 from dicom_gateway.routing import analyses_for
 from dicom_gateway.spool import Spool, write_atomic
-from haidang.settings import Settings
+from haidang.ground.settings import Settings
 
 log = logging.getLogger("haidang.gateway.worker")
 

@@ -19,8 +19,8 @@ from pynetdicom.presentation import build_context
 from dicom_gateway import metrics
 from dicom_gateway.index import Export, Index
 from dicom_gateway.scp import set_nodelay, tls_context
-from haidang import audit
-from haidang.settings import Destination, Settings
+from haidang.ground import audit
+from haidang.ground.settings import Destination, Settings
 
 log = logging.getLogger("haidang.gateway.writeback")
 

@@ -14,8 +14,8 @@ import re
 
 from starlette.responses import JSONResponse
 
-from haidang import audit
-from serving.cdss.security import ApiKeys, Unauthorized
+from haidang.ground import audit
+from haidang.ground.keys import ApiKeys, Unauthorized
 
 COOKIE = "haidang_key"
 _COOKIE_SAFE = re.compile(r"^[A-Za-z0-9._~+/=-]{1,200}$")

@@ -19,12 +19,12 @@ def register(sub) -> None:
 
 
 def cmd_verify(args) -> int:
-    from haidang.audit import verify_chain
+    from haidang.ground.audit import verify_chain
 
     if args.file:
         path = Path(args.file)
     else:
-        from haidang.settings import load_settings
+        from haidang.ground.settings import load_settings
 
         path = Path(load_settings(args.config).security.audit_log)
     if not path.is_file():

@@ -8,22 +8,19 @@ cheap: heavy imports (torch, onnxruntime) happen inside the command handlers.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from haidang.logs import FORMATS, configure
-from haidang.settings import SettingsError
+from dicom_gateway import cli as gateway_cli  # gateway, echo, send, exports
+from dicom_gateway import dataset_cli  # dataset export
+from haidang import audit_cli, config_cli, demo, up  # audit verify; config; demo; up
+from haidang.ground.logs import FORMATS, configure
+from haidang.ground.settings import SettingsError
+from serving import cli as serving_cli  # serve, cdss
+from training import cli as training_cli  # train, evaluate, models
+from training import learned_cli  # xml130-synth
 
-COMMAND_MODULES = (
-    "dicom_gateway.cli",  # up, gateway, echo, send, exports
-    "serving.cli",  # serve, cdss
-    "training.cli",  # train, evaluate, models
-    "training.learned_cli",  # xml130-synth
-    "haidang.demo",  # demo
-    "haidang.audit_cli",  # audit verify
-    "dicom_gateway.dataset_cli",  # dataset export
-    "haidang.config_cli",  # config reference, config show
-)
+COMMAND_MODULES = (up, gateway_cli, serving_cli, training_cli, learned_cli, demo, audit_cli,
+                   dataset_cli, config_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,8 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="text (default) or json: one JSON object per line, for a log "
                         "collector; default $HAIDANG_LOG_FORMAT")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 

@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from haidang.orthanc import Orthanc, free_port, orthanc_binary
+from haidang.testbed.orthanc import Orthanc, free_port, orthanc_binary
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET_PERIOD_S = 0.5
@@ -78,7 +78,7 @@ def _models_dir(configured: Path) -> Path:
 
 
 def demo_settings(workdir: Path, models_dir: Path, pacs: Orthanc | None, base=None):
-    from haidang.settings import Settings
+    from haidang.ground.settings import Settings
 
     data = base.model_dump(mode="json") if base is not None else {}
     data["gateway"] = {
@@ -145,7 +145,7 @@ def run_demo(args) -> int:
     from dicom_gateway.runtime import Gateway
     from dicom_gateway.scu import send_files
     from dicom_gateway.worklist import worklist_rows
-    from haidang.settings import load_settings
+    from haidang.ground.settings import load_settings
 
     if str(args.log_level).upper() == "INFO":  # the default: keep the table readable
         logging.getLogger().setLevel(logging.WARNING)

@@ -1,7 +1,7 @@
 """The one HTTP application of ``haidang up`` (the embedded default).
 
 It composes what each part offers, so a reader finds every route of the process here:
-the CDSS (``serving.app``: native QĐ 130 API, CDS Hooks, ``/readyz``), the radiologists'
+the CDSS (``serving.cdss.app``: native QĐ 130 API, CDS Hooks, ``/readyz``), the radiologists'
 worklist (``dicom_gateway.worklist``) and the Prometheus metrics of the whole process.
 """
 
@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dicom_gateway.worklist import worklist_router
 from haidang.access import protect_results
-from serving.app import create_app as create_cdss_app
+from serving.cdss.app import create_app as create_cdss_app
 
 
 def create_app(settings, gateway) -> FastAPI:

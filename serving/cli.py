@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from haidang.processes import stop_process
+from haidang.ground.processes import stop_process
 
 
 def register(sub) -> None:
@@ -45,8 +45,8 @@ def register(sub) -> None:
 
 
 def _serve(args) -> int:
-    from haidang.settings import load_settings
-    from serving.app import run_http
+    from haidang.ground.settings import load_settings
+    from serving.cdss.app import run_http
 
     settings = load_settings(args.config)  # fail here, once, on a bad settings file
     if args.config:
@@ -61,7 +61,7 @@ def _serve(args) -> int:
         imaging = start_imaging_service(args.config, img_host, img_port)
         print(f"haidang serve: imaging (BentoML) on http://{img_host}:{img_port}", flush=True)
     try:
-        run_http("serving.app:app_from_env", args.host or settings.serving.host,
+        run_http("serving.cdss.app:app_from_env", args.host or settings.serving.host,
                  args.port or settings.serving.port, max(1, args.workers))
     finally:
         if imaging is not None:
@@ -72,8 +72,8 @@ def _serve(args) -> int:
 def _check(args) -> int:
     from pydantic import ValidationError
 
-    from haidang.settings import load_settings
-    from serving.app import load_engine
+    from haidang.ground.settings import load_settings
+    from serving.cdss.app import load_engine
     from serving.cdss.models import PrescriptionCheckRequest, prescription_from_native
     from serving.cdss.xml130 import Xml130Error, parse_xml130
 
@@ -120,7 +120,7 @@ def _check(args) -> int:
 
 
 def _import_icd(args) -> int:
-    from serving.app import ICD_CATALOGUE_DIR, ICD_CATALOGUE_STEM
+    from serving.cdss.app import ICD_CATALOGUE_DIR, ICD_CATALOGUE_STEM
     from serving.cdss.icd import Icd10
     from serving.cdss.knowledge import KnowledgeError
 

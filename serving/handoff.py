@@ -70,7 +70,7 @@ class HandedServer(uvicorn.Server):
 
 
 def _worker(config: uvicorn.Config, channel: socket.socket) -> None:
-    from haidang.logs import configure
+    from haidang.ground.logs import configure
 
     configure()  # as the parent command was told (text or JSON, level), via the environment
     # What uvicorn's own workers get from Config.configure_logging (a spawned child has the

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from haidang.processes import stop_process
+from haidang.ground.processes import stop_process
 
 
 def service_command(host: str, port: int) -> list[str]:
@@ -51,7 +51,7 @@ def default_address(serving) -> tuple[str, int]:
 
 
 def _run(args) -> int:
-    from haidang.settings import load_settings
+    from haidang.ground.settings import load_settings
 
     settings = load_settings(args.config)
     host, port = default_address(settings.serving)

@@ -29,7 +29,7 @@ class ImagingService:
     """Pneumonia triage on preprocessed chest X-ray inputs ([N, 1, H, W] float32)."""
 
     def __init__(self) -> None:
-        from haidang.settings import load_settings
+        from haidang.ground.settings import load_settings
         from serving.imaging.predictor import Predictor
         from serving.imaging.session import load_from_registry
 

@@ -53,15 +53,6 @@ class TokenBucket:
         return wait
 
 
-def caller_keys(headers, client_host: str | None) -> list[str]:
-    """The buckets a request draws from: its address, and its API key when it sends one."""
-    keys = [f"ip:{client_host or '-'}"]
-    presented = headers.get("x-api-key")
-    if presented:
-        keys.append(key_bucket(presented))
-    return keys
-
-
 def key_bucket(presented: str) -> str:
     return "key:" + hashlib.sha256(presented.encode("utf-8")).hexdigest()[:16]
 

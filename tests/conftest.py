@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.pacs import Orthanc
+from tests.support.pacs import Orthanc
 
 
 @pytest.fixture

@@ -84,7 +84,7 @@ def register(sub) -> None:
 def _models_dir(args) -> Path:
     if getattr(args, "models_dir", None):
         return args.models_dir
-    from haidang.settings import load_settings
+    from haidang.ground.settings import load_settings
 
     return Path(load_settings(args.config).serving.models_dir)
 

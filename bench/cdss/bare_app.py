@@ -31,5 +31,5 @@ def create_bare_app() -> FastAPI:
         return {"status": "ready"}
 
     gc.collect()
-    gc.freeze()  # as serving.app.app_from_env does: same collector settings on both sides
+    gc.freeze()  # as serving.cdss.app.app_from_env does: same collector settings on both sides
     return app

@@ -1,6 +1,6 @@
 """How close to the bare endpoint can Haidang's check get on this stack? Four servers, one run.
 
-    .venv/bin/python bench/cdss/floor.py --rounds 3     # ~4 minutes
+    .venv/bin/python -m bench.cdss.floor --rounds 3     # ~4 minutes
 
 At concurrency 32, with `run.py`'s load generator and body, interleaved in turn each round:
 - bare: parse the body, empty answer (run.py's peer);
@@ -27,18 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.cdss import run as R  # start, wrk, constants
+from haidang.ground.processes import stop_process
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-import run as R  # noqa: E402  (bench/cdss/run.py: start, wrk, constants)
-
-from haidang.processes import stop_process  # noqa: E402
 
 TARGETS = {
     "bare": "bare_app:create_bare_app",
     "answer": "floor_app:create_answer_app",
     "answer+audit": "floor_app:create_answer_audit_app",
-    "haidang": "serving.app:app_from_env",
+    "haidang": "serving.cdss.app:app_from_env",
 }
 
 

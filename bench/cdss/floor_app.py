@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from serving.cdss.audit import AuditLog
+from haidang.ground.audit import AuditLog
 from serving.cdss.models import PrescriptionCheckRequest, prescription_from_native, response_json
 
 BODY = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "cdss" / "bench-10-drugs.json"
@@ -30,7 +30,7 @@ BODY = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "cdss" / "be
 
 def _haidang_answer() -> tuple[bytes, list[str]]:
     """Haidang's answer to the benchmark body, and its alert ids, from the served engine."""
-    from serving.app import load_engine
+    from serving.cdss.app import load_engine
 
     kb, engine = load_engine(None, learned=True)
     req = PrescriptionCheckRequest.model_validate_json(BODY.read_bytes())
@@ -75,6 +75,6 @@ def create_answer_app() -> FastAPI:
 def create_answer_audit_app() -> FastAPI:
     path = os.environ.get("HAIDANG_SECURITY__AUDIT_LOG") or str(
         Path(tempfile.mkdtemp(prefix="haidang-floor-")) / "audit.log")
-    from serving.cdss.api import AUDIT_FLUSH_S
+    from haidang.ground.audit import FLUSH_INTERVAL_S
 
-    return _app(AuditLog(path, flush_interval_s=AUDIT_FLUSH_S))
+    return _app(AuditLog(path, flush_interval_s=FLUSH_INTERVAL_S))

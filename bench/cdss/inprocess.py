@@ -5,8 +5,8 @@ Haidang's route on its own. Rounds alternate between the steps (the machine is s
 each figure is the median over the rounds of the mean over `--calls` calls, in µs per
 request. Not a test: nothing asserts.
 
-    .venv/bin/python bench/cdss/inprocess.py            # ~1 minute
-    .venv/bin/python bench/cdss/inprocess.py --clock cpu   # CPU time of this process
+    .venv/bin/python -m bench.cdss.inprocess            # ~1 minute
+    .venv/bin/python -m bench.cdss.inprocess --clock cpu   # CPU time of this process
 
 `--clock cpu` (time.process_time) leaves out the time the process waits for a core, so on
 a machine shared with other work it moves less from run to run than the wall clock; the
@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))  # for bare_app
-BODY = (HERE.parents[1] / "tests" / "fixtures" / "cdss" / "bench-10-drugs.json").read_bytes()
+BODY = (HERE.parents[1] / "tests" / "support" / "fixtures" / "cdss"
+        / "bench-10-drugs.json").read_bytes()
 PATH = "/api/v1/prescriptions/check"
 API_KEY = "bench-key-not-secret"
 
@@ -74,9 +74,8 @@ def main(argv=None) -> int:
 
     os.environ.update({"HAIDANG_API_KEYS": API_KEY,
                        "HAIDANG_SECURITY__AUDIT_LOG": str(Path(tempfile.mkdtemp()) / "a.log")})
-    from bare_app import create_bare_app
-
-    from serving.app import app_from_env
+    from bench.cdss.bare_app import create_bare_app
+    from serving.cdss.app import app_from_env
     from serving.cdss.checks import CheckEngine
     from serving.cdss.models import (
         PrescriptionCheckRequest,

@@ -7,7 +7,7 @@ once as served and once with one step replaced by its precomputed result; the di
 what that step costs in context. With all four replaced, the request costs what the bare
 endpoint costs: these four steps are all Haidang adds.
 
-    .venv/bin/python bench/cdss/pieces.py            # ~1 minute; CPU time of this process
+    .venv/bin/python -m bench.cdss.pieces            # ~1 minute; CPU time of this process
 
 The audit writer thread's work (pseudonyms, hash chain, write) is not in these figures: it
 runs between requests (`inprocess.py` times it: ~12 µs a record). Not a test.
@@ -24,10 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from bench.cdss import inprocess as IP  # the request driver and body
 
-import inprocess as IP  # noqa: E402  (the request driver and body)
+HERE = Path(__file__).resolve().parent
 
 STEPS = {
     "the checks (engine.check)": "check",
@@ -47,7 +46,7 @@ def main(argv=None) -> int:
     from bare_app import create_bare_app
 
     import serving.cdss.api as api
-    from serving.app import app_from_env
+    from serving.cdss.app import app_from_env
     from serving.cdss.models import PrescriptionCheckRequest
 
     bare, app = create_bare_app(), app_from_env()

@@ -6,8 +6,8 @@ In one run, with the same load generator (`wrk`, Debian) and the same 10-drug bo
 at concurrency 1 and 32, each run at least --requests requests. Prints p50/p99 latency,
 requests/s, the Haidang/bare ratios against the targets, and writes a JSON file.
 
-    .venv/bin/python bench/cdss/run.py                 # full run (~3-4 minutes)
-    .venv/bin/python bench/cdss/run.py --requests 2000 # short form (CI)
+    .venv/bin/python -m bench.cdss.run                 # full run (~3-4 minutes)
+    .venv/bin/python -m bench.cdss.run --requests 2000 # short form (CI)
 
 Targets (issue 5): at c=32, throughput >= 0.9x bare and p99 <= 1.2x bare; at c=1,
 p99 <= 25 ms. Not a test: nothing here asserts; the numbers are reported as measured.
@@ -29,7 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from haidang.processes import stop_process
+from haidang.ground.processes import stop_process
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     try:
         procs.append(start("bare", "bare_app:create_bare_app", ports["bare"], args.workers,
                            base_env, args.launcher, args.stack))
-        procs.append(start("haidang", "serving.app:app_from_env", ports["haidang"],
+        procs.append(start("haidang", "serving.cdss.app:app_from_env", ports["haidang"],
                            args.workers, haidang_env, args.launcher, args.stack))
         status, answer = post(ports["haidang"], body)
         kinds = sorted({a["kind"] + "/" + a["severity"] for a in answer["alerts"]})

@@ -3,11 +3,8 @@
 STACK: "auto" (uvloop + httptools, as served) or "asyncio-h11"."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for bare_app
-
-from serving.app import run_http  # noqa: E402
+from serving.cdss.app import run_http
 
 if __name__ == "__main__":
     run_http(sys.argv[1], "127.0.0.1", int(sys.argv[2]), int(sys.argv[3]),

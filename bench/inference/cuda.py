@@ -25,13 +25,12 @@ PyTorch and onnxruntime agree on CPU within 1.2e-7).
 Needs onnxruntime with the CUDA provider (``onnxruntime-gpu``; for the lent machine, the
 sm_90 copy made by ``strip_fatbin.py``), torch with CUDA, MONAI, pydicom, PyYAML.
 
-    python bench/inference/cuda.py [--seconds 2] [--batches 1,32,256,1024] [--json out.json]
+    python -m bench.inference.cuda [--seconds 2] [--batches 1,32,256,1024] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -43,10 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.inference import run as base
+
 HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("inference_run", HERE / "run.py")
-base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(base)  # also puts the repository root on sys.path
 
 ROOT, MODEL = base.ROOT, base.MODEL
 PARITY_TOLERANCE = base.PARITY_TOLERANCE  # strict float32 rows

@@ -6,7 +6,7 @@ optimisation (no NCHWc layout), a dynamic-block parallel-for, the batch dimensio
 to the batch size, IOBinding into a pre-allocated numpy output, one thread. Alternating
 rounds, median per call (the machine is shared).
 
-    python bench/inference/options.py [--batch 32] [--threads 2] [--seconds 0.4]
+    python -m bench.inference.options [--batch 32] [--threads 2] [--seconds 0.4]
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import run  # noqa: E402
+from bench.inference import run
 
 
 def main() -> int:

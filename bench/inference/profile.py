@@ -5,7 +5,7 @@ profiling on; prints the graph after optimisation (fused NCHWc convolutions) and
 time per node. PyTorch eager: ``torch.profiler`` over the same trained weights
 (``run.torch_from_onnx``). Profilers add overhead: read the shares, not the totals.
 
-    python bench/inference/profile.py [--batch 32] [--threads 2] [--calls 30]
+    python -m bench.inference.profile [--batch 32] [--threads 2] [--calls 30]
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import run  # noqa: E402  (the benchmark's loaders: same model, same inputs)
+from bench.inference import run  # the benchmark's loaders: same model, same inputs
 
 
 def onnxruntime_profile(onnx_path: Path, x: np.ndarray, threads: int, calls: int) -> None:

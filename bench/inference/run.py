@@ -23,7 +23,7 @@ Extra, NOT the same model: an int8 (QDQ, static, per-channel) quantisation of th
 registered graph, calibrated on 256 training images, with its validation AUC beside the
 float32 model's (``--no-int8`` skips it).
 
-    python bench/inference/run.py [--seconds 3] [--threads 2] [--json out.json]
+    python -m bench.inference.run [--seconds 3] [--threads 2] [--json out.json]
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 MODEL = "cxr-pneumonia"
 PARITY_TOLERANCE = 1e-4

@@ -4,7 +4,7 @@ Prints wall time per instance, the listener thread's CPU per instance and, with
 ``--cprofile``, the top functions of the association thread. A development tool (run it
 under ``flock -s``); throughput figures come from ``run.py``.
 
-    python bench/ingest/breakdown.py --ct 200 [--cprofile] [--no-fsync]
+    python -m bench.ingest.breakdown --ct 200 [--cprofile] [--no-fsync]
 """
 
 from __future__ import annotations
@@ -21,11 +21,10 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from haidang.testbed.dcmtk import dcmtk, dcmtk_env
+from haidang.testbed.studies import fresh_copy
 
-from tests.dicomdata import fresh_copy  # noqa: E402
-from tests.pacs import dcmtk, dcmtk_env  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main(argv=None) -> int:
@@ -44,7 +43,7 @@ def main(argv=None) -> int:
 
     from dicom_gateway import lean
     from dicom_gateway.runtime import Gateway
-    from haidang.settings import Settings
+    from haidang.ground.settings import Settings
 
     root = Path(tempfile.mkdtemp(prefix="haidang-prof-"))
     settings = Settings.model_validate({

@@ -7,7 +7,7 @@ segment file + fdatasync (no metadata to journal); (D) append to one file + fdat
 (E) O_DIRECT|O_DSYNC into a pre-zeroed segment (no page cache). The cheapest durable way is
 the floor any fsync-before-Success receiver pays on top of storescp's per-instance time.
 
-    python bench/ingest/flush_floor.py [--n 300] [--dir DIR]   # DIR on the spool's disk
+    python -m bench.ingest.flush_floor [--n 300] [--dir DIR]   # DIR on the spool's disk
 """
 
 from __future__ import annotations

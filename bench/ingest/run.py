@@ -9,7 +9,7 @@ write-back of the previous target's files.
 TCP_NODELAY=1 for every dcmtk process. Prints instances/s, MB/s, the receiving processes' CPU
 per instance (user + system, kernel threads such as the journal not counted) and the ratios.
 
-    python bench/ingest/run.py --ct 300 --cr 3 --rounds 2 [--parallel 1]
+    python -m bench.ingest.run --ct 300 --cr 3 --rounds 2 [--parallel 1]
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from haidang.testbed.dcmtk import dcmtk, dcmtk_env, wait_for_port
+from haidang.testbed.orthanc import Orthanc, free_port
+from haidang.testbed.studies import fresh_copy
 
-from tests.dicomdata import fresh_copy  # noqa: E402
-from tests.pacs import Orthanc, dcmtk, dcmtk_env, free_port, wait_for_port  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_files(dest: Path, n_ct: int, n_cr: int) -> list[Path]:

@@ -1,7 +1,7 @@
 """Gateway workers over PostgreSQL: studies per minute with 1, 2 and 4 worker processes.
 
 Real PostgreSQL (started here on loopback, as the tests do), real worker processes
-(``tests.gateway_worker``: ``Gateway`` as ``haidang gateway`` runs it), the real
+(``haidang gateway``), the real
 ``cxr-pneumonia`` analysis (preprocessing, onnxruntime, occlusion map, TID 1500 SR, visual
 summary, FHIR) on the shipped chest X-ray samples with fresh UIDs. No write-back (no
 destinations): this measures the processing side of the queue.
@@ -11,7 +11,7 @@ the workers start and warm up (model loaded); then every study is released at on
 the clock runs from the release to the last job's finish (times from the index).
 Speed-up is against 1 worker in the same run; efficiency = speed-up / workers.
 
-    python bench/scale/run.py --studies 120 --workers 1,2,4 --repeat 3
+    python -m bench.scale.run --studies 120 --workers 1,2,4 --repeat 3
 """
 
 from __future__ import annotations
@@ -28,16 +28,20 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from dicom_gateway.index import Index
+from dicom_gateway.scp import ROUTING_KEYS, parse_header
+from dicom_gateway.spool import Spool
+from haidang.ground.settings import settings_env
+from haidang.testbed.orthanc import free_port
+from haidang.testbed.postgres import PostgresServer, fresh_database
+from haidang.testbed.studies import cxr_studies
 
-from dicom_gateway.index import Index  # noqa: E402
-from dicom_gateway.scp import ROUTING_KEYS, parse_header  # noqa: E402
-from dicom_gateway.spool import Spool  # noqa: E402
-from tests.gateway_helpers import settings_env  # noqa: E402
-from tests.imaging_e2e import CXR_ROUTES, cxr_studies, model_registry  # noqa: E402
-from tests.pacs import free_port  # noqa: E402
-from tests.pg import PostgresServer, fresh_database  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "models"
+# Chest radiographs to the chest model, as a hospital's settings route them.
+ROUTES = [{"name": "chest-xray", "match": {"Modality": ["CR", "DX"]},
+           "analyses": ["cxr-pneumonia"]},
+          {"name": "other", "match": {}, "analyses": ["study-summary"]}]
 
 
 def load_queue(url: str, spool_dir: Path, studies) -> None:
@@ -62,18 +66,20 @@ def load_queue(url: str, spool_dir: Path, studies) -> None:
 
 
 def start_worker(url: str, spool_dir: Path, models: Path, log: Path) -> subprocess.Popen:
+    port = free_port()
     data = {
-        "gateway": {"ae_title": "HAIDANG", "host": "127.0.0.1", "port": free_port(),
+        "gateway": {"ae_title": "HAIDANG", "host": "127.0.0.1", "port": port,
                     "quiet_period_s": 0.2, "spool_dir": str(spool_dir), "database_url": url,
                     "min_free_bytes": 0},
-        "routes": CXR_ROUTES,
+        "routes": ROUTES,
         "serving": {"models_dir": str(models)},
     }
-    env = {**settings_env(data), "HAIDANG_TEST_WARM_UP": "cxr", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "tests.gateway_worker"], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=open(log, "wb"))  # noqa: SIM115
+    # `haidang gateway` itself: it warms the routed models before it listens.
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "haidang", "gateway"], cwd=ROOT,
+                            env=settings_env(data), stdout=subprocess.PIPE,
+                            stderr=open(log, "wb"))  # noqa: SIM115
     line = proc.stdout.readline().decode()
-    if not line.startswith("READY"):
+    if f":{port}" not in line:
         raise RuntimeError(f"worker did not start: {log.read_text()[-2000:]}")
     return proc
 
@@ -137,7 +143,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="haidang-scale-"))
     try:
         studies = cxr_studies(tmp / "in", args.studies)
-        models = model_registry(tmp)
+        models = MODELS
         runs: dict[int, list[dict]] = {n: [] for n in counts}
         load_before = os.getloadavg()[0]
         with PostgresServer() as server:

@@ -1,7 +1,7 @@
 """PACS outage, full form: Orthanc is stopped for several minutes while the gateway keeps
 receiving and analysing studies; exports retry with backoff and all arrive once it returns.
 
-    python bench/soak/outage.py --minutes 3 --studies 20
+    python -m bench.soak.outage --minutes 3 --studies 20
 
 Prints: studies, exports, attempts (retries), exports dead (must be 0), seconds from the PACS
 coming back to the last delivery, results in the PACS (must equal studies), duplicates.
@@ -18,11 +18,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from bench.soak.run import make_corpus  # the crash soak's corpus
+from haidang.testbed.dcmtk import storescu, wait_for_port
+from haidang.testbed.orthanc import Orthanc, free_port
 
-from tests.pacs import Orthanc, free_port, storescu, wait_for_port  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main(argv=None) -> int:
@@ -32,9 +32,6 @@ def main(argv=None) -> int:
     ap.add_argument("--max-delay", type=float, default=30.0, help="export backoff cap (s)")
     args = ap.parse_args(argv)
     import subprocess
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from run import make_corpus  # the crash soak's corpus (bench/soak/run.py)
 
     from dicom_gateway.index import Index
 

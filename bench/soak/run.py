@@ -14,9 +14,9 @@ sent and the gateway runs until its queue is empty. Then:
   is in Orthanc;
 * "duplicates written to PACS" counts result objects in Orthanc beyond one per study.
 
-    python bench/soak/run.py --rounds 20 --instances 500 [--per-study 10] [--assocs 3]
+    python -m bench.soak.run --rounds 20 --instances 500 [--per-study 10] [--assocs 3]
 
-``tests/test_soak.py`` runs a short form (3 rounds, ~60 instances) in CI.
+``tests/product/test_soak.py`` runs a short form (3 rounds, ~60 instances) in CI.
 """
 
 from __future__ import annotations
@@ -36,12 +36,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from haidang.ground.processes import stop_process
+from haidang.testbed.dcmtk import dcmtk, dcmtk_env, wait_for_port
+from haidang.testbed.orthanc import Orthanc, free_port
 
-from haidang.processes import stop_process  # noqa: E402
-from tests.pacs import Orthanc, dcmtk, dcmtk_env, free_port, wait_for_port  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 SUCCESS_LINE = "Received Store Response (Success)"
 
@@ -271,7 +270,7 @@ def run_soak(workdir: Path, rounds: int = 20, instances: int = 500, per_study: i
         try:
             _wait_quiet(index, timeout=120 + 0.5 * instances)
             _verify(index, Path(data["gateway"]["spool_dir"]), acked, orthanc, res)
-            from haidang.audit import verify_chain
+            from haidang.ground.audit import verify_chain
 
             res.audit_records, audit_problems = verify_chain(workdir / "audit.log")
             res.problems += [f"audit trail: {p}" for p in audit_problems]

@@ -10,7 +10,7 @@ Clock points, all ``time.time()`` in this process: the gateway's index records w
 stored the study's last instance (just before answering Success) and when the write-back
 of the SR got Success from Orthanc. Time to flag = SR stored − last instance − quiet period.
 
-    python bench/time_to_flag/run.py [--studies 60] [--interval 1.0] [--quiet 0.5]
+    python -m bench.time_to_flag.run [--studies 60] [--interval 1.0] [--quiet 0.5]
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 
 
@@ -64,7 +63,7 @@ def main() -> int:
     from dicom_gateway.analyses.cxr_pneumonia import warm_up
     from dicom_gateway.runtime import Gateway
     from haidang.demo import demo_settings
-    from haidang.orthanc import Orthanc, orthanc_binary
+    from haidang.testbed.orthanc import Orthanc, orthanc_binary
 
     work = Path(tempfile.mkdtemp(prefix="ttf-"))
     binary = orthanc_binary()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pydicom
 
-from haidang.settings import Settings
+from haidang.ground.settings import Settings
 
 
 @dataclass

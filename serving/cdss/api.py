@@ -19,8 +19,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.requests import ClientDisconnect
 
+from haidang.ground.audit import AuditLog, audit_log
+from haidang.ground.keys import Unauthorized
 from serving.cdss import cdshooks
-from serving.cdss.audit import AuditLog
 from serving.cdss.checks import CheckEngine
 from serving.cdss.models import (
     PrescriptionCheckRequest,
@@ -28,18 +29,13 @@ from serving.cdss.models import (
     prescription_from_native,
     response_json,
 )
-from serving.cdss.security import Guard, Unauthorized
+from serving.cdss.security import Guard
 from serving.cdss.shared import SharedState
 from serving.cdss.xml130 import Xml130Error, parse_xml130
 
 log = logging.getLogger("haidang.cdss")
 XML_TYPES = ("application/xml", "text/xml")
 CHECK_PATH = "/api/v1/prescriptions/check"
-# The audit writer thread hashes and writes in batches (~15 µs a record) while holding the
-# GIL; a request that arrives meanwhile waits for it, up to the 5 ms switch interval. Small,
-# frequent batches keep that wait under a millisecond (at 0.2 s: ~5 ms, the c=1 p99 measured
-# in bench/cdss).
-AUDIT_FLUSH_S = 0.02
 
 
 class BadRequest(Exception):
@@ -213,7 +209,7 @@ def cdss_router(
     state = CdssState(
         engine=engine or CheckEngine(kb),
         guard=guard or Guard.from_settings(sec, replay=shared),
-        audit=audit or AuditLog(sec.audit_log, key=sec.audit_key, flush_interval_s=AUDIT_FLUSH_S),
+        audit=audit or audit_log(settings),
         language=getattr(settings, "language", "vi"),
         max_body=sec.max_body_bytes,
         public_url=sec.public_url.rstrip("/") if sec.public_url else None,

@@ -589,7 +589,7 @@ class LearnedChecks:
 
 def _default_models_dir() -> Path:
     try:
-        from haidang.settings import load_settings
+        from haidang.ground.settings import load_settings
 
         root = Path(load_settings(None).serving.models_dir)
     except Exception:  # settings unreadable: fall back to the repository's registry

@@ -11,41 +11,22 @@ plain 401 that does not say which check failed.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
+
+from haidang.ground.keys import ApiKeys, Caller, Unauthorized
 
 ASYMMETRIC_ALGS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
     "ES256", "ES256K", "ES384", "ES512", "EdDSA",
 )
-API_KEYS_ENV = "HAIDANG_API_KEYS"
 MAX_LIFETIME_S = 300  # CDS Hooks: exp SHALL be no more than 5 minutes in the future
 LEEWAY_S = 30
-
-
-class Unauthorized(Exception):
-    """The caller is not trusted; `reason` is for the audit/log only, never for the caller."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who called, in a form safe to log (no secret, no raw key)."""
-
-    kind: str  # "jwt" | "api-key" | "development"
-    id: str  # issuer (+ sub) or "key:<sha256 prefix>"
 
 
 class ReplayStore:
@@ -140,35 +121,6 @@ class JwtVerifier:
             raise Unauthorized("jti replayed")
         sub = claims.get("sub")
         return Caller("jwt", f"{iss}|{sub}" if sub else str(iss))
-
-
-def key_digest(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
-class ApiKeys:
-    """The native API's keys (settings plus $HAIDANG_API_KEYS), kept only as digests."""
-
-    def __init__(self, keys: list[str]):
-        self._digests = {d: d[:12] for d in (key_digest(k) for k in keys if k)}
-
-    @classmethod
-    def from_settings(cls, configured: list[str], environ=None) -> ApiKeys:
-        environ = os.environ if environ is None else environ
-        env = [k.strip() for k in environ.get(API_KEYS_ENV, "").split(",")]
-        return cls([*configured, *env])
-
-    def __bool__(self) -> bool:
-        return bool(self._digests)
-
-    def verify(self, presented: str | None) -> Caller:
-        if not presented:
-            raise Unauthorized("no X-API-Key header")
-        digest = key_digest(presented)
-        for known in self._digests:
-            if hmac.compare_digest(known, digest):
-                return Caller("api-key", f"key:{self._digests[known]}")
-        raise Unauthorized("unknown API key")
 
 
 class Guard:

@@ -1,0 +1,125 @@
+"""End to end: dcmtk storescu → gateway → model → TID 1500 SR + visual summary in Orthanc.
+
+Real Orthanc, real dcmtk, real onnxruntime, the gateway in-process. The SR read back from
+the PACS must carry exactly the finding and probability that serving returns for the same
+image, pass both SR validators, and the worklist must list the study.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pydicom
+import pytest
+
+from dicom_gateway.reports.sr import read_finding
+from dicom_gateway.runtime import Gateway
+from dicom_gateway.worklist import worklist_rows
+from haidang.ground.processes import stop_process
+from serving.imaging.client import ImagingClient
+from serving.imaging.preprocess import dicom_to_model_input
+from tests.support.gateway_helpers import send_as_is, wait_until
+from tests.support.imaging_e2e import cxr_studies, imaging_settings
+from tests.support.sr_validation import assert_valid_sr
+
+pytestmark = pytest.mark.orthanc
+
+
+def _pacs_objects(orthanc, study_uid: str, modality: str) -> list[dict]:
+    return orthanc.find_instances(StudyInstanceUID=study_uid, Modality=modality)
+
+
+def test_storescu_to_pacs_sr_and_visual_summary(tmp_path, orthanc):
+    settings = imaging_settings(tmp_path, orthanc)
+    (study_uid, files), = cxr_studies(tmp_path / "in", 1)
+    with Gateway(settings) as gw:
+        for run in send_as_is(files, gw.port):
+            assert run.returncode == 0, run.stderr
+        wait_until(lambda: _pacs_objects(orthanc, study_uid, "SR")
+                   and _pacs_objects(orthanc, study_uid, "OT"), timeout=90,
+                   what="SR and visual summary in Orthanc")
+        rows = wait_until(lambda: [r for r in worklist_rows(gw.index)
+                                   if r["study_uid"] == study_uid and r["status"] == "in-pacs"],
+                          timeout=30, what="worklist row in PACS state")
+
+    # what serving returns for the image that was sent
+    client = ImagingClient.from_settings(settings)
+    sent = pydicom.dcmread(files[0])
+    expected = client.predict(dicom_to_model_input(sent, client.input_spec())[None])[0]
+
+    sr_entry = _pacs_objects(orthanc, study_uid, "SR")[0]
+    sr_path = tmp_path / "sr-from-pacs.dcm"
+    sr_path.write_bytes(orthanc.instance_file(sr_entry["ID"]))
+    assert_valid_sr(sr_path)
+    sr = pydicom.dcmread(sr_path)
+    assert sr.StudyInstanceUID == study_uid and sr.VerificationFlag == "UNVERIFIED"
+    assert sr.SeriesInstanceUID != sent.SeriesInstanceUID
+    assert sr.SeriesDescription.startswith("AI SR: ")
+    present, probability = read_finding(sr)
+    assert present == expected.finding
+    assert probability == pytest.approx(expected.probability, abs=1e-6)
+    assert expected.version in json.dumps(sr.to_json_dict(), ensure_ascii=False)
+
+    sc_entry = _pacs_objects(orthanc, study_uid, "OT")[0]
+    sc = pydicom.dcmread(__import__("io").BytesIO(orthanc.instance_file(sc_entry["ID"])))
+    assert sc.SeriesDescription.startswith("AI summary: ")
+    assert sc.pixel_array.ndim == 3 and sc.SeriesInstanceUID not in (sr.SeriesInstanceUID,
+                                                                       sent.SeriesInstanceUID)
+
+    row = rows[0]
+    assert row["verdict"] == expected.label and row["finding"] == expected.finding
+    assert row["probability"] == pytest.approx(expected.probability, abs=1e-6)
+    assert row["priority"] == ("URGENT" if expected.finding else "ROUTINE")
+    assert row["modality"] == sent.Modality and row["time_to_flag_ms"] is not None
+    fhir = settings.gateway.spool_dir / "ai" / f"{row['thumbnail'][:-4]}.fhir.json"
+    assert json.loads(fhir.read_text(encoding="utf-8"))["status"] == "preliminary"
+
+
+def test_split_mode_gateway_calls_bentoml_service(tmp_path, orthanc):
+    """``haidang gateway`` + ``haidang serve-imaging``: inference over HTTP, same results."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from serving.imaging_cli import start_imaging_service
+    from tests.support.imaging_e2e import model_registry
+    from tests.support.pacs import free_port
+
+    registry = model_registry(tmp_path)
+    port = free_port()
+    log = open(tmp_path / "bentoml.log", "wb")  # noqa: SIM115
+    proc = start_imaging_service(None, "127.0.0.1", port, str(registry), stdout=log,
+                                 stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        def ready():
+            try:
+                return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return proc.poll() is not None
+        wait_until(ready, timeout=90, what="bentoml serve")
+        assert proc.poll() is None, (tmp_path / "bentoml.log").read_text()[-2000:]
+        settings = imaging_settings(tmp_path, orthanc, url=url)
+        (study_uid, files), = cxr_studies(tmp_path / "in", 1)
+        with Gateway(settings) as gw:
+            t0 = time.time()
+            send_as_is(files, gw.port)
+            wait_until(lambda: _pacs_objects(orthanc, study_uid, "SR"), timeout=90,
+                       what="SR in Orthanc")
+            rows = wait_until(lambda: [r for r in worklist_rows(gw.index)
+                                       if r["study_uid"] == study_uid], timeout=10, what="row")
+            assert time.time() - t0 < 60
+        summary = gw.index.results(study_uid)[-1]["summary"]
+        assert summary["serving_mode"] == "http"
+        client = ImagingClient.from_settings(settings)
+        sent = pydicom.dcmread(files[0])
+        served = client.predict(dicom_to_model_input(sent, client.input_spec())[None])[0]
+        sr = pydicom.dcmread(__import__("io").BytesIO(
+            orthanc.instance_file(_pacs_objects(orthanc, study_uid, "SR")[0]["ID"])))
+        present, probability = read_finding(sr)
+        assert present == served.finding and rows[0]["finding"] == served.finding
+        assert probability == pytest.approx(served.probability, abs=1e-6)
+    finally:
+        stop_process(proc, 20)
+        log.close()
