@@ -121,7 +121,7 @@ def _check(args) -> int:
     except CatalogError as exc:
         print(f"haidang: {exc}", file=sys.stderr)
         return 2
-    _, engine = load_engine()
+    _, engine = load_engine(settings=settings)
     result = engine.check(prescription_from_native(req, catalog))
     if args.json:
         print(json.dumps({"alerts": [a.model_dump() for a in result.alerts],
