@@ -171,3 +171,48 @@ def test_xml130_line_with_only_ma_thuoc(clients):
     r = with_catalog.post(CHECK, content=xml.encode(), headers={"Content-Type": "application/xml"})
     assert r.status_code == 200, r.text
     assert r.json()["recognised"] == ["amiodarone", "amoxicillin/clavulanic acid"]
+
+
+def test_haidang_serve_loads_the_imported_catalogue(tmp_path):
+    """`haidang cdss import-catalog` then `haidang serve` (a real uvicorn on a real port):
+    MA_THUOC alone is checked."""
+    import os
+    import time
+
+    import httpx
+
+    from haidang.processes import stop_process
+    from tests.pacs import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAIDANG_")}
+    env.update(HAIDANG_SERVING__DRUG_CATALOG=str(tmp_path / "data" / "drug-catalog.json"),
+               HAIDANG_SECURITY__AUDIT_LOG=str(tmp_path / "audit.log"),
+               HAIDANG_API_KEYS="catalog-test-key-0123456789")
+    imported = subprocess.run([sys.executable, "-m", "haidang", "cdss", "import-catalog",
+                               str(CATALOGUE)], capture_output=True, text=True, timeout=120,
+                              env=env, cwd=tmp_path)
+    assert imported.returncode == 1 and "7 resolved" in imported.stdout  # 6 lines reported
+    proc = subprocess.Popen([sys.executable, "-m", "haidang", "serve", "--no-imaging",
+                             "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "haidang serve did not get ready"
+            time.sleep(0.5)
+        r = httpx.post(f"http://127.0.0.1:{port}{CHECK}", timeout=10,
+                       headers={"X-API-Key": "catalog-test-key-0123456789"},
+                       json={"THUOC": [{"MA_THUOC": "40.200"}, {"MA_THUOC": "40.100"},
+                                       {"MA_THUOC": "00.0000", "TEN_THUOC": "Klarimax"}]})
+        assert r.status_code == 200, r.text
+        assert r.json()["recognised"] == ["simvastatin", "amiodarone", "clarithromycin"]
+        assert (("clarithromycin", "simvastatin"), "contraindicated") in _ddi(r.json())
+    finally:
+        stop_process(proc)

@@ -59,6 +59,8 @@ def test_defaults_switch_both_models_off():
     assert precision is not None  # the shipped card states its external figure
     assert (checks.interaction is None) == (precision < MIN_EXTERNAL_PRECISION)
     assert checks.protocol is None  # synthetic demo: never on by default
+    protocol_card = ModelRegistry(REPO / "models").current("protocol-anomaly").card
+    assert protocol_card["data"]["synthetic"] and "DEMO" in protocol_card["serving"]
 
 
 def test_shipped_card_states_the_external_figures_it_decides_on():
