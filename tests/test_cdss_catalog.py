@@ -216,3 +216,18 @@ def test_haidang_serve_loads_the_imported_catalogue(tmp_path):
         assert (("clarithromycin", "simvastatin"), "contraindicated") in _ddi(r.json())
     finally:
         stop_process(proc)
+
+
+def test_entries_the_dictionary_no_longer_has_are_dropped_visibly(tmp_path, caplog):
+    from serving.cdss.api import hospital_catalog
+
+    settings = settings_for(tmp_path)
+    HospitalCatalog({"40.100": ("amiodarone",), "40.990": ("a-retired-ingredient",)},
+                    {"oldbrand": ("a-retired-ingredient", "amiodarone")}, {}
+                    ).save(catalog_path(settings))
+    with caplog.at_level("WARNING"):
+        catalog = hospital_catalog(settings, real_kb())
+    assert catalog.ingredients_of("40.100") == ("amiodarone",)
+    assert catalog.ingredients_of("40.990") is None  # goes unrecognised, not half-checked
+    assert catalog.ingredients_of_brand("Oldbrand") is None
+    assert "a-retired-ingredient" in caplog.text and "import-catalog" in caplog.text

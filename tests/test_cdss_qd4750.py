@@ -171,3 +171,15 @@ def test_xml130_impossible_birth_date_is_422(client):
     after = client.post(CHECK, content=xml130("4750", "202601050000"),  # NGAY_VAO 20260102
                         headers={"Content-Type": "application/xml"})
     assert after.status_code == 422 and "after the visit" in after.json()["fields"][0]["message"]
+
+
+def test_cli_check_refuses_an_impossible_birth_date(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "don.json"
+    path.write_text(json.dumps({"NGAY_SINH": "20990101", "THUOC": DRUGS}), encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "haidang", "cdss", "check", str(path)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "NGAY_SINH" in out.stderr and "future" in out.stderr
