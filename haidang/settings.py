@@ -142,11 +142,12 @@ class LearnedSettings(_Section):
         "reference'): auto = on only when the model card's precision measured on an external "
         "reference at the served threshold is at least 0.5 (the shipped model: below, so off)",
     )
-    protocol_anomaly: bool = Field(
-        False,
-        description="'rarely prescribed for this diagnosis' alerts; the shipped model is a DEMO "
-        "trained on synthetic XML 130 data: switch on only after `haidang train protocol` on "
-        "the hospital's own XML 130 history",
+    protocol_anomaly: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="'rarely prescribed for this diagnosis' alerts: auto = on only when the "
+        "current model was trained on real XML 130 exports (`haidang train protocol` on the "
+        "hospital's own history); the shipped model is a DEMO trained on synthetic data, so "
+        "off; on = served even when synthetic (every alert then labelled DEMO)",
     )
 
 

@@ -52,7 +52,7 @@ def _registry(tmp_path, precision: float | None) -> Path:
 
 def test_defaults_switch_both_models_off():
     assert LearnedSettings().interaction_risk == "auto"
-    assert LearnedSettings().protocol_anomaly is False
+    assert LearnedSettings().protocol_anomaly == "auto"
     checks = LearnedChecks.from_settings(LearnedSettings(), real_kb(), REPO / "models")
     card = ModelRegistry(REPO / "models").current("interaction-risk").card
     precision = external_precision(card)
@@ -85,8 +85,8 @@ def test_interaction_risk_served_only_when_it_measured_well_or_is_switched_on(
     assert (checks.interaction is not None) == served
 
 
-def test_protocol_model_only_when_switched_on_and_then_labelled_a_demo():
-    on = LearnedChecks.from_settings(LearnedSettings(protocol_anomaly=True), real_kb(),
+def test_protocol_demo_model_only_when_forced_on_and_then_labelled_a_demo():
+    on = LearnedChecks.from_settings(LearnedSettings(protocol_anomaly="on"), real_kb(),
                                      REPO / "models")
     [alert] = on.unusual_drugs(["amlodipine", "praziquantel"], ["I10"])
     assert alert.message_en.startswith(f"[{DEMO_LABEL_EN}]") and "MÔ HÌNH DEMO" in alert.message_vi
@@ -104,7 +104,7 @@ def _app_alerts(tmp_path, **env):
 def test_no_learned_alert_reaches_a_clinician_by_default(tmp_path):
     kinds = {a["kind"] for a in _app_alerts(tmp_path)}
     assert "drug-drug-predicted" not in kinds and "unusual-drug" not in kinds
-    switched_on = _app_alerts(tmp_path, interaction_risk="on", protocol_anomaly=True)
+    switched_on = _app_alerts(tmp_path, interaction_risk="on", protocol_anomaly="on")
     [predicted] = [a for a in switched_on if a["kind"] == "drug-drug-predicted"]
     assert predicted["severity"] == "info"
     assert PREDICTED_LABEL_VI in predicted["message_vi"]
@@ -130,3 +130,19 @@ def test_ansm_interactions_are_kept_out_of_training_labels():
                management_vi="", mechanism_en=None, consequence_en=None, management_en=None)
     assert from_ansm(Interaction(**row, source="ANSM, Thésaurus (20/10/2020)"))
     assert not from_ansm(Interaction(**row, source="QĐ 5948/QĐ-BYT, STT 12"))
+
+
+def test_protocol_model_trained_on_real_exports_is_served_by_default(tmp_path):
+    root = tmp_path / "models"
+    shutil.copytree(REPO / "models" / "protocol-anomaly" / "1.0.0",
+                    root / "protocol-anomaly" / "1.0.0")
+    card_path = root / "protocol-anomaly" / "1.0.0" / "card.yaml"
+    card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
+    card["data"]["synthetic"] = False  # as `haidang train protocol` writes for real exports
+    card_path.write_text(yaml.safe_dump(card, allow_unicode=True), encoding="utf-8")
+    ModelRegistry(root).promote("protocol-anomaly", "1.0.0")
+    served = LearnedChecks.from_settings(LearnedSettings(), real_kb(), root)
+    [alert] = served.unusual_drugs(["amlodipine", "praziquantel"], ["I10"])
+    assert "DEMO" not in alert.message_en
+    off = LearnedChecks.from_settings(LearnedSettings(protocol_anomaly="off"), real_kb(), root)
+    assert off.protocol is None

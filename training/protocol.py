@@ -59,11 +59,11 @@ class DataError(ValueError):
     """The exports cannot be used; the message says which file and why."""
 
 
-SERVING_DEMO = ("DEMO model: off in serving unless learned.protocol_anomaly = true, and then "
-                "every alert is labelled 'DEMO MODEL, synthetic data'; no clinician should see "
-                "its counts")
-SERVING_OWN = ("off in serving until the hospital sets learned.protocol_anomaly = true after "
-               "reviewing this card")
+SERVING_DEMO = ("DEMO model (synthetic data): not served with learned.protocol_anomaly = auto "
+                "(the default); forced on, every alert is labelled 'DEMO MODEL, synthetic "
+                "data'; no clinician should see its counts")
+SERVING_OWN = ("served with learned.protocol_anomaly = auto (the default) once promoted; "
+               "'off' switches it off")
 
 
 def _records_of(path: Path) -> list[tuple[bytes, str | None]]:

@@ -15,9 +15,9 @@ run with onnxruntime:
 * ``protocol-anomaly`` is a lookup table (ATC level-4 group x ICD-10 block -> how often the
   group was prescribed for that block) expressed as an ONNX graph; a drug whose frequency is
   very low for every diagnosis of the patient gives an ``info`` alert with that frequency.
-  It is OFF unless the hospital switches it on (``learned.protocol_anomaly``) after training
-  it on its own XML 130 history: the shipped model is a demo trained on synthetic data, and
-  its alerts say so if it is ever switched on.
+  It is OFF while the model is the shipped demo trained on synthetic data; it comes on once
+  the hospital trains it on its own XML 130 history (``learned.protocol_anomaly = auto``), and
+  a synthetic model forced on (``on``) labels every alert a demo.
 
 The feature code lives here, not in ``training/``, so training and serving build features
 identically (training imports it). Per-drug base vectors are built once at load; a
@@ -474,7 +474,8 @@ class LearnedChecks:
         """The models the hospital's settings (``learned`` section) let reach a clinician.
 
         ``interaction_risk`` auto: served only when the card's external precision at the
-        served threshold is at least 0.5. ``protocol_anomaly``: off unless switched on."""
+        served threshold is at least 0.5. ``protocol_anomaly`` auto: served only when the
+        model learned real XML 130 exports, never the synthetic demo."""
         checks = cls.load(kb, models_dir)
         model = checks.interaction
         if model is not None and learned.interaction_risk != "on":
@@ -486,14 +487,16 @@ class LearnedChecks:
                          "(learned.interaction_risk = auto)", model.version.name,
                          model.version.version, precision, MIN_EXTERNAL_PRECISION)
                 checks.interaction = None
-        if checks.protocol is not None:
-            if not learned.protocol_anomaly:
+        protocol = checks.protocol
+        if protocol is not None:
+            if learned.protocol_anomaly == "off" or (
+                    learned.protocol_anomaly == "auto" and protocol.demo):
                 checks.protocol = None
-            elif checks.protocol.demo:
+            elif protocol.demo:
                 log.warning("learned.protocol_anomaly is on with a model trained on SYNTHETIC "
                             "data (%s): its alerts are labelled as a demo; train it on the "
                             "hospital's XML 130 history (`haidang train protocol`)",
-                            checks.protocol.version.version)
+                            protocol.version.version)
         return checks
 
     # ------------------------------------------------------------ predicted interactions
