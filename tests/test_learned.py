@@ -162,6 +162,9 @@ def test_retraining_moves_current_only_on_promote(tmp_path):
     card = ir.train_and_register(root / "interaction-risk" / "1.0.0", cfg=ir.Config(**FAST),
                                  progress=False, plots=False)
     assert card["parity"]["max_abs_diff"] <= 1e-5
+    ext = card["external_evaluation"]  # measured on ANSM, which training left out
+    assert 0 <= ext["recall"] <= 1 and 0 <= ext["precision"] <= 1
+    assert ext["class_rows_expanded"]["ansm_pairs"] > ext["substance_rows_only"]["ansm_pairs"]
     with pytest.raises(RegistryError):
         reg.current("interaction-risk")  # trained, not promoted
     reg.promote("interaction-risk", "1.0.0")
