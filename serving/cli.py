@@ -39,6 +39,16 @@ def register(sub) -> None:
     icd.add_argument("file")
     icd.set_defaults(handler=_import_icd)
 
+    cat = cdss_sub.add_parser(
+        "import-catalog",
+        help="import the hospital's drug catalogue (BHXH template, .csv or .xlsx): MA_THUOC "
+        "and brand names then identify drugs (serving.drug_catalog)")
+    cat.add_argument("file", help="columns MA_THUOC, TEN_HOAT_CHAT, TEN_THUOC, HAM_LUONG, "
+                     "DUONG_DUNG, SO_DANG_KY (any case; other columns ignored)")
+    cat.add_argument("--json", action="store_true",
+                     help='print {"lines", "resolved", "unresolved": [{"line", "reason"}]}')
+    cat.set_defaults(handler=_import_catalog)
+
     from serving import imaging_cli  # `haidang serve-imaging` (BentoML, split mode)
 
     imaging_cli.register(sub)
@@ -74,7 +84,12 @@ def _check(args) -> int:
 
     from haidang.ground.settings import load_settings
     from serving.cdss.app import load_engine
-    from serving.cdss.models import PrescriptionCheckRequest, prescription_from_native
+    from serving.cdss.catalog import CatalogError, load_if_present
+    from serving.cdss.models import (
+        PrescriptionCheckRequest,
+        impossible_dates,
+        prescription_from_native,
+    )
     from serving.cdss.xml130 import Xml130Error, parse_xml130
 
     settings = load_settings(args.config)
@@ -98,14 +113,22 @@ def _check(args) -> int:
             where = ".".join(str(p) for p in err["loc"]) or "body"
             print(f"haidang: {path}: {where}: {err['msg']}", file=sys.stderr)
         return 2
-    _, engine = load_engine()
-    result = engine.check(prescription_from_native(req))
+    for problem in impossible_dates(req):
+        print(f"haidang: {path}: {problem['field']}: {problem['message']}", file=sys.stderr)
+        return 2
+    try:
+        catalog = load_if_present(settings)
+    except CatalogError as exc:
+        print(f"haidang: {exc}", file=sys.stderr)
+        return 2
+    _, engine = load_engine(settings=settings)
+    result = engine.check(prescription_from_native(req, catalog))
     if args.json:
         print(json.dumps({"alerts": [a.model_dump() for a in result.alerts],
                           "recognised": result.recognised}, ensure_ascii=False, indent=2))
         return 1 if result.alerts else 0
     for line, inn in zip(req.THUOC, result.recognised, strict=True):
-        print(f"  {line.TEN_THUOC} -> {inn or '?'}")
+        print(f"  {line.TEN_THUOC or line.TEN_HOAT_CHAT or line.MA_THUOC} -> {inn or '?'}")
     if not result.alerts:
         print("Không có cảnh báo." if lang == "vi" else "No alerts.")
         return 0
@@ -142,3 +165,29 @@ def _import_icd(args) -> int:
     print(f"{loaded} Vietnamese ICD-10 titles loaded from {src}; kept as {dest} "
           "(used by `haidang serve` and `haidang cdss check` from the next start).")
     return 0
+
+
+def _import_catalog(args) -> int:
+    from haidang.ground.settings import load_settings
+    from serving.cdss.catalog import CatalogError, catalog_path, import_catalog
+    from serving.cdss.knowledge import KnowledgeBase
+
+    settings = load_settings(args.config)
+    src = Path(args.file)
+    try:
+        result = import_catalog(src, KnowledgeBase.load())
+    except (CatalogError, OSError) as exc:
+        print(f"haidang: {exc}", file=sys.stderr)
+        return 2
+    dest = catalog_path(settings)
+    result.catalog.save(dest)
+    if args.json:
+        print(json.dumps(result.as_dict(), ensure_ascii=False))
+    else:
+        print(f"{src}: {result.lines} lines, {result.resolved} resolved, "
+              f"{len(result.unresolved)} unresolved; stored in {dest} "
+              f"({len(result.catalog.codes)} MA_THUOC codes, {len(result.catalog.brands)} "
+              "brands; used by `haidang serve` and `haidang cdss check` from the next start)")
+        for item in result.unresolved:
+            print(f"  line {item.line}: {item.reason}")
+    return 0 if not result.unresolved else 1

@@ -2,7 +2,10 @@
 likely to interact anyway.
 
 Positives: every ingredient pair the knowledge base indexes (the QĐ 5948/QĐ-BYT list with
-class rows expanded, and the curated major/moderate additions). Negatives: pairs of
+class rows expanded, and the curated major/moderate additions), except interactions taken
+from ANSM: those stay out of training so that ANSM remains an external reference
+(``training/interaction_external.py`` measures the model on it and writes the figures into
+the card; serving reads them to decide whether the model may run). Negatives: pairs of
 dictionary ingredients that no list names (unlabelled rather than proven safe), sampled.
 Features: ``serving.cdss.learned.PairFeaturizer`` (the same code serving runs).
 
@@ -38,6 +41,7 @@ from serving.cdss.learned import (
     read_pharmacology,
 )
 from serving.registry import CARD_FILE, ONNX_FILE, ModelRegistry, ModelVersion
+from training.interaction_external import ANSM_DIR, external_card, from_ansm
 
 PARITY_TOLERANCE = 1e-5
 
@@ -53,7 +57,6 @@ class Config:
     min_samples_leaf: int = 10
     subsample: float = 0.8
     target_specificity: float = 0.99  # threshold: predicted alert when above this
-    major_specificity: float = 0.999  # severity "major" above this, else "moderate"
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -73,14 +76,17 @@ class PairData:
         return PairData(self.inns, self.i[mask], self.j[mask], self.y[mask], self.X[mask])
 
 
-def build_pairs(kb: KnowledgeBase, featurizer: PairFeaturizer) -> PairData:
-    """Every unordered pair of dictionary ingredients, labelled from the knowledge base."""
+def build_pairs(kb: KnowledgeBase, featurizer: PairFeaturizer,
+                exclude=from_ansm) -> PairData:
+    """Every unordered pair of dictionary ingredients, labelled from the knowledge base's
+    interactions other than those `exclude` picks (default: ANSM's, the external reference)."""
     drugs = kb.drugs
     inns = sorted(drugs)
     n = len(inns)
     i, j = np.triu_indices(n, k=1)
     y = np.fromiter(
-        (bool(kb.interactions(drugs[inns[a]], drugs[inns[b]])) for a, b in zip(i, j, strict=True)),
+        (any(not exclude(x) for x in kb.interactions(drugs[inns[a]], drugs[inns[b]]))
+         for a, b in zip(i, j, strict=True)),
         dtype=np.int64, count=len(i),
     )
     rows = featurizer.drug_rows(inns)
@@ -268,9 +274,10 @@ def write_plots(y: np.ndarray, p: np.ndarray, threshold: float, out: Path, title
 def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | None = None,
                        pharmacology: Path | None = None, command: str | None = None,
                        promote: bool = False, progress: bool = True,
-                       plots: bool = True) -> dict[str, Any]:
+                       plots: bool = True, ansm: Path | None = ANSM_DIR) -> dict[str, Any]:
     """Write ``out`` (a new ``models/interaction-risk/<version>`` folder); ``promote`` moves
-    ``current`` through the registry, nothing else does."""
+    ``current`` through the registry, nothing else does. With ``ansm`` (the thesaurus folder)
+    the card gets its ``external_evaluation``."""
     cfg = cfg or Config()
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -284,7 +291,6 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
     evaluation = drug_disjoint_splits(data, cfg, progress=progress)
     y_pool, p_pool = evaluation.pop("pooled_y"), evaluation.pop("pooled_p")
     threshold = threshold_at_specificity(y_pool, p_pool, cfg.target_specificity)
-    major = threshold_at_specificity(y_pool, p_pool, cfg.major_specificity)
     at_thr = binary_at(y_pool, p_pool, threshold)
 
     model, train = fit(data, cfg, cfg.seed)
@@ -320,9 +326,10 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
         "threshold_method": f"specificity {cfg.target_specificity} on the pooled drug-disjoint "
         "test pairs (at most 1% of unlabelled pairs of unseen drugs alerted)",
         "severity": {
-            "major": round(major, 6),
-            "rule": f"probability ≥ major (specificity {cfg.major_specificity} on the pooled "
-            "drug-disjoint pairs) -> major; ≥ threshold -> moderate; never contraindicated",
+            "served": "info",
+            "rule": "probability ≥ threshold -> an info alert labelled 'predicted, not from a "
+            "reference'; served only when external_evaluation.precision ≥ 0.5 or the hospital "
+            "sets learned.interaction_risk = on",
         },
         "sha256": sha256_of(onnx_path),
         "metrics": {
@@ -372,7 +379,8 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
             "kind": "knowledge-base pairs (no patient data)",
             "positives": "every ingredient pair indexed by the knowledge base: QĐ 5948/QĐ-BYT "
             "(30/12/2021) contraindicated pairs with class rows expanded to their members, and "
-            "the curated major/moderate pairs of datasets/knowledge/interactions.csv",
+            "the curated major/moderate pairs of datasets/knowledge/interactions.csv; "
+            "interactions taken from ANSM are left out (external reference)",
             "negatives": f"{cfg.neg_per_pos} sampled pairs per positive among dictionary pairs "
             "that no list names (unlabelled, not proven safe)",
             "knowledge_root": str(kb_root or DEFAULT_ROOT.relative_to(DEFAULT_ROOT.parents[1])),
@@ -382,9 +390,9 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
         },
         "intended_use": "Decision support at prescribing: flag ingredient pairs that the "
         "knowledge base does not name but resemble interacting pairs, as a predicted alert "
-        "(kind drug-drug-predicted, severity moderate or major, never contraindicated) that "
-        "names the features that drove it. A pharmacist reviews; never a reason to combine "
-        "or stop drugs on its own.",
+        "(kind drug-drug-predicted, severity info, labelled 'predicted, not from a reference') "
+        "that names the features that drove it. A pharmacist reviews; never a reason to "
+        "combine or stop drugs on its own.",
         "limitations": [
             "negatives are pairs no list names, not pairs shown to be safe: some 'false "
             "positives' are real interactions missing from the lists",
@@ -403,7 +411,15 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
             f"{INTERACTION_MODEL} {version}: pooled drug-disjoint test pairs")]
     (out / CARD_FILE).write_text(
         yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=100), encoding="utf-8")
-    ModelVersion.load(out)  # the folder must load as written
+    version_loaded = ModelVersion.load(out)  # the folder must load as written
+    if ansm is not None:
+        from serving.cdss.learned import InteractionRiskModel
+
+        card["external_evaluation"] = external_card(
+            InteractionRiskModel(version_loaded, kb, pharm), kb, ansm)
+        (out / CARD_FILE).write_text(
+            yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=100),
+            encoding="utf-8")
     if promote:
         ModelRegistry(out.parent.parent).promote(out.parent.name, out.name)
     return card
@@ -411,11 +427,16 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
 
 def summary(card: dict[str, Any]) -> str:
     m, d = card["metrics"]["validation"], card["metrics"]["drug_disjoint"]
-    return (f"{card['name']} {card['version']}: drug-disjoint ROC-AUC {d['roc_auc_mean']:.3f} "
+    text = (f"{card['name']} {card['version']}: drug-disjoint ROC-AUC {d['roc_auc_mean']:.3f} "
             f"± {d['roc_auc_sd']:.3f}, PR-AUC {d['pr_auc_mean']:.3f} ± {d['pr_auc_sd']:.3f} "
             f"(pooled {m['auc']:.3f} / {m['pr_auc']:.3f}); at threshold {card['threshold']:.4f}: "
             f"sensitivity {m['sensitivity']:.3f}, specificity {m['specificity']:.3f}; "
             f"parity max |Δp| {card['parity']['max_abs_diff']:.2g}")
+    ext = card.get("external_evaluation")
+    if ext:
+        text += (f"; external (ANSM, not trained on): recall {ext['recall']:.3f}, precision "
+                 f"{ext['precision']:.3f}")
+    return text
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

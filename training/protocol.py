@@ -59,6 +59,13 @@ class DataError(ValueError):
     """The exports cannot be used; the message says which file and why."""
 
 
+SERVING_DEMO = ("DEMO model (synthetic data): not served with learned.protocol_anomaly = auto "
+                "(the default); forced on, every alert is labelled 'DEMO MODEL, synthetic "
+                "data'; no clinician should see its counts")
+SERVING_OWN = ("served with learned.protocol_anomaly = auto (the default) once promoted; "
+               "'off' switches it off")
+
+
 def _records_of(path: Path) -> list[tuple[bytes, str | None]]:
     """Split an export into single-HOSO documents (parse_xml130 reads one record)."""
     from xml.etree.ElementTree import tostring
@@ -388,6 +395,7 @@ def train_and_register(data: str | Path, out: Path, kb_root: Path | None = None,
         "intended_use": "Decision support at prescribing: an info alert when a drug is rarely "
         "prescribed for the patient's diagnoses in the prescribing history the model learned. "
         "Retrain on the hospital's own XML 130 exports before relying on it.",
+        "serving": SERVING_DEMO if synthetic else SERVING_OWN,
         "limitations": [
             "trained on SYNTHETIC visits whose regimens were written by the developers: the "
             "frequencies show the generator's habits, not any hospital's" if synthetic else

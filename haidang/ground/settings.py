@@ -104,6 +104,11 @@ class ServingSettings(_Section):
         default_factory=list,
         description="onnxruntime providers; empty = CUDA when available, else CPU",
     )
+    drug_catalog: Path = Field(
+        Path("var/drug-catalog.json"),
+        description="the hospital's drug catalogue (MA_THUOC, brands -> ingredients) as stored "
+        "by `haidang cdss import-catalog`; loaded at start when present",
+    )
 
 
 class NotifySettings(_Section):
@@ -128,6 +133,24 @@ class SecuritySettings(_Section):
     rate_limit_burst: int = Field(0, description="requests a caller may burst; 0 = 2 x rate")
 
 
+class LearnedSettings(_Section):
+    """Learned CDSS models: off unless they have earned a clinician's attention."""
+
+    interaction_risk: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="predicted interactions (info alerts, labelled 'predicted, not from a "
+        "reference'): auto = on only when the model card's precision measured on an external "
+        "reference at the served threshold is at least 0.5 (the shipped model: below, so off)",
+    )
+    protocol_anomaly: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="'rarely prescribed for this diagnosis' alerts: auto = on only when the "
+        "current model was trained on real XML 130 exports (`haidang train protocol` on the "
+        "hospital's own history); the shipped model is a DEMO trained on synthetic data, so "
+        "off; on = served even when synthetic (every alert then labelled DEMO)",
+    )
+
+
 class Settings(_Section):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     destinations: list[Destination] = Field(default_factory=list)
@@ -136,6 +159,7 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    learned: LearnedSettings = Field(default_factory=LearnedSettings)
     language: str = Field("vi", description="default language of clinician-facing text: vi or en")
 
 

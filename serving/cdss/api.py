@@ -22,10 +22,12 @@ from starlette.requests import ClientDisconnect
 from haidang.ground.audit import AuditLog, audit_log
 from haidang.ground.keys import Unauthorized
 from serving.cdss import cdshooks
+from serving.cdss.catalog import HospitalCatalog, catalog_path
 from serving.cdss.checks import CheckEngine
 from serving.cdss.models import (
     PrescriptionCheckRequest,
     PrescriptionCheckResponse,
+    impossible_dates,
     prescription_from_native,
     response_json,
 )
@@ -174,6 +176,7 @@ class CdssState:
     cards: SharedState  # card uuid -> alert id, for feedback
     knowledge_version: str | None = None
     shared: SharedState | None = None
+    catalog: HospitalCatalog | None = None  # the hospital's MA_THUOC/brand mapping
 
     def close(self) -> None:
         self.audit.close()
@@ -187,6 +190,24 @@ def _unauthorized(state: CdssState, exc: Unauthorized, request: Request, api: st
     return JSONResponse({"error": "unauthorized"}, status_code=401,
                         headers={"WWW-Authenticate": "Bearer" if api == "cds-hooks"
                                  else 'ApiKey header="X-API-Key"'})
+
+
+def hospital_catalog(settings, kb) -> HospitalCatalog | None:
+    """The imported catalogue (`haidang cdss import-catalog`), if any, minus entries naming
+    ingredients this dictionary no longer has (logged: re-import to get them back)."""
+    path = catalog_path(settings)
+    if not path.is_file():
+        return None
+    catalog = HospitalCatalog.load(path)
+    stale = catalog.stale_keys(kb.drugs)
+    if stale:
+        log.warning("drug catalogue %s names %d ingredient(s) this dictionary lacks (%s); "
+                    "their lines go unrecognised until `haidang cdss import-catalog` runs again",
+                    path, len(stale), ", ".join(sorted(stale)[:5]))
+        catalog = catalog.without(stale)
+    log.info("drug catalogue %s: %d codes, %d brands", path, len(catalog.codes),
+             len(catalog.brands))
+    return catalog
 
 
 def cdss_router(
@@ -218,6 +239,7 @@ def cdss_router(
         cards=shared,
         knowledge_version=getattr(kb, "version", None),
         shared=shared,
+        catalog=hospital_catalog(settings, kb),
     )
     router = APIRouter() if router is None else router
     router.cdss = state  # type: ignore[attr-defined]
@@ -256,9 +278,13 @@ def cdss_router(
                 raise BadRequest(400, str(exc)) from None
             except ValidationError as exc:
                 raise validation_error(exc, "prescription") from None
+            impossible = impossible_dates(req)
+            if impossible:
+                raise BadRequest(422, "prescription: impossible value in "
+                                 + ", ".join(f["field"] for f in impossible), impossible)
         except BadRequest as exc:
             return exc.response()
-        result = state.engine.check(prescription_from_native(req))
+        result = state.engine.check(prescription_from_native(req, state.catalog))
         state.audit.record(
             "check", {"patient": req.MA_BN, "episode": req.MA_LK}, api="native", caller=caller.id,
             lines=len(req.THUOC), alerts=[a.id for a in result.alerts],

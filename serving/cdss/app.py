@@ -36,8 +36,9 @@ def icd_catalogue_path(base: Path = ICD_CATALOGUE_DIR) -> Path | None:
     return None
 
 
-def load_engine(kb=None, learned: bool = True):
-    """The knowledge base and a check engine over it (with the MoH ICD titles when imported)."""
+def load_engine(kb=None, learned: bool = True, settings=None):
+    """The knowledge base and a check engine over it (with the MoH ICD titles when imported);
+    the learned models as the settings' `learned` section allows (default: both off)."""
     from serving.cdss.checks import CheckEngine
     from serving.cdss.icd import Icd10
     from serving.cdss.knowledge import KnowledgeBase
@@ -45,15 +46,18 @@ def load_engine(kb=None, learned: bool = True):
     kb = kb or KnowledgeBase.load()
     catalogue = icd_catalogue_path()
     icd = Icd10(moh_catalogue=catalogue) if catalogue else Icd10()
-    return kb, CheckEngine(kb, icd, learned=_learned_checks(kb) if learned else None)
+    return kb, CheckEngine(kb, icd, learned=_learned_checks(kb, settings) if learned else None)
 
 
-def _learned_checks(kb):
-    """The learned models (ONNX) when the registry has them; None switches them off."""
+def _learned_checks(kb, settings=None):
+    """The learned models (ONNX) the registry has and the settings let through; None
+    switches them off."""
     try:
+        from haidang.ground.settings import LearnedSettings
         from serving.cdss.learned import LearnedChecks
 
-        checks = LearnedChecks.load(kb)
+        checks = LearnedChecks.from_settings(
+            settings.learned if settings is not None else LearnedSettings(), kb)
     except Exception as exc:  # noqa: BLE001 - the KB checks must run without the models
         log.warning("learned CDSS checks off: %s: %s", type(exc).__name__, exc)
         return None
@@ -66,7 +70,7 @@ def create_app(settings, kb=None, learned: bool = True, **router_options) -> Fas
     """The app: knowledge base loaded now (once per worker), CDSS routes mounted."""
     from serving.cdss.api import cdss_router
 
-    kb, engine = load_engine(kb, learned=learned)
+    kb, engine = load_engine(kb, learned=learned, settings=settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

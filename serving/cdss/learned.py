@@ -7,12 +7,17 @@ run with onnxruntime:
 * ``interaction-risk`` scores a drug pair from symmetric pair features built out of the
   dictionary (class tags, ATC hierarchy) and ``datasets/knowledge/pharmacology.csv``
   (CYP enzymes, QT, serotonergic, bleeding, potassium ...). Only pairs with NO knowledge-base
-  entry are scored; a high score gives a ``drug-drug-predicted`` alert whose severity is at
-  most ``major`` (a predicted alert is never ``contraindicated``) and which names, in
-  Vietnamese and English, the features that drove it.
+  entry are scored; a high score gives a ``drug-drug-predicted`` alert at ``info``, labelled
+  "predicted, not from a reference" in Vietnamese and English, naming the features that drove
+  it. It is OFF unless the model card's precision measured on an external reference (ANSM,
+  ``training/interaction_external.py``) at the served threshold reaches 0.5, or the hospital
+  switches it on (``learned.interaction_risk``).
 * ``protocol-anomaly`` is a lookup table (ATC level-4 group x ICD-10 block -> how often the
   group was prescribed for that block) expressed as an ONNX graph; a drug whose frequency is
   very low for every diagnosis of the patient gives an ``info`` alert with that frequency.
+  It is OFF while the model is the shipped demo trained on synthetic data; it comes on once
+  the hospital trains it on its own XML 130 history (``learned.protocol_anomaly = auto``), and
+  a synthetic model forced on (``on``) labels every alert a demo.
 
 The feature code lives here, not in ``training/``, so training and serving build features
 identically (training imports it). Per-drug base vectors are built once at load; a
@@ -40,7 +45,12 @@ INTERACTION_MODEL = "interaction-risk"
 PROTOCOL_MODEL = "protocol-anomaly"
 PREDICTED_KIND = "drug-drug-predicted"
 UNUSUAL_KIND = "unusual-drug"
-MAX_PREDICTED_SEVERITY = "major"  # a learned alert is never "contraindicated"
+PREDICTED_SEVERITY = "info"  # a prediction is not a reference: never above info
+PREDICTED_LABEL_VI = "Dự đoán, không từ tài liệu tham khảo"
+PREDICTED_LABEL_EN = "Predicted, not from a reference"
+DEMO_LABEL_VI = "MÔ HÌNH DEMO, dữ liệu tổng hợp, không phải dữ liệu của bệnh viện"
+DEMO_LABEL_EN = "DEMO MODEL, synthetic data, not this hospital's"
+MIN_EXTERNAL_PRECISION = 0.5  # `learned.interaction_risk = auto` serves the model from here
 PHARMACOLOGY_CSV = DEFAULT_ROOT / "pharmacology.csv"
 PAIR_INPUT = "pair_features"
 
@@ -300,14 +310,15 @@ class LearnedAlert:
             "management_vi", "management_en", "source")}
 
 
-SEVERITY_ORDER = ("info", "minor", "moderate", "major", "contraindicated")
+def external_precision(card: dict) -> float | None:
+    """The precision at the served threshold measured on an external reference (the card's
+    ``external_evaluation``), or None when the card has none."""
+    value = (card.get("external_evaluation") or {}).get("precision")
+    return float(value) if value is not None else None
 
 
-def cap_severity(severity: str) -> str:
-    """A predicted alert never exceeds ``major``."""
-    cap = SEVERITY_ORDER.index(MAX_PREDICTED_SEVERITY)
-    rank = SEVERITY_ORDER.index(severity) if severity in SEVERITY_ORDER else cap
-    return SEVERITY_ORDER[min(rank, cap)]
+def is_synthetic(card: dict) -> bool:
+    return bool((card.get("data") or {}).get("synthetic"))
 
 
 def _session(path: Path):
@@ -331,7 +342,6 @@ class InteractionRiskModel:
         self.names = list(card["input"]["features"])
         self.featurizer = PairFeaturizer(kb, self.names, pharmacology)
         self.threshold = float(card["threshold"])
-        self.major_threshold = float(card.get("severity", {}).get("major", 1.01))
         self.session = _session(version.onnx_path)
         self.output = card.get("output", {}).get("name", "probabilities")
         self._explainable = [k for k, n in enumerate(self.names)
@@ -397,6 +407,7 @@ class ProtocolAnomalyModel:
         self.threshold = float(card["threshold"])
         self.min_support = float(card["min_support"])
         self.n_records = int(card.get("training", {}).get("n_records", 0))
+        self.demo = is_synthetic(card)
         self.session = _session(version.onnx_path)
 
     def lookup(self, drug_idx: np.ndarray, dx_idx: np.ndarray):
@@ -457,6 +468,37 @@ class LearnedChecks:
             log.warning("unusual-drug check off: %s", exc)
         return cls(kb, interaction, protocol)
 
+    @classmethod
+    def from_settings(cls, learned, kb: KnowledgeBase | None = None,
+                      models_dir: Path | str | None = None) -> LearnedChecks:
+        """The models the hospital's settings (``learned`` section) let reach a clinician.
+
+        ``interaction_risk`` auto: served only when the card's external precision at the
+        served threshold is at least 0.5. ``protocol_anomaly`` auto: served only when the
+        model learned real XML 130 exports, never the synthetic demo."""
+        checks = cls.load(kb, models_dir)
+        model = checks.interaction
+        if model is not None and learned.interaction_risk != "on":
+            precision = external_precision(model.version.card)
+            if learned.interaction_risk == "off":
+                checks.interaction = None
+            elif precision is None or precision < MIN_EXTERNAL_PRECISION:
+                log.info("predicted interactions off: %s %s external precision %s < %.1f "
+                         "(learned.interaction_risk = auto)", model.version.name,
+                         model.version.version, precision, MIN_EXTERNAL_PRECISION)
+                checks.interaction = None
+        protocol = checks.protocol
+        if protocol is not None:
+            if learned.protocol_anomaly == "off" or (
+                    learned.protocol_anomaly == "auto" and protocol.demo):
+                checks.protocol = None
+            elif protocol.demo:
+                log.warning("learned.protocol_anomaly is on with a model trained on SYNTHETIC "
+                            "data (%s): its alerts are labelled as a demo; train it on the "
+                            "hospital's XML 130 history (`haidang train protocol`)",
+                            protocol.version.version)
+        return checks
+
     # ------------------------------------------------------------ predicted interactions
     def predicted_interactions(self, drugs: Sequence[Drug | str],
                                lines: Sequence[int] | None = None,
@@ -504,26 +546,26 @@ class LearnedChecks:
     def _predicted_alert(self, a: Drug, b: Drug, p: float, reasons: list[tuple[str, str]],
                          lines: list[int]) -> LearnedAlert:
         model = self.interaction
-        severity = cap_severity("major" if p >= model.major_threshold else "moderate")
         why_vi = "; ".join(r[0] for r in reasons) or "giống các cặp tương tác đã biết"
         why_en = "; ".join(r[1] for r in reasons) or "similar to known interacting pairs"
         v = model.version
         return LearnedAlert(
             id=f"ddi-predicted:{a.inn}+{b.inn}",
             kind=PREDICTED_KIND,
-            severity=severity,
+            severity=PREDICTED_SEVERITY,
             drugs=[a.inn, b.inn],
             lines=lines,
-            message_vi=f"Nguy cơ tương tác (dự đoán bởi mô hình, chưa có trong danh mục): "
-            f"{a.name_vi} + {b.name_vi} (xác suất {p:.0%}). Lý do: {why_vi}.",
-            message_en=f"Possible interaction (predicted by a model, not in the knowledge "
-            f"base): {a.inn} + {b.inn} (probability {p:.0%}). Why: {why_en}.",
+            message_vi=f"[{PREDICTED_LABEL_VI}] Có thể tương tác (mô hình dự đoán, chưa có trong "
+            f"danh mục): {a.name_vi} + {b.name_vi} (xác suất {p:.0%}). Lý do: {why_vi}.",
+            message_en=f"[{PREDICTED_LABEL_EN}] Possible interaction (predicted by a model, "
+            f"not in the knowledge base): {a.inn} + {b.inn} (probability {p:.0%}). "
+            f"Why: {why_en}.",
             management_vi="Cảnh báo dự đoán, chưa được dược sĩ xác nhận: tra cứu thêm tài liệu "
             "tương tác thuốc và theo dõi bệnh nhân nếu phối hợp.",
             management_en="Predicted, not confirmed by a pharmacist: check an interaction "
             "reference and monitor the patient if the drugs are combined.",
             source=f"Haidang learned model {v.name} {v.version} (sha256 {v.sha256[:12]}); "
-            "prediction, not a knowledge-base entry",
+            "predicted, not from a reference",
             score=p,
             reasons=reasons,
         )
@@ -567,6 +609,8 @@ class LearnedChecks:
             drug = items[n]
             seen = round(f * s)
             v = model.version
+            demo_vi, demo_en = (f"[{DEMO_LABEL_VI}] ", f"[{DEMO_LABEL_EN}] ") if model.demo \
+                else ("", "")
             out.append(LearnedAlert(
                 id=f"unusual-drug:{drug.inn}",
                 kind=UNUSUAL_KIND,
@@ -574,10 +618,10 @@ class LearnedChecks:
                 drugs=[drug.inn],
                 icd=list(icd_codes),
                 lines=[lines[n]],
-                message_vi=f"{drug.name_vi} hiếm khi được kê cho chẩn đoán này: "
+                message_vi=f"{demo_vi}{drug.name_vi} hiếm khi được kê cho chẩn đoán này: "
                 f"{seen}/{int(s)} đơn ({f:.1%}) trong dữ liệu kê đơn đã học "
                 f"(nhóm ICD-10 {', '.join(blocks)}). Kiểm tra lại chỉ định.",
-                message_en=f"{drug.inn} is rarely prescribed for these diagnoses: "
+                message_en=f"{demo_en}{drug.inn} is rarely prescribed for these diagnoses: "
                 f"{seen}/{int(s)} prescriptions ({f:.1%}) in the learned prescribing data "
                 f"(ICD-10 blocks {', '.join(blocks)}). Check the indication.",
                 source=f"Haidang learned model {v.name} {v.version} (sha256 {v.sha256[:12]}), "

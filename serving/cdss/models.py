@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serving.cdss.names import STRENGTH
 
 Severity = Literal["contraindicated", "major", "moderate", "minor", "info"]
 AlertKind = Literal[
@@ -62,20 +64,45 @@ Alert = InteractionAlert
 
 
 class DrugLineIn(BaseModel):
-    """One line of THUOC (XML2 of QĐ 130): only TEN_THUOC is required."""
+    """One line of THUOC (XML2 of QĐ 130/4750): TEN_THUOC, MA_THUOC or TEN_HOAT_CHAT.
+
+    With the hospital's catalogue imported (`haidang cdss import-catalog`), MA_THUOC alone
+    identifies the drug; MA_THUOC "00.0000" (outside the insurance list, QĐ 4750) never
+    does, the line's TEN_HOAT_CHAT or TEN_THUOC does."""
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    TEN_THUOC: str = Field(min_length=1, max_length=500, description="drug name as prescribed")
-    MA_THUOC: str | None = Field(None, max_length=200, description="MoH drug code or ATC")
-    HAM_LUONG: str | None = Field(None, max_length=200, description="strength, e.g. 200mg")
+    TEN_THUOC: str | None = Field(None, min_length=1, max_length=1024,
+                                  description="drug name as prescribed (brand or ingredient)")
+    MA_THUOC: str | None = Field(
+        None, max_length=255,
+        description="ingredient code of the MoH common code set (QĐ 130 XML2); resolved "
+        "through the hospital's imported catalogue; 00.0000 = outside the insurance list")
+    TEN_HOAT_CHAT: str | None = Field(
+        None, max_length=1024,
+        description="Haidang extension: ingredient name(s), e.g. Amoxicilin + Acid clavulanic")
+    HAM_LUONG: str | None = Field(None, max_length=1024, description="strength, e.g. 200mg")
     LIEU_DUNG: str | None = Field(
-        None, max_length=500, description="dosage, e.g. 1 viên/lần * 2 lần/ngày"
+        None, max_length=1024, description="dosage, e.g. 1 viên/lần * 2 lần/ngày"
     )
     SO_LUONG: float | None = Field(None, ge=0, description="quantity dispensed")
+    NGAY_TH_YL: str | None = Field(
+        None, description="when the order is carried out, yyyymmddHHMM (QĐ 4750)")
+    MA_KHOA: str | None = Field(None, max_length=50, description="department code (QĐ 4750)")
     DANG_DUNG: bool = Field(
         False, description="Haidang extension: a current medication, not a new order"
     )
+
+    @field_validator("TEN_THUOC", "MA_THUOC", "TEN_HOAT_CHAT", "NGAY_TH_YL", "MA_KHOA",
+                     mode="before")
+    @classmethod
+    def _blank(cls, v):
+        return _blank_to_none(v)
+
+    @field_validator("NGAY_TH_YL")
+    @classmethod
+    def _order_time(cls, v: str | None) -> str | None:
+        return None if v is None else _check_date(v, partial=False)
 
     @field_validator("SO_LUONG", mode="before")
     @classmethod
@@ -85,10 +112,44 @@ class DrugLineIn(BaseModel):
             return v or None
         return v
 
+    @model_validator(mode="after")
+    def _named(self):
+        if self.TEN_THUOC is None and self.MA_THUOC is None and self.TEN_HOAT_CHAT is None:
+            raise ValueError("give TEN_THUOC, MA_THUOC or TEN_HOAT_CHAT")
+        return self
+
 
 def _blank_to_none(v):
     if isinstance(v, str) and not v.strip():
         return None
+    return v
+
+
+OUTSIDE_LIST_CODE = "00.0000"  # QĐ 4750: an ingredient outside the insurance-paid list
+MAX_SECONDARY_DIAGNOSES = 12  # QĐ 130 XML1 MA_BENH_KT: "tối đa 12 mã bệnh kèm theo"
+MAX_AGE_YEARS = 130
+
+
+def qd130_date(v: str) -> date:
+    """The calendar date of a QĐ 130 date/time (yyyymmdd or yyyymmddHHMM); an unknown
+    month or day written 00 (QĐ 130, NGAY_SINH) counts as the first."""
+    return date(int(v[:4]), int(v[4:6]) or 1, int(v[6:8]) or 1)
+
+
+def _check_date(v: str, partial: bool) -> str:
+    if not (v.isdigit() and len(v) in (8, 12)):
+        raise ValueError("must be yyyymmdd (8 digits) or yyyymmddHHMM (12 digits)")
+    month, day = int(v[4:6]), int(v[6:8])
+    if partial and month == 0 and day != 0:
+        raise ValueError("an unknown month (00) needs an unknown day (00) too")
+    if not partial and (month == 0 or day == 0):
+        raise ValueError("is not a real calendar date")
+    try:
+        qd130_date(v)
+    except ValueError:
+        raise ValueError("is not a real calendar date") from None
+    if len(v) == 12 and (int(v[8:10]) > 23 or int(v[10:12]) > 59):
+        raise ValueError("HHMM is not a time of day (00:00-23:59)")
     return v
 
 
@@ -100,17 +161,22 @@ class PrescriptionCheckRequest(BaseModel):
     MA_LK: str | None = Field(None, max_length=100, description="treatment link id (hashed)")
     MA_BN: str | None = Field(None, max_length=100, description="patient id (hashed)")
     NGAY_SINH: str | None = Field(
-        None, description="date of birth yyyymmdd (QĐ 130 also allows yyyymmddHHMM)"
+        None, description="date of birth yyyymmddHHMM (QĐ 130) or yyyymmdd; an unknown day "
+        "and month are written 00; a birth date in the future, after the visit or more than "
+        "130 years back is refused (422)"
     )
     GIOI_TINH: int | None = Field(None, description="1 male, 2 female, 3 undetermined")
     MA_BENH_CHINH: str | None = Field(None, max_length=20, description="main diagnosis ICD-10")
     MA_BENH_KT: str | None = Field(
-        None, max_length=500, description="secondary diagnoses ICD-10, separated by ';'"
+        None, max_length=500,
+        description="secondary diagnoses ICD-10, separated by ';', at most 12 (QĐ 130)"
     )
     MANG_THAI: bool | None = Field(
         None, description="Haidang extension: the patient is pregnant (else inferred from ICD)"
     )
-    NGAY_KHAM: str | None = Field(None, description="date of the visit yyyymmdd (default today)")
+    NGAY_KHAM: str | None = Field(
+        None, description="date of the visit yyyymmdd or yyyymmddHHMM (XML 130: NGAY_VAO); "
+        "default today")
     THUOC: list[DrugLineIn] = Field(min_length=1, max_length=200)
 
     @field_validator("NGAY_SINH", "NGAY_KHAM", "MA_BENH_CHINH", "MA_BENH_KT", mode="before")
@@ -120,15 +186,16 @@ class PrescriptionCheckRequest(BaseModel):
 
     @field_validator("NGAY_SINH", "NGAY_KHAM")
     @classmethod
-    def _yyyymmdd(cls, v: str | None) -> str | None:
-        if v is None:
-            return None
-        if not (v.isdigit() and len(v) in (8, 12)):
-            raise ValueError("must be yyyymmdd (8 digits) or yyyymmddHHMM (12 digits)")
-        try:
-            date(int(v[:4]), int(v[4:6]), int(v[6:8]))
-        except ValueError:
-            raise ValueError("is not a real calendar date") from None
+    def _yyyymmdd(cls, v: str | None, info) -> str | None:
+        # QĐ 130: a birth date with no known month/day is written with 00 there
+        return None if v is None else _check_date(v, partial=info.field_name == "NGAY_SINH")
+
+    @field_validator("MA_BENH_KT")
+    @classmethod
+    def _secondary(cls, v: str | None) -> str | None:
+        if v is not None and len(diagnosis_codes(v)) > MAX_SECONDARY_DIAGNOSES:
+            raise ValueError(f"at most {MAX_SECONDARY_DIAGNOSES} codes (QĐ 130 XML1), "
+                             "separated by ';'")
         return v
 
     @field_validator("GIOI_TINH", mode="before")
@@ -256,12 +323,38 @@ def age_in_days(birth: str | None, on: str | None = None) -> int | None:
 
 def _age_in_days(birth: str, on: str | None, today: date | None) -> int | None:
     try:
-        b = date(int(birth[:4]), int(birth[4:6]), int(birth[6:8]))
-        d = date(int(on[:4]), int(on[4:6]), int(on[6:8])) if on else today
+        b = qd130_date(birth)
+        d = qd130_date(on) if on else today
     except (ValueError, TypeError):
         return None
     days = (d - b).days
     return days if days >= 0 else None
+
+
+def impossible_dates(req: PrescriptionCheckRequest) -> list[dict[str, str]]:
+    """Dates no real patient has, each as {field, message}: a birth date in the future, after
+    the visit, or more than 130 years before it. Checked on the validated request (422)."""
+    if req.NGAY_SINH is None:
+        return []
+    birth = qd130_date(req.NGAY_SINH)
+    today = _today()
+    if birth > today:
+        return [{"field": "NGAY_SINH", "message": f"birth date {req.NGAY_SINH} is in the "
+                 "future; send the date on the patient's insurance card (yyyymmdd)"}]
+    visit = qd130_date(req.NGAY_KHAM) if req.NGAY_KHAM else today
+    if birth > visit:
+        return [{"field": "NGAY_SINH", "message": f"birth date {req.NGAY_SINH} is after the "
+                 f"visit date NGAY_KHAM {req.NGAY_KHAM}; check both dates"}]
+    years = visit.year - birth.year - ((visit.month, visit.day) < (birth.month, birth.day))
+    if years > MAX_AGE_YEARS:
+        return [{"field": "NGAY_SINH", "message": f"birth date {req.NGAY_SINH} gives an age of "
+                 f"{years} years (over {MAX_AGE_YEARS}); check the year"}]
+    return []
+
+
+def diagnosis_codes(text: str) -> list[str]:
+    """MA_BENH_KT's codes (';'-separated in QĐ 130; ',' tolerated)."""
+    return [c.strip() for c in text.replace(",", ";").split(";") if c.strip()]
 
 
 _AGES: dict[tuple, int | None] = {}  # (birth, visit, today) -> age in days; bounded
@@ -269,17 +362,19 @@ _MISSING = object()
 _SEX = {1: "male", 2: "female"}
 
 
-def prescription_from_native(req: PrescriptionCheckRequest) -> Prescription:
+def prescription_from_native(req: PrescriptionCheckRequest, catalog=None) -> Prescription:
+    """The engine's prescription; `catalog` (`serving.cdss.catalog.HospitalCatalog`) turns a
+    line's MA_THUOC, or the brand the hospital stocks, into its ingredients."""
     codes: list[str] = []
     if req.MA_BENH_CHINH:
         codes.append(req.MA_BENH_CHINH)
     if req.MA_BENH_KT:
-        codes.extend(c.strip() for c in req.MA_BENH_KT.replace(",", ";").split(";") if c.strip())
+        codes.extend(diagnosis_codes(req.MA_BENH_KT))
     # The validated fields straight from each line's __dict__ (pydantic keeps them there),
     # positionally: a third of the cost of attribute access and keywords, for 10+ lines.
     lines = [
-        DrugLine(t["TEN_THUOC"], t["MA_THUOC"], t["HAM_LUONG"], t["LIEU_DUNG"], t["SO_LUONG"],
-                 None, t["DANG_DUNG"])
+        DrugLine(_line_text(t, catalog), t["MA_THUOC"], t["HAM_LUONG"], t["LIEU_DUNG"],
+                 t["SO_LUONG"], None, t["DANG_DUNG"])
         for t in [line.__dict__ for line in req.THUOC]
     ]
     return Prescription(
@@ -289,3 +384,22 @@ def prescription_from_native(req: PrescriptionCheckRequest) -> Prescription:
         age_days=age_in_days(req.NGAY_SINH, req.NGAY_KHAM),
         pregnant=req.MANG_THAI,
     )
+
+
+def _line_text(t: dict, catalog) -> str:
+    """The text the dictionary resolves for a line: the catalogue's ingredients when the
+    line's MA_THUOC (or brand) is in it, else TEN_HOAT_CHAT, else TEN_THUOC; a line known
+    only by an unknown code keeps the code, so its "not recognised" alert names it.
+    (The catalogue never answers for MA_THUOC "00.0000": the name decides there.)"""
+    name = t["TEN_HOAT_CHAT"] or t["TEN_THUOC"]
+    code = t["MA_THUOC"]
+    if catalog is not None:
+        keys = catalog.ingredients_of(code) if code else None
+        if keys is None and t["TEN_THUOC"]:
+            keys = catalog.ingredients_of_brand(t["TEN_THUOC"])
+        if keys:
+            strength = STRENGTH.search(f"{t['HAM_LUONG'] or ''} {t['TEN_THUOC'] or ''}")
+            if len(keys) == 1 and strength:  # the dose check reads it from the text
+                return f"{keys[0]} {strength.group(0)}"
+            return " + ".join(keys)
+    return name or f"MA_THUOC {code}"

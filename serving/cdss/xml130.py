@@ -8,6 +8,11 @@ Accepted shapes, all parsed with defusedxml (no DTD, no entities, no external re
 - the tables themselves: a document holding `TONG_HOP` and/or `CHI_TIET_THUOC` elements;
 - a flat `<DON_THUOC>` with XML1 fields as children and `CHI_TIET_THUOC` lines.
 
+Both versions of the tables parse: QĐ 130/QĐ-BYT (2023) and its amendment QĐ 4750/QĐ-BYT
+(29/12/2023), which adds XML2 `NGAY_TH_YL` (and XML1 `NHOM_MAU`, ignored here) and widens
+XML2 `MA_KHOA` to 50 characters (field list: `datasets/xml130/`). NGAY_SINH and NGAY_VAO are
+kept as sent (yyyymmddHHMM); the request model validates them.
+
 The result is a dict with the native request's field names; validation (which names the
 offending field) happens in `PrescriptionCheckRequest`.
 """
@@ -22,7 +27,8 @@ import defusedxml.ElementTree as DET
 from defusedxml import DefusedXmlException
 
 XML1_FIELDS = ("MA_LK", "MA_BN", "NGAY_SINH", "GIOI_TINH", "MA_BENH_CHINH", "MA_BENH_KT")
-XML2_FIELDS = ("TEN_THUOC", "MA_THUOC", "HAM_LUONG", "LIEU_DUNG", "SO_LUONG")
+XML2_FIELDS = ("TEN_THUOC", "MA_THUOC", "HAM_LUONG", "LIEU_DUNG", "SO_LUONG", "NGAY_TH_YL",
+               "MA_KHOA")
 MAX_FILES = 50
 
 
@@ -98,10 +104,8 @@ def parse_xml130(data: bytes | str) -> dict:
             if value is not None:
                 out[name] = value
         visit = _text(summary, "NGAY_VAO")
-        if visit and len(visit) >= 8 and visit[:8].isdigit():
-            out["NGAY_KHAM"] = visit[:8]
-        if out.get("NGAY_SINH") and len(out["NGAY_SINH"]) == 12:
-            out["NGAY_SINH"] = out["NGAY_SINH"][:8]
+        if visit is not None:
+            out["NGAY_KHAM"] = visit  # validated (and named) as NGAY_KHAM
     lines = []
     for r in roots:
         for el in r.iter():

@@ -18,12 +18,13 @@ from serving.cdss.knowledge import KnowledgeBase
 from serving.cdss.learned import (
     PHARMACOLOGY_CSV,
     PREDICTED_KIND,
+    PREDICTED_LABEL_EN,
+    PREDICTED_LABEL_VI,
     PROPERTIES,
     UNUSUAL_KIND,
     LearnedChecks,
     PairFeaturizer,
     base_columns,
-    cap_severity,
     diagnosis_group,
     explain_feature,
     feature_names,
@@ -161,6 +162,9 @@ def test_retraining_moves_current_only_on_promote(tmp_path):
     card = ir.train_and_register(root / "interaction-risk" / "1.0.0", cfg=ir.Config(**FAST),
                                  progress=False, plots=False)
     assert card["parity"]["max_abs_diff"] <= 1e-5
+    ext = card["external_evaluation"]  # measured on ANSM, which training left out
+    assert 0 <= ext["recall"] <= 1 and 0 <= ext["precision"] <= 1
+    assert ext["class_rows_expanded"]["ansm_pairs"] > ext["substance_rows_only"]["ansm_pairs"]
     with pytest.raises(RegistryError):
         reg.current("interaction-risk")  # trained, not promoted
     reg.promote("interaction-risk", "1.0.0")
@@ -191,7 +195,7 @@ def test_shipped_card_records_drug_disjoint_metrics_and_parity():
     # serving builds the card's features from the dictionary it runs with
     fz = PairFeaturizer(kb(), card["input"]["features"], read_pharmacology())
     assert fz.base.shape[0] == len(kb().drugs) and len(fz.names) == card["input"]["shape"][1]
-    assert card["threshold"] < card["severity"]["major"]
+    assert card["severity"]["served"] == "info"
 
 
 # pairs no list names but pharmacology says are risky (MAOI + serotonergic, CYP3A4
@@ -200,7 +204,7 @@ RISKY = ["dextromethorphan", "moclobemide", "carbamazepine", "saquinavir", "line
          "lithium", "aliskiren", "spironolactone", "cilostazol", "ticagrelor", "paracetamol"]
 
 
-def test_predicted_alerts_never_exceed_major_and_skip_kb_pairs():
+def test_predicted_alerts_are_info_labelled_and_skip_kb_pairs():
     checks = shipped()
     k = kb()
     alerts = checks.predicted_interactions(RISKY, lines=list(range(len(RISKY))))
@@ -209,20 +213,15 @@ def test_predicted_alerts_never_exceed_major_and_skip_kb_pairs():
     assert ("dextromethorphan", "moclobemide") in pairs
     for a in alerts:
         assert a.kind == PREDICTED_KIND
-        assert a.severity in ("moderate", "major")
+        assert a.severity == "info"
+        assert a.message_vi.startswith(f"[{PREDICTED_LABEL_VI}]")
+        assert a.message_en.startswith(f"[{PREDICTED_LABEL_EN}]")
+        assert "predicted, not from a reference" in a.source
         assert not k.interactions(k.drug(a.drugs[0]), k.drug(a.drugs[1]))
         assert a.score >= checks.interaction.threshold
         assert "paracetamol" not in a.drugs
         assert a.lines == sorted(RISKY.index(d) for d in a.drugs)
         assert "model" in a.message_en and "mô hình" in a.message_vi
-    # even when the model is certain, a predicted alert stays at most "major"
-    saved = checks.interaction.major_threshold
-    checks.interaction.major_threshold = 0.0
-    try:
-        assert {x.severity for x in checks.predicted_interactions(RISKY)} == {"major"}
-    finally:
-        checks.interaction.major_threshold = saved
-    assert cap_severity("contraindicated") == "major" and cap_severity("moderate") == "moderate"
     # every pair the lists name is left to the knowledge base, whatever its score
     qt = sorted(inn for inn, d in k.drugs.items() if "qt-prolonging" in d.classes)
     assert checks.predicted_interactions(qt) == []  # QĐ 5948 names every QT-QT pair

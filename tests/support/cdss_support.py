@@ -42,7 +42,8 @@ def fixture_engine():
 
 
 def settings_for(tmp_path: Path, **security) -> object:
-    env = {"HAIDANG_SECURITY__AUDIT_LOG": str(tmp_path / "audit.log")}
+    env = {"HAIDANG_SECURITY__AUDIT_LOG": str(tmp_path / "audit.log"),
+           "HAIDANG_SERVING__DRUG_CATALOG": str(tmp_path / "drug-catalog.json")}
     for key, value in security.items():
         env[f"HAIDANG_SECURITY__{key.upper()}"] = (
             value if isinstance(value, str) else json.dumps(value)

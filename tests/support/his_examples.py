@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples" / "his"
 GUIDE = ROOT / "docs" / "his-integration.md"
+CATALOGUE = EXAMPLES / "danh-muc-thuoc.csv"  # the guide's hospital drug catalogue
 API_KEY = "khoa-HIS-vi-du-2026"  # the key the examples send; configured by the test app
 JWT_PLACEHOLDER = "Bearer <JWT ký bằng khoá riêng của HIS / signed with the HIS private key>"
 VOLATILE = {"uuid"}  # differs on every call: documented as "…"
@@ -34,10 +35,13 @@ def examples() -> list[dict]:
 
 @contextmanager
 def app_client(tmp: Path):
-    """The real app and knowledge base, with the API key and a HIS signing key configured."""
+    """The real app and knowledge base, with the API key, a HIS signing key and the guide's
+    drug catalogue (`haidang cdss import-catalog docs/examples/his/danh-muc-thuoc.csv`)."""
     from fastapi.testclient import TestClient
 
     from serving.cdss.app import create_app
+    from serving.cdss.catalog import catalog_path, import_catalog
+    from serving.cdss.knowledge import KnowledgeBase
     from tests.support.cdss_support import ISSUER, Signer, settings_for
 
     signer = Signer("his-2026", "ES384")
@@ -46,6 +50,7 @@ def app_client(tmp: Path):
     os.environ["HAIDANG_API_KEYS"] = API_KEY
     try:
         settings = settings_for(tmp, jwks_file=str(jwks), allowed_issuers=[ISSUER])
+        import_catalog(CATALOGUE, KnowledgeBase.load()).catalog.save(catalog_path(settings))
         with TestClient(create_app(settings)) as client:
             yield client, signer
     finally:
