@@ -174,8 +174,9 @@ class CdssState:
     max_body: int
     public_url: str | None
     show_minor: bool
-    shown: SharedState  # alert ids shown per patient/encounter (order-select -> order-sign)
+    shown: SharedState  # alert ids shown per patient/encounter, hook and draft orders
     cards: SharedState  # card uuid -> alert id, for feedback
+    hooks: cdshooks.HookService  # reads hook requests (codes, prefetch, FHIR server)
     knowledge_version: str | None = None
     shared: SharedState | None = None
 
@@ -202,6 +203,7 @@ def cdss_router(
     audit: AuditLog | None = None,
     show_minor: bool = False,
     router: APIRouter | None = None,
+    catalog=None,
 ) -> APIRouter:
     """The CDSS routes; the router's `.cdss` attribute holds their shared state.
 
@@ -212,7 +214,8 @@ def cdss_router(
     shared = SharedState(Path(sec.audit_log).with_name("cdss-shared.sqlite"))
     state = CdssState(
         engine=engine or CheckEngine(kb),
-        guard=guard or Guard.from_settings(sec, replay=shared),
+        guard=guard or Guard.from_settings(sec, replay=shared,
+                                           cds_hooks=getattr(settings, "cds_hooks", None)),
         audit=audit or AuditLog(sec.audit_log, key=sec.audit_key, flush_interval_s=AUDIT_FLUSH_S),
         language=getattr(settings, "language", "vi"),
         max_body=sec.max_body_bytes,
@@ -220,6 +223,7 @@ def cdss_router(
         show_minor=show_minor,
         shown=shared,
         cards=shared,
+        hooks=cdshooks.HookService(kb, catalog, getattr(settings, "cds_hooks", None)),
         knowledge_version=getattr(kb, "version", None),
         shared=shared,
     )
@@ -304,35 +308,13 @@ def cdss_router(
             if hook.hook != service["hook"]:
                 raise BadRequest(400, f"hook: service {service_id} answers {service['hook']!r}, "
                                  f"not {hook.hook!r}")
-            try:
-                rx = cdshooks.prescription_from_hook(hook)
-            except cdshooks.CdsRequestError as exc:
-                raise BadRequest(422, str(exc)) from None
         except BadRequest as exc:
             return exc.response()
         lang = cdshooks.language(request.headers.get("accept-language"), state.language)
-        result = state.engine.check(rx)
-        scope = state.audit.pseudonym(
-            f"{hook.context.get('patientId')}|{hook.context.get('encounterId') or ''}") or ""
-        cards = []
-        shown_ids = []
-        for alert in result.alerts:
-            if alert.severity == "minor" and not state.show_minor:
-                continue
-            if state.shown.seen(scope, alert.id):
-                continue  # already shown at order-select (or an earlier call)
-            state.shown.remember(scope, alert.id)
-            card = cdshooks.card_for(alert, lang, rx.lines)
-            state.cards.add(card["uuid"], alert)
-            cards.append(card)
-            shown_ids.append(alert.id)
-        state.audit.record(
-            "check", {"patient": str(hook.context.get("patientId"))}, api="cds-hooks",
-            hook=hook.hook, caller=caller.id, hook_instance=hook.hookInstance, lines=len(rx.lines),
-            alerts=[a.id for a in result.alerts], shown=shown_ids,
-            ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        return JSONResponse({"cards": cards})
+        try:
+            return JSONResponse(await cdshooks.answer(state, hook, lang, caller.id, started))
+        except cdshooks.HookError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
     @router.post("/cds-services/{service_id}/feedback", tags=["cds-hooks"],
                  summary="Feedback on cards (accepted / overridden with a reason)")
