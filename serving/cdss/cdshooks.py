@@ -461,9 +461,10 @@ class HookService:
             if mr.id:
                 draft_ids.add(mr.id)
                 refs[f"MedicationRequest/{mr.id}"] = len(lines)
-            if mr.authoredOn is not None:
-                authored.append(mr.authoredOn.date() if isinstance(mr.authoredOn, datetime)
-                                else mr.authoredOn)
+            if isinstance(mr.authoredOn, datetime):
+                authored.append(mr.authoredOn.date())
+            elif isinstance(mr.authoredOn, date):  # a partial date ("2026") stays unused
+                authored.append(mr.authoredOn)
             lines.append(line)
         if _resources(drafts, "MedicationOrder", "context.draftOrders"):
             notes.warnings.append((
