@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "HAIDANG_"
 DEFAULT_CONFIG_ENV = "HAIDANG_CONFIG"
@@ -136,6 +136,12 @@ class TrustedIssuer(_Section):
         None, description="the EHR's JWKS URL; a token's jku is honoured only when equal to it"
     )
     jwks_file: Path | None = Field(None, description="the EHR's JWKS as a file")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError(f"issuer {self.iss}: set exactly one of jwks_url and jwks_file")
+        return self
 
 
 class CdsHooksSettings(_Section):

@@ -332,3 +332,12 @@ def test_clock_skew_is_configurable(tmp_path):
         with TestClient(create_app(settings, kb=real_kb())) as c:
             late = signer.token(AUD, iat=now - 100, exp=now - 30)  # expired 30 s ago
             assert call(c, late).status_code == expected
+
+
+def test_an_issuer_needs_exactly_one_jwks_source():
+    from haidang.settings import SettingsError, load_settings
+
+    for issuer in ({"iss": ISSUER}, {"iss": ISSUER, "jwks_url": "https://x/j",
+                                     "jwks_file": "/etc/j.json"}):
+        with pytest.raises(SettingsError, match="exactly one of jwks_url and jwks_file"):
+            load_settings(environ={"HAIDANG_CDS_HOOKS__ISSUERS": json.dumps([issuer])})

@@ -41,7 +41,7 @@ OVERRIDE_SYSTEM = "urn:haidang:cds:override-reason"
 ALERT_KIND_SYSTEM = "urn:haidang:cds:alert-kind"
 SUMMARY_MAX = 139  # the specification: fewer than 140 characters
 LABEL_MAX = 60
-MAX_AGE_DAYS = 130 * 366
+MAX_AGE_YEARS = 130
 
 # R4 search parameters every FHIR server has; tokens are root-level context fields.
 PREFETCH = {
@@ -543,15 +543,15 @@ class HookService:
                 f"Birth date {shown} is after the order date {on.isoformat()}: age-based "
                 "checks were not done."))
             return sex, None
-        days = (on - birth).days
-        if days > MAX_AGE_DAYS:
+        years = on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
+        if years > MAX_AGE_YEARS:
             notes.warnings.append((
                 "patient-birthdate:over-130",
                 f"Ngày sinh {shown} cho tuổi trên 130: không kiểm tra được theo tuổi.",
                 f"Birth date {shown} gives an age over 130 years: age-based checks were "
                 "not done."))
             return sex, None
-        return sex, days
+        return sex, (on - birth).days
 
     def _selections(self, req: HookRequest, refs: dict[str, int], notes: Notes):
         if req.hook != "order-select":

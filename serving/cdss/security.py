@@ -84,7 +84,8 @@ class KeySource:
     """One JWKS (a URL or a file), read when first needed and re-read when a token names a
     kid it lacks, at most every `refresh_s` seconds (a flood of unknown kids costs nothing).
 
-    A URL is read with a short timeout, no redirects and no proxy from the environment."""
+    A URL is read with a short timeout, no redirects and no proxy from the environment. The
+    read blocks the calling request: it happens once per key rotation, not per token."""
 
     def __init__(self, url: str | None = None, path: Path | None = None,
                  jwks: dict | None = None, refresh_s: float = 60.0, timeout_s: float = 2.0):
