@@ -100,10 +100,12 @@ def fhir_routes(patient=PATIENT, conditions=(), medications=()) -> dict:
 # ---------------------------------------------------------------------- the spec's examples
 @pytest.mark.parametrize("name", ["order-select-r4.json", "order-select-stu3.json",
                                   "order-sign-r4.json", "order-sign-stu3.json"])
-def test_spec_examples_with_a_fhir_server(client, name):
+def test_spec_examples_with_a_fhir_server(client, name, caplog):
     """The specification's example requests, their prefetch read from a FHIR server that
     checks the bearer token: 200, the drug recognised (no unrecognised card), the malformed
-    R4 dosage (doseAndRate as an object, doseQuantity on the dosage) named as ignored."""
+    R4 dosage (doseAndRate as an object, doseQuantity on the dosage) named as ignored.
+    Neither the token nor the patient id reaches the logs."""
+    caplog.set_level(logging.DEBUG)
     with JsonEndpoint(fhir_routes(), token=TOKEN) as fhir:
         req = spec_request(name, fhirServer=fhir.base, fhirAuthorization={
             "access_token": TOKEN, "token_type": "Bearer", "expires_in": 300,
@@ -121,6 +123,8 @@ def test_spec_examples_with_a_fhir_server(client, name):
     [ignored] = [c for c in body["cards"] if c["source"]["topic"]["code"] == "input-ignored"]
     assert ".dosageInstruction[0].dose" in ignored["detail"]
     assert topics == ["input-ignored"]  # amoxicillin/clavulanate alone: nothing else to say
+    assert "HTTP Request" in caplog.text  # httpx did log the reads...
+    assert TOKEN not in caplog.text and "1288992" not in caplog.text  # ...without them
 
 
 @pytest.mark.parametrize("name", ["order-select-r4.json", "order-sign-r4.json"])
@@ -415,3 +419,40 @@ def test_plausible_birth_date_gives_no_patient_card(client):
                             "medications": None})
     body = client.post(SIGN, json=req).json()
     assert not [c for c in body["cards"] if c["source"]["topic"]["code"] == "patient-data"]
+
+
+def test_no_junk_in_the_new_fields_gives_500(client):
+    """Medication references, contained resources, selections, fhirAuthorization and
+    prefetch values of any shape: an answer, never a server error."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    leaf = st.none() | st.booleans() | st.integers() | st.text(max_size=10)
+    junk = st.recursive(leaf, lambda inner: st.lists(inner, max_size=3)
+                        | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+    places = ["medicationReference", "contained", "selections", "fhirAuthorization",
+              "conditions", "patient", "medications", "authoredOn", "ingredient"]
+
+    @settings(max_examples=80, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(places), junk)
+    def run(where, value):
+        med = {"resourceType": "Medication", "id": "m1", "ingredient": [
+            {"itemCodeableConcept": coded(ATC_SYSTEM, "C01BD01")}]}
+        mr = order("d1", medicationReference={"reference": "#m1"}, contained=[med])
+        req = request([mr, order("d2", coded(ATC_SYSTEM, "J01MA14"))], selections=["x"])
+        req["hook"] = "order-select"
+        if where in ("medicationReference", "contained", "authoredOn"):
+            mr[where] = value
+        elif where == "ingredient":
+            med["ingredient"] = value
+        elif where in ("conditions", "patient", "medications"):
+            req["prefetch"] = {**EMPTY, where: value}
+        elif where == "selections":
+            req["context"]["selections"] = value
+        else:
+            req[where] = value
+        r = client.post(SELECT, json=req)
+        assert r.status_code in (200, 412, 422), r.text
+
+    run()

@@ -5,17 +5,36 @@ token with `expires_in`). The token is used only for the reads of this one hook 
 while `expires_in` says it is valid, and it is never logged or kept: errors name the server
 and the resource, never the token. Every read of one call shares one deadline (the hook's
 budget, `cds_hooks.fhir_timeout_s`), so a slow FHIR server costs at most that much.
+The URLs read are kept out of httpx's log lines: they carry the patient's id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+
+_BASES: set[str] = set()  # fhirServer bases read by this process (bounded below)
+
+
+class _PatientOutOfUrls(logging.Filter):
+    """httpx logs each request's URL at INFO, and a FHIR read's URL names the patient
+    (`Condition?patient=…`, `Patient/…`): those URLs are logged as `<fhirServer>/…`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) > 1 and \
+                any(str(args[1]).startswith(base) for base in _BASES):
+            record.args = (args[0], "<fhirServer>/…", *args[2:])
+        return True
+
+
+logging.getLogger("httpx").addFilter(_PatientOutOfUrls())
 
 
 class FhirUnavailable(Exception):
@@ -82,6 +101,9 @@ async def read_all(access: FhirAccess, queries: dict[str, str]) -> dict[str, Any
     FhirUnavailable names the first query that failed (time out, refusal, not JSON)."""
     if not queries:
         return {}
+    if len(_BASES) >= 1000:
+        _BASES.clear()
+    _BASES.add(access.base)
     if access.left() <= 0:
         raise FhirUnavailable("no time left to read from the FHIR server")
     headers = {"Accept": "application/fhir+json"}
