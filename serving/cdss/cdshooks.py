@@ -205,7 +205,8 @@ def read_resource(name: str, data: Any, where: str, notes: Notes):
     for _ in range(25):
         try:
             return model.parse_obj(data)
-        except (V1Error, ValueError, TypeError) as exc:
+        except (V1Error, ValueError, TypeError, AttributeError, KeyError) as exc:
+            # fhir.resources raises AttributeError on some shapes (a bool as a resource)
             errors = exc.errors() if isinstance(exc, V1Error) else []
             progressed = False
             for err in sorted(errors, key=lambda e: [(0, p) if isinstance(p, int) else (1, str(p))
