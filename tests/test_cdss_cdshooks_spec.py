@@ -456,3 +456,13 @@ def test_no_junk_in_the_new_fields_gives_500(client):
         assert r.status_code in (200, 412, 422), r.text
 
     run()
+
+
+def test_unrecognised_card_names_the_text_and_the_code(client):
+    concept = {**coded("http://example.org/local", "L-42"), "text": "Cao dược liệu XYZ"}
+    body = client.post(SIGN, json=request([order("d1", concept)]),
+                       headers={"Accept-Language": "en"}).json()
+    [card] = [c for c in body["cards"] if c["source"]["topic"]["code"] == "unrecognised-drug"]
+    assert card["summary"] == ("Drug not recognised, NOT checked: “Cao dược liệu XYZ” – "
+                               "L-42 (http://example.org/local)")
+    assert "NOT checked" in card["detail"] and card["indicator"] == "warning"

@@ -594,9 +594,12 @@ class HookService:
         index = alert.lines[0] if alert.lines else -1
         identity = hp.identities.get(index) or Identity((), "")
         line = hp.rx.lines[index] if 0 <= index < len(hp.rx.lines) else None
-        named = ", ".join(c.label() for c in identity.codes) or (
-            f"“{line.text}”" if line is not None and line.text else ("(không có tên/mã)" if vi
-                                                                     else "(no name or code)"))
+        codes = ", ".join(c.label() for c in identity.codes)
+        text = line.text if line is not None else ""
+        parts = [f"“{text}”"] if text and text != " ".join(
+            c.label() for c in identity.codes) else []
+        named = " – ".join(parts + ([codes] if codes else [])) or (
+            "(không có tên/mã)" if vi else "(no name or code)")
         summary = (f"Thuốc không nhận diện được, CHƯA kiểm tra: {named}" if vi
                    else f"Drug not recognised, NOT checked: {named}")
         detail = (f"Mã/tên {named} không có trong từ điển thuốc của Hải Đăng (ATC, RxNorm, "
