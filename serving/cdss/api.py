@@ -176,9 +176,9 @@ class CdssState:
     show_minor: bool
     shown: SharedState  # alert ids shown per patient/encounter, hook and draft orders
     cards: SharedState  # card uuid -> alert id, for feedback
-    hooks: cdshooks.HookService  # reads hook requests (codes, prefetch, FHIR server)
     knowledge_version: str | None = None
     shared: SharedState | None = None
+    hooks: cdshooks.HookService | None = None  # reads hook requests (codes, prefetch, FHIR)
 
     def close(self) -> None:
         self.audit.close()
@@ -203,7 +203,6 @@ def cdss_router(
     audit: AuditLog | None = None,
     show_minor: bool = False,
     router: APIRouter | None = None,
-    catalog=None,
 ) -> APIRouter:
     """The CDSS routes; the router's `.cdss` attribute holds their shared state.
 
@@ -223,10 +222,11 @@ def cdss_router(
         show_minor=show_minor,
         shown=shared,
         cards=shared,
-        hooks=cdshooks.HookService(kb, catalog, getattr(settings, "cds_hooks", None)),
         knowledge_version=getattr(kb, "version", None),
         shared=shared,
     )
+    state.hooks = cdshooks.HookService(kb, getattr(state, "catalog", None),
+                                       getattr(settings, "cds_hooks", None))
     router = APIRouter() if router is None else router
     router.cdss = state  # type: ignore[attr-defined]
 

@@ -62,8 +62,9 @@ def load_rxnorm(path: Path = RXNORM_MAP) -> dict[str, str]:
 
 
 def _by_atc(kb: KnowledgeBase) -> dict[str, tuple[str, ...]]:
-    """ATC code -> ingredient keys, from the dictionary. Replaced by H3's
-    `kb.ingredient_by_atc` once the knowledge base offers it (one line below)."""
+    """Level-5 ATC code -> ingredient keys, from the dictionary. Once the knowledge base
+    offers `ingredient_by_atc`, `by_code` asks it instead (level-5 codes only: a group code
+    names no drug) and this index goes."""
     index: dict[str, list[str]] = {}
     for drug in kb.drugs.values():
         for atc in drug.atc_codes:
