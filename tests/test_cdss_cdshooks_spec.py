@@ -145,6 +145,7 @@ def test_spec_dstu2_examples_are_answered_with_a_warning(client, name):
     assert r.status_code == 200, r.text
     [card] = [c for c in r.json()["cards"] if "MedicationOrder" in c["summary"]]
     assert card["indicator"] == "warning"
+    assert card["source"]["topic"]["code"] == "input-not-checked"
 
 
 # ---------------------------------------------------------------------- prefetch and FHIR
@@ -298,6 +299,7 @@ def test_coder_units():
     assert coder.by_code(Code(RXNORM_SYSTEM, "161")) == ("paracetamol",)
     assert coder.by_code(Code(RXNORM_SYSTEM, "617993")) == ()  # a clinical drug: not mapped
     assert coder.by_code(Code("urn:other", "C01BD01")) == ()
+    assert coder.by_code(Code(ATC_SYSTEM, "J01MA")) == ()  # a group names no drug
     assert coder.by_name("Biệt dược thử") == ("clarithromycin",)
     found = coder.identify([Code(RXNORM_SYSTEM, "617993", "Amoxicillin 120 MG/ML / "
                                  "clavulanate potassium 8.58 MG/ML Oral Suspension")], [None])

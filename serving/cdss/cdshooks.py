@@ -151,7 +151,7 @@ class Notes:
     """What the reading ignored or could not establish, for the response's cards."""
 
     ignored: list[str] = field(default_factory=list)  # "path: why"
-    warnings: list[tuple[str, str, str]] = field(default_factory=list)  # (id, vi, en)
+    warnings: list[tuple[str, str, str]] = field(default_factory=list)  # (topic, vi, en)
 
     def ignore(self, where: str, why: str) -> None:
         if len(self.ignored) < 50:
@@ -469,7 +469,7 @@ class HookService:
             lines.append(line)
         if _resources(drafts, "MedicationOrder", "context.draftOrders"):
             notes.warnings.append((
-                "fhir-version:dstu2",
+                "input-not-checked",
                 "Đơn có MedicationOrder (FHIR DSTU2): dịch vụ chỉ đọc MedicationRequest (FHIR "
                 "R4), các thuốc này CHƯA được kiểm tra.",
                 "The orders hold MedicationOrder (FHIR DSTU2): this service reads FHIR R4 "
@@ -533,13 +533,13 @@ class HookService:
         shown = pt.birthDate if isinstance(pt.birthDate, str) else birth.isoformat()
         if birth > today:
             notes.warnings.append((
-                "patient-birthdate:future",
+                "patient-data",
                 f"Ngày sinh {shown} ở tương lai: không kiểm tra được theo tuổi.",
                 f"Birth date {shown} is in the future: age-based checks were not done."))
             return sex, None
         if birth > on:
             notes.warnings.append((
-                "patient-birthdate:after-visit",
+                "patient-data",
                 f"Ngày sinh {shown} sau ngày kê đơn {on.isoformat()}: không kiểm tra theo tuổi.",
                 f"Birth date {shown} is after the order date {on.isoformat()}: age-based "
                 "checks were not done."))
@@ -547,7 +547,7 @@ class HookService:
         years = on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
         if years > MAX_AGE_YEARS:
             notes.warnings.append((
-                "patient-birthdate:over-130",
+                "patient-data",
                 f"Ngày sinh {shown} cho tuổi trên 130: không kiểm tra được theo tuổi.",
                 f"Birth date {shown} gives an age over 130 years: age-based checks were "
                 "not done."))
@@ -570,9 +570,9 @@ class HookService:
         """Cards about the request itself: impossible patient data, ignored elements."""
         vi = lang == "vi"
         cards = []
-        for _, text_vi, text_en in hp.notes.warnings:
+        for topic, text_vi, text_en in hp.notes.warnings:
             text = text_vi if vi else text_en
-            cards.append(_plain_card(text, text, "warning", "patient-data"))
+            cards.append(_plain_card(text, text, "warning", topic))
         if hp.notes.ignored:
             listed = "\n".join(f"- `{x}`" for x in hp.notes.ignored)
             summary = (f"Đã bỏ qua {len(hp.notes.ignored)} phần tử FHIR không đọc được; "
@@ -584,10 +584,10 @@ class HookService:
         return cards
 
     def card(self, alert: InteractionAlert, lang: str, hp: HookPrescription) -> dict:
-        lines = hp.rx.lines
+        """The alert's card; a drug not recognised is a warning naming its codes."""
         if alert.kind == "unrecognised-drug":
             return self._unrecognised_card(alert, lang, hp)
-        return card_for(alert, lang, lines)
+        return card_for(alert, lang, hp.rx.lines)
 
     def _unrecognised_card(self, alert, lang: str, hp: HookPrescription) -> dict:
         vi = lang == "vi"
