@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "HAIDANG_"
 DEFAULT_CONFIG_ENV = "HAIDANG_CONFIG"
@@ -151,6 +151,43 @@ class LearnedSettings(_Section):
     )
 
 
+class TrustedIssuer(_Section):
+    """A CDS Hooks client (EHR) whose JWT signing keys come from its own JWKS."""
+
+    iss: str
+    jwks_url: str | None = Field(
+        None, description="the EHR's JWKS URL; a token's jku is honoured only when equal to it"
+    )
+    jwks_file: Path | None = Field(None, description="the EHR's JWKS as a file")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError(f"issuer {self.iss}: set exactly one of jwks_url and jwks_file")
+        return self
+
+
+class CdsHooksSettings(_Section):
+    issuers: list[TrustedIssuer] = Field(
+        default_factory=list, description="EHRs with their own JWKS (URL or file), besides "
+        "security.jwks_file + security.allowed_issuers"
+    )
+    clock_skew_s: float = Field(30.0, ge=0, le=300, description="JWT exp/iat/nbf tolerance")
+    jwks_refresh_s: float = Field(
+        60.0, ge=0, description="an unknown kid re-reads a JWKS at most this often"
+    )
+    fhir_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="budget for reading missing prefetch from fhirServer"
+    )
+    fhir_servers: list[str] = Field(
+        default_factory=list, description="fhirServer base URLs that may be read; empty = any"
+    )
+    ma_thuoc_systems: list[str] = Field(
+        default_factory=lambda: ["urn:haidang:qd130:ma-thuoc"],
+        description="Coding.system URIs read as QĐ 130 MA_THUOC codes",
+    )
+
+
 class Settings(_Section):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     destinations: list[Destination] = Field(default_factory=list)
@@ -160,6 +197,7 @@ class Settings(_Section):
     notify: NotifySettings = Field(default_factory=NotifySettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     learned: LearnedSettings = Field(default_factory=LearnedSettings)
+    cds_hooks: CdsHooksSettings = Field(default_factory=CdsHooksSettings)
     language: str = Field("vi", description="default language of clinician-facing text: vi or en")
 
 

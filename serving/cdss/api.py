@@ -172,11 +172,12 @@ class CdssState:
     max_body: int
     public_url: str | None
     show_minor: bool
-    shown: SharedState  # alert ids shown per patient/encounter (order-select -> order-sign)
+    shown: SharedState  # alert ids shown per patient/encounter, hook and draft orders
     cards: SharedState  # card uuid -> alert id, for feedback
     knowledge_version: str | None = None
     shared: SharedState | None = None
     catalog: HospitalCatalog | None = None  # the hospital's MA_THUOC/brand mapping
+    hooks: cdshooks.HookService | None = None  # reads hook requests (codes, prefetch, FHIR)
 
     def close(self) -> None:
         self.audit.close()
@@ -229,7 +230,8 @@ def cdss_router(
     shared = SharedState(Path(sec.audit_log).with_name("cdss-shared.sqlite"))
     state = CdssState(
         engine=engine or CheckEngine(kb),
-        guard=guard or Guard.from_settings(sec, replay=shared),
+        guard=guard or Guard.from_settings(sec, replay=shared,
+                                           cds_hooks=getattr(settings, "cds_hooks", None)),
         audit=audit or audit_log(settings),
         language=getattr(settings, "language", "vi"),
         max_body=sec.max_body_bytes,
@@ -241,6 +243,8 @@ def cdss_router(
         shared=shared,
         catalog=hospital_catalog(settings, kb),
     )
+    state.hooks = cdshooks.HookService(kb, getattr(state, "catalog", None),
+                                       getattr(settings, "cds_hooks", None))
     router = APIRouter() if router is None else router
     router.cdss = state  # type: ignore[attr-defined]
 
@@ -326,35 +330,13 @@ def cdss_router(
             if hook.hook != service["hook"]:
                 raise BadRequest(400, f"hook: service {service_id} answers {service['hook']!r}, "
                                  f"not {hook.hook!r}")
-            try:
-                rx = cdshooks.prescription_from_hook(hook)
-            except cdshooks.CdsRequestError as exc:
-                raise BadRequest(422, str(exc)) from None
         except BadRequest as exc:
             return exc.response()
         lang = cdshooks.language(request.headers.get("accept-language"), state.language)
-        result = state.engine.check(rx)
-        scope = state.audit.pseudonym(
-            f"{hook.context.get('patientId')}|{hook.context.get('encounterId') or ''}") or ""
-        cards = []
-        shown_ids = []
-        for alert in result.alerts:
-            if alert.severity == "minor" and not state.show_minor:
-                continue
-            if state.shown.seen(scope, alert.id):
-                continue  # already shown at order-select (or an earlier call)
-            state.shown.remember(scope, alert.id)
-            card = cdshooks.card_for(alert, lang, rx.lines)
-            state.cards.add(card["uuid"], alert)
-            cards.append(card)
-            shown_ids.append(alert.id)
-        state.audit.record(
-            "check", {"patient": str(hook.context.get("patientId"))}, api="cds-hooks",
-            hook=hook.hook, caller=caller.id, hook_instance=hook.hookInstance, lines=len(rx.lines),
-            alerts=[a.id for a in result.alerts], shown=shown_ids,
-            ms=round((time.perf_counter() - started) * 1000, 3),
-        )
-        return JSONResponse({"cards": cards})
+        try:
+            return JSONResponse(await cdshooks.answer(state, hook, lang, caller.id, started))
+        except cdshooks.HookError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
     @router.post("/cds-services/{service_id}/feedback", tags=["cds-hooks"],
                  summary="Feedback on cards (accepted / overridden with a reason)")

@@ -1,9 +1,11 @@
 """State the CDSS worker processes must share: JWT `jti`s seen, cards shown, card ids.
 
 With several uvicorn workers a request can land on any of them: a replayed token sent to
-another worker must still be refused, and the order-sign call must know what order-select
-showed on another worker. One small SQLite file (WAL) next to the audit log holds these;
-each table is bounded in time (rows past their use are purged as writes go by).
+another worker must still be refused, and a hook repeated for the same draft orders must
+know what another worker already showed (the scope names the patient/encounter pseudonym,
+the hook and a digest of the draft orders). One small SQLite file (WAL) next to the audit
+log holds these; each table is bounded in time (rows past their use are purged as writes go
+by).
 Only CDS Hooks calls touch it (a few hundred microseconds), never the native check path.
 Patient scopes arrive already pseudonymised (keyed hashes), never raw identifiers.
 """

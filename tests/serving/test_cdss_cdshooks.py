@@ -1,5 +1,5 @@
-"""CDS Hooks 2.0: discovery and responses validated against the spec's JSON shapes,
-order-select then order-sign without repeated cards, indicators, language, feedback."""
+"""CDS Hooks 2.0: discovery and responses validated against the spec's JSON shapes, the card
+lifecycle from order-select to order-sign, indicators, language, feedback."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def test_schema_rejects_what_the_spec_forbids():
     good = {"cards": [{"summary": "ok", "indicator": "info", "source": {"label": "x"}}]}
     validate("response", good)
     for broken in (
-        {"cards": [{"summary": "x" * 141, "indicator": "info", "source": {"label": "x"}}]},
+        {"cards": [{"summary": "x" * 140, "indicator": "info", "source": {"label": "x"}}]},
         {"cards": [{"summary": "x", "indicator": "danger", "source": {"label": "x"}}]},
         {"cards": [{"summary": "x", "indicator": "info", "source": {}}]},
         {"cards": [{"summary": "x", "indicator": "info", "source": {"label": "x"},
@@ -97,19 +97,28 @@ def test_order_select_cards(client):
     assert "overrideReasons" not in specificity[0]
 
 
-def test_order_sign_does_not_repeat_cards_shown_at_select(client):
+def test_contraindicated_card_at_order_select_and_again_at_order_sign(client):
+    """Issue 16: the critical card shown at order-select is not lost at order-sign (the last
+    chance); only a repeat of the same hook for the same draft orders is quiet, and then
+    only below major."""
     select = client.post(SELECT, json=load("cds-order-select.json")).json()
-    assert cards_about(select, "amiodaron", "moxifloxacin")
+    [first] = cards_about(select, "amiodaron", "moxifloxacin")
+    assert first["indicator"] == "critical"
     sign = client.post(SIGN, json=load("cds-order-sign.json")).json()
     validate("response", sign)
-    assert cards_about(sign, "amiodaron", "moxifloxacin") == []
-    assert not [c for c in sign["cards"] if "J18" in c["summary"]]
+    [again] = cards_about(sign, "amiodaron", "moxifloxacin")
+    assert again["indicator"] == "critical" and again["overrideReasons"]
+    assert [c for c in sign["cards"] if "J18" in c["summary"]]  # another hook: shown
     [new] = cards_about(sign, "clarithromycin", "simvastatin")  # current med + new draft
     assert new["indicator"] == "critical"
     targets = {a["resourceId"] for s in new["suggestions"] for a in s["actions"]}
     assert targets == {"MedicationRequest/mr-draft-3"}  # never suggest deleting a current med
-    again = client.post(SIGN, json=load("cds-order-sign.json")).json()
-    assert again["cards"] == []
+    repeat = client.post(SIGN, json=load("cds-order-sign.json")).json()
+    assert cards_about(repeat, "amiodaron", "moxifloxacin")  # order-sign: always
+    assert cards_about(repeat, "clarithromycin", "simvastatin")
+    assert not [c for c in repeat["cards"] if "J18" in c["summary"]]  # same hook, same orders
+    select_again = client.post(SELECT, json=load("cds-order-select.json")).json()
+    assert select_again["cards"] == []  # same hook, same draft orders: not repeated
 
 
 def test_another_encounter_gets_the_cards_again(client):
@@ -132,7 +141,7 @@ def test_english_by_accept_language(client):
     [ddi] = cards_about(body, "amiodarone", "moxifloxacin")
     assert ddi["summary"].startswith("Contraindicated combination")
     assert ddi["overrideReasons"][0]["display"].startswith("Benefit")
-    assert len(ddi["summary"]) <= 140
+    assert len(ddi["summary"]) < 140
 
 
 def test_indicators_and_minor_hidden(fixture_client):
@@ -164,6 +173,7 @@ def test_minor_shown_when_configured(tmp_path):
 
 def test_structured_fhir_dose_above_maximum(fixture_client):
     req = load("cds-order-select.json")
+    req["context"].pop("selections")  # the fixture selects the other order
     mr = req["context"]["draftOrders"]["entry"][0]["resource"]
     mr["medicationCodeableConcept"]["text"] = "Ketorolac"
     mr["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = 30
@@ -196,9 +206,8 @@ def test_feedback_is_audited_with_the_override_reason(client):
         (lambda r: r["context"].pop("patientId"), 422, "context.patientId"),
         (lambda r: r["context"].pop("draftOrders"), 422, "context.draftOrders"),
         (lambda r: r.pop("hookInstance"), 422, "hookInstance"),
-        (lambda r: r["context"]["draftOrders"]["entry"][0]["resource"].pop("intent"), 422,
-         "context.draftOrders.entry[0].resource"),
-        (lambda r: r["prefetch"].update(patient=BAD_PATIENT), 422, "prefetch.patient"),
+        (lambda r: r.update(context="not an object"), 422, "context"),
+        (lambda r: r["context"].update(draftOrders=[]), 422, "context.draftOrders"),
     ],
 )
 def test_bad_hook_requests_name_the_field(client, mutate, status, needle):
@@ -209,6 +218,34 @@ def test_bad_hook_requests_name_the_field(client, mutate, status, needle):
     assert needle in r.text
 
 
+@pytest.mark.parametrize(
+    ("mutate", "named"),
+    [
+        (lambda r: r["context"]["draftOrders"]["entry"][0]["resource"].pop("intent"),
+         "context.draftOrders.entry[0].resource.intent"),
+        (lambda r: r["prefetch"].update(patient=BAD_PATIENT), "prefetch.patient.birthDate"),
+        (lambda r: r["context"]["draftOrders"]["entry"][1]["resource"].update(
+            dosageInstruction=[{"doseAndRate": {"doseQuantity": {"value": 1}}}]),
+         "context.draftOrders.entry[1].resource.dosageInstruction[0].doseAndRate"),
+        (lambda r: r["context"]["draftOrders"]["entry"][0]["resource"].update(vendorField=1),
+         "context.draftOrders.entry[0].resource.vendorField"),
+    ],
+)
+def test_malformed_optional_elements_are_ignored_and_said(client, mutate, named):
+    """Issue 16: one unexpected optional element no longer means no check at all: the check
+    runs (the contraindicated pair is still found) and an info card names what was ignored."""
+    req = copy.deepcopy(load("cds-order-select.json"))
+    mutate(req)
+    r = client.post(SELECT, json=req)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    validate("response", body)
+    assert cards_about(body, "amiodaron", "moxifloxacin")[0]["indicator"] == "critical"
+    [ignored] = [c for c in body["cards"] if c["source"]["topic"]["code"] == "input-ignored"]
+    assert ignored["indicator"] == "info" and "systemActions" not in body
+    assert named in ignored["detail"]
+
+
 def test_unknown_service_and_malformed_body(client):
     assert client.post("/cds-services/nope", json={}).status_code == 404
     r = client.post(SELECT, content=b"{not json", headers={"Content-Type": "application/json"})
@@ -217,16 +254,17 @@ def test_unknown_service_and_malformed_body(client):
 
 
 def test_workers_share_what_was_shown(tmp_path):
-    """Two app instances on one settings file stand for two uvicorn workers: order-sign on
-    the second does not repeat what order-select showed on the first, and feedback sent to
+    """Two app instances on one settings file stand for two uvicorn workers: the same
+    order-select on the second does not repeat what the first showed, and feedback sent to
     the second is audited with the alert id of a card the first made."""
     settings = settings_for(tmp_path, development=True)
     with TestClient(create_app(settings, kb=real_kb())) as a, \
             TestClient(create_app(settings, kb=real_kb())) as b:
         select = a.post(SELECT, json=load("cds-order-select.json")).json()
         [ddi] = cards_about(select, "amiodaron", "moxifloxacin")
+        assert b.post(SELECT, json=load("cds-order-select.json")).json()["cards"] == []
         sign = b.post(SIGN, json=load("cds-order-sign.json")).json()
-        assert cards_about(sign, "amiodaron", "moxifloxacin") == []
+        assert cards_about(sign, "amiodaron", "moxifloxacin")  # order-sign: shown again
         assert cards_about(sign, "clarithromycin", "simvastatin")
         fb = {"feedback": [{"card": ddi["uuid"], "outcome": "overridden",
                             "overrideReason": {"reason": ddi["overrideReasons"][1]}}]}
@@ -261,6 +299,6 @@ def test_no_hook_input_gives_500(client):
         else:
             req["context"]["draftOrders"]["entry"][0]["resource"] = value
         r = client.post(SELECT, json=req)
-        assert r.status_code in (200, 400, 422), r.text
+        assert r.status_code in (200, 400, 412, 422), r.text
 
     run()

@@ -222,3 +222,123 @@ def test_shared_replay_store_across_connections(tmp_path):
     assert two.check_and_add("iss\x00j1", now + 900, now + 600)  # its token long expired
     one.close()
     two.close()
+
+
+# ---------------------------------------------------------------------- issue 16: the JWT matrix
+def test_iat_sub_and_kid_are_required(client, signers):
+    assert_refused(call(client, signers[0].token(AUD, iat=None)))
+    assert_refused(call(client, signers[0].token(AUD, sub=None)))
+    now = int(time.time())
+    no_kid = jwt.encode({"iss": ISSUER, "sub": "s", "aud": AUD, "iat": now, "exp": now + 60,
+                         "jti": "no-kid-1"}, signers[0].private, algorithm="ES384")
+    assert_refused(call(client, no_kid))
+    assert call(client, signers[0].token(AUD)).status_code == 200  # the same, complete
+
+
+@pytest.mark.parametrize("alg", ["HS256", "HS384", "HS512"])
+def test_every_symmetric_algorithm_is_refused(client, alg):
+    now = int(time.time())
+    token = jwt.encode({"iss": ISSUER, "sub": "s", "aud": AUD, "iat": now, "exp": now + 60,
+                        "jti": f"sym-{alg}"}, b"a-shared-secret-is-not-an-identity-" * 2,
+                       algorithm=alg, headers={"kid": "shared"})
+    assert_refused(call(client, token))
+
+
+def _issuer_app(tmp_path, **issuer):
+    from haidang.ground.settings import TrustedIssuer
+
+    settings = settings_for(tmp_path, allowed_issuers=[])
+    settings.cds_hooks.issuers = [TrustedIssuer(iss=ISSUER, **issuer)]
+    settings.cds_hooks.jwks_refresh_s = 0.0
+    return TestClient(create_app(settings, kb=real_kb()))
+
+
+def test_jwks_url_is_fetched_and_refreshed_on_an_unknown_kid(tmp_path):
+    from tests.support.fhir_server import JsonEndpoint
+
+    old, new = Signer("k-2026-01", "ES384"), Signer("k-2026-07", "RS384")
+    with JsonEndpoint({"jwks.json": old.jwks}, prefix="") as ehr, \
+            _issuer_app(tmp_path, jwks_url=ehr.base + "/jwks.json") as c:
+        assert call(c, old.token(AUD)).status_code == 200
+        assert call(c, old.token(AUD)).status_code == 200
+        assert len(ehr.requests) == 1  # cached
+        assert_refused(call(c, new.token(AUD)))  # not published yet (one re-read)
+        ehr.routes["jwks.json"] = {"keys": old.jwks["keys"] + new.jwks["keys"]}  # key rotation
+        assert call(c, new.token(AUD)).status_code == 200
+        assert len(ehr.requests) == 3
+
+
+def test_jwks_refresh_is_rate_limited(tmp_path):
+    from haidang.ground.settings import TrustedIssuer
+    from tests.support.fhir_server import JsonEndpoint
+
+    signer = Signer("k1", "ES384")
+    with JsonEndpoint({"jwks.json": signer.jwks}, prefix="") as ehr:
+        settings = settings_for(tmp_path)
+        settings.cds_hooks.issuers = [TrustedIssuer(iss=ISSUER, jwks_url=ehr.base + "/jwks.json")]
+        with TestClient(create_app(settings, kb=real_kb())) as c:
+            assert call(c, signer.token(AUD)).status_code == 200
+            for n in range(5):  # a flood of unknown kids does not hammer the EHR
+                assert_refused(call(c, Signer(f"x{n}", "ES384").token(AUD)))
+        assert len(ehr.requests) == 1
+
+
+def test_jwks_file_is_reread_on_an_unknown_kid(tmp_path):
+    old, new = Signer("f1", "ES384"), Signer("f2", "ES384")
+    path = old.write_jwks(tmp_path / "ehr-jwks.json")
+    with _issuer_app(tmp_path, jwks_file=str(path)) as c:
+        assert call(c, old.token(AUD)).status_code == 200
+        assert_refused(call(c, new.token(AUD)))
+        new.write_jwks(path)
+        assert call(c, new.token(AUD)).status_code == 200
+
+
+def test_jku_honoured_only_as_the_issuers_configured_url(tmp_path):
+    from tests.support.fhir_server import JsonEndpoint
+
+    signer, attacker = Signer("k1", "ES384"), Signer("k1", "ES384")
+    with JsonEndpoint({"jwks.json": signer.jwks}, prefix="") as ehr, \
+            JsonEndpoint({"jwks.json": attacker.jwks}, prefix="") as evil, \
+            _issuer_app(tmp_path, jwks_url=ehr.base + "/jwks.json") as c:
+        def with_jku(who, url):
+            now = int(time.time())
+            return jwt.encode({"iss": ISSUER, "sub": "s", "aud": AUD, "iat": now,
+                               "exp": now + 60, "jti": str(time.time_ns())}, who.private,
+                              algorithm="ES384", headers={"kid": "k1", "jku": url})
+        assert call(c, with_jku(signer, ehr.base + "/jwks.json")).status_code == 200
+        assert_refused(call(c, with_jku(attacker, evil.base + "/jwks.json")))
+        assert_refused(call(c, with_jku(signer, evil.base + "/jwks.json")))
+        assert evil.requests == []  # never fetched
+    # an issuer trusted through the shared JWKS file has no URL: any jku is refused
+    plain = Signer("p1", "ES384")
+    plain.write_jwks(tmp_path / "shared.json")
+    settings = settings_for(tmp_path, jwks_file=str(tmp_path / "shared.json"),
+                            allowed_issuers=[ISSUER])
+    with TestClient(create_app(settings, kb=real_kb())) as c:
+        now = int(time.time())
+        token = jwt.encode({"iss": ISSUER, "sub": "s", "aud": AUD, "iat": now, "exp": now + 60,
+                            "jti": "jku-shared"}, plain.private, algorithm="ES384",
+                           headers={"kid": "p1", "jku": "https://his.benhvien.example/jwks"})
+        assert_refused(call(c, token))
+
+
+def test_clock_skew_is_configurable(tmp_path):
+    signer = Signer("k1", "RS384")
+    signer.write_jwks(tmp_path / "jwks.json")
+    now = int(time.time())
+    for skew, expected in ((0.0, 401), (120.0, 200)):
+        settings = settings_for(tmp_path, jwks_file=str(tmp_path / "jwks.json"),
+                                allowed_issuers=[ISSUER])
+        settings.cds_hooks.clock_skew_s = skew
+        with TestClient(create_app(settings, kb=real_kb())) as c:
+            late = signer.token(AUD, iat=now - 100, exp=now - 30)  # expired 30 s ago
+            assert call(c, late).status_code == expected
+
+
+def test_an_issuer_needs_exactly_one_jwks_source():
+    from haidang.ground.settings import SettingsError, load_settings
+
+    for issuer in ({"iss": ISSUER}, {"iss": ISSUER, "jwks_url": "https://x/j",
+                                     "jwks_file": "/etc/j.json"}):
+        with pytest.raises(SettingsError, match="exactly one of jwks_url and jwks_file"):
+            load_settings(environ={"HAIDANG_CDS_HOOKS__ISSUERS": json.dumps([issuer])})
