@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "haidang.demo",  # demo
     "haidang.audit_cli",  # audit verify
     "dicom_gateway.dataset_cli",  # dataset export
+    "dicom_gateway.signin",  # users add/disable/enable
     "haidang.config_cli",  # config reference, config show
 )
 

@@ -128,6 +128,17 @@ class SecuritySettings(_Section):
     rate_limit_burst: int = Field(0, description="requests a caller may burst; 0 = 2 x rate")
 
 
+class WorklistSettings(_Section):
+    """The radiologists' worklist page: viewer link, times and sign-in sessions."""
+
+    viewer_url: str | None = Field(
+        None, description="URL template opening a study in the hospital's viewer; placeholders "
+        "{StudyInstanceUID}, {AccessionNumber}, {OrthancSeriesID} (Orthanc's web viewer)")
+    time_zone: str = Field("Asia/Ho_Chi_Minh",
+                           description="the hospital's time zone for times on the page (IANA)")
+    session_hours: float = Field(12.0, description="a sign-in lasts this long (hours)")
+
+
 class Settings(_Section):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     destinations: list[Destination] = Field(default_factory=list)
@@ -136,6 +147,7 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    worklist: WorklistSettings = Field(default_factory=WorklistSettings)
     language: str = Field("vi", description="default language of clinician-facing text: vi or en")
 
 
