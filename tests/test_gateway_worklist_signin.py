@@ -18,6 +18,7 @@ from dicom_gateway.worklist import worklist_app
 from haidang import audit
 from haidang.settings import Settings
 
+pytest_plugins = ["tests.conftest_pg"]
 REPO = Path(__file__).resolve().parents[1]
 HEADER = {"PatientName": "NGUYEN^VAN AN", "PatientID": "BN-2026-0042",
           "AccessionNumber": "ACC-7788", "PatientSex": "M", "PatientAge": "067Y",
@@ -38,7 +39,8 @@ def _settings(tmp_path, **security) -> Settings:
 def _analysed_study(index: Index) -> None:
     """A study indexed as the gateway does at ingest, with a current AI result."""
     index.record_instance(sop_uid=UID + ".1", study_uid=UID, series_uid=UID + ".2",
-                          sop_class_uid=HEADER["SOPClassUID"], transfer_syntax="1.2.840.10008.1.2.1",
+                          sop_class_uid=HEADER["SOPClassUID"],
+                          transfer_syntax="1.2.840.10008.1.2.1",
                           path="instances/x.dcm", size=1, calling_ae="CR1", attrs=HEADER,
                           quiet_period_s=0.0, now=1_765_000_000.0)
     index.assemble_due(now=1_765_000_001.0)
@@ -189,3 +191,35 @@ def test_users_command_adds_disables_and_ends_sessions(tmp_path):
     assert signin.sign_in("bs.minh", "mot-mat-khau-dai") is not None
     index.close()
     audit.close_all()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_read_views_and_reviews_on_both_dialects(tmp_path, dialect, request):
+    url = (request.getfixturevalue("postgres") if dialect == "postgresql"
+           else f"sqlite:///{tmp_path / 'h.db'}")
+    index = Index(url)
+    Index(url).close()  # a second opening finds the schema there (PostgreSQL: skips the DDL)
+    _analysed_study(index)
+    [study] = index.recent_studies(10)
+    assert (study.header["PatientID"], study.series_uid, study.instance_count) == \
+        ("BN-2026-0042", UID + ".2", 1)
+    [result] = index.study_results([UID])
+    assert (result.priority, result.summary["verdict"], result.exports) == ("URGENT",
+                                                                            "pneumonia", 0)
+    assert index.study_results([]) == [] and index.study_results(states=("failed",)) == []
+    assert index.study_delivery(UID).result_at == 1_765_000_003.0
+    assert index.add_user("bs.an", "$argon2id$x", "BS. An")
+    assert not index.add_user("bs.an", "$argon2id$y", "other")
+    index.record_review(UID, result.id, "BS. An", False, "pneumonia", "normal", "xẹp phổi")
+    index.mark_read(UID, "someone later")  # the first reader is kept
+    review = index.latest_reviews()[UID]
+    assert (review.agrees, review.label, review.reason) == (False, "normal", "xẹp phổi")
+    assert index.read_marks([UID])[UID].username == "BS. An"
+    [inst] = index.received_instances(since=1_764_999_999.0)
+    assert inst.attrs["AccessionNumber"] == "ACC-7788"
+    assert index.received_instances(since=1_765_000_001.0) == []
+    index.start_session("digest", "bs.an", "csrf", expires_at=2e9, now=1e9)
+    assert index.session("digest", now=1e9).display_name == "BS. An"
+    assert index.session("digest", now=2e9 + 1) is None
+    assert index.set_user_active("bs.an", False) and index.session("digest", now=1e9) is None
+    index.close()
