@@ -115,6 +115,13 @@ CREATE TABLE IF NOT EXISTS sessions (
     created_at DOUBLE PRECISION NOT NULL,
     expires_at DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS oidc_requests (
+    state_sha256 TEXT PRIMARY KEY,
+    nonce TEXT NOT NULL,
+    code_verifier TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
 CREATE TABLE IF NOT EXISTS study_reads (
     study_uid TEXT PRIMARY KEY,
     username TEXT NOT NULL,
@@ -838,6 +845,24 @@ class Index:
     def end_session(self, token_sha256: str) -> None:
         with self.tx() as q:
             q("DELETE FROM sessions WHERE token_sha256 = ?", (token_sha256,))
+
+    def start_oidc_request(self, state_sha256: str, nonce: str, code_verifier: str,
+                           redirect_uri: str, expires_at: float) -> None:
+        """A pending OpenID Connect sign-in (until the provider redirects back)."""
+        with self.tx() as q:
+            q("DELETE FROM oidc_requests WHERE expires_at < ?", (time.time(),))
+            q("INSERT INTO oidc_requests (state_sha256, nonce, code_verifier, redirect_uri, "
+              "expires_at) VALUES (?, ?, ?, ?, ?)",
+              (state_sha256, nonce, code_verifier, redirect_uri, expires_at))
+
+    def take_oidc_request(self, state_sha256: str) -> tuple[str, str, str] | None:
+        """(nonce, code_verifier, redirect_uri) of a live pending sign-in, used once."""
+        with self.tx() as q:
+            row = q("SELECT nonce, code_verifier, redirect_uri FROM oidc_requests "
+                    "WHERE state_sha256 = ? AND expires_at >= ?",
+                    (state_sha256, time.time())).fetchone()
+            q("DELETE FROM oidc_requests WHERE state_sha256 = ?", (state_sha256,))
+        return tuple(row) if row else None
 
     def mark_read(self, study_uid: str, username: str, now: float | None = None) -> None:
         """The first reader of a study is kept."""

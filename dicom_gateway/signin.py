@@ -6,7 +6,9 @@ SameSite=Strict`` cookie, kept in the index only as its SHA-256, so a copy of th
 opens no session. Every change (POST) made with a session carries the session's CSRF token
 in the ``X-CSRF-Token`` header (a synchroniser token: the page reads it from
 ``/api/session``; another site can neither read it nor send the cookie). Programs present an
-API key in the ``X-API-Key`` header; no credential is ever taken from a URL.
+API key in the ``X-API-Key`` header; no credential is ever taken from a URL. With
+``worklist.oidc`` set, the hospital's OpenID Connect provider can sign users in too
+(:mod:`dicom_gateway.oidc`); the session is the same.
 ``security.development`` switches the check off; never in production.
 
 Every read of patient data and every refusal is recorded in the audit trail.
@@ -21,12 +23,17 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from html import escape
 
+import requests
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from fastapi import HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from pydantic import BaseModel, Field
 
-from dicom_gateway.index import Index, Session
+from dicom_gateway.index import Index, Session, User
+from dicom_gateway.oidc import NO_PASSWORD, REQUEST_TTL_S, STATE_COOKIE, OidcError, OidcSignIn
 from haidang import audit
 from serving.cdss.security import ApiKeys, Unauthorized
 
@@ -83,10 +90,16 @@ class SignIn:
             return None
         if self.hasher.check_needs_rehash(user.password_hash):
             self.index.set_password_hash(username, self.hasher.hash(password))
+        return self.open_session(user)
+
+    def open_session(self, user: User) -> tuple[str, Session] | None:
+        """A new session token and its session for an active user (local or OIDC)."""
+        if not user.active:
+            return None
         token = secrets.token_urlsafe(32)
         csrf = secrets.token_urlsafe(32)
         expires = time.time() + 3600 * self.settings.worklist.session_hours
-        self.index.start_session(_digest(token), username, csrf, expires)
+        self.index.start_session(_digest(token), user.username, csrf, expires)
         return token, Session(user.username, user.display_name, csrf, expires)
 
     def sign_out(self, token: str | None) -> None:
@@ -138,6 +151,92 @@ class SignIn:
         audit.record(self.settings, "access", resource=request.url.path, caller=who.caller,
                      method=request.method, outcome="allowed")
         return who
+
+
+class SignInForm(BaseModel):
+    username: str = Field(min_length=1, max_length=100)
+    password: str = Field(min_length=1, max_length=500)
+
+
+def _client(request: Request) -> str:
+    return f"ip:{request.client.host if request.client else '-'}"
+
+
+def signin_router(signin: SignIn) -> APIRouter:
+    """Sign-in (local user or OpenID Connect), the session the page asks for, sign-out."""
+    settings = signin.settings
+    router = APIRouter()
+    reader = Depends(signin.reader)
+    oidc = OidcSignIn(settings, lambda: signin.index) if settings.worklist.oidc else None
+
+    def signed_in(session_cookie: str, response: Response) -> Response:
+        response.headers.append("set-cookie", session_cookie)
+        return response
+
+    @router.post("/api/signin")
+    def sign_in(form: SignInForm, request: Request) -> Response:
+        origin = request.headers.get("origin")
+        if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
+            raise HTTPException(403, "sign-in from another site refused")
+        started = signin.sign_in(form.username, form.password)
+        audit.record(settings, "sign-in", caller=_client(request), username=form.username,
+                     method="password", outcome="allowed" if started else "refused")
+        if started is None:
+            raise HTTPException(401, "Sai tên đăng nhập hoặc mật khẩu. / "
+                                     "Wrong user name or password.")
+        token, session = started
+        return signed_in(signin.cookie(token), JSONResponse(
+            {"name": session.display_name, "csrf": session.csrf_token}))
+
+    @router.get("/api/session")
+    def session(who: Reader = reader) -> dict:
+        return {"name": who.name, "csrf": who.session.csrf_token if who.session else None}
+
+    @router.post("/api/signout")
+    def sign_out(request: Request, who: Reader = reader) -> Response:
+        signin.sign_out(request.cookies.get(SESSION_COOKIE))
+        return signed_in(f"{SESSION_COOKIE}=; Max-Age=0; Path=/; HttpOnly; Secure; "
+                         "SameSite=Strict", JSONResponse({"signed_out": True}))
+
+    @router.get("/signin/oidc", include_in_schema=False)
+    def oidc_start(request: Request) -> Response:
+        if oidc is None:
+            raise HTTPException(404, "OpenID Connect sign-in is not configured (worklist.oidc)")
+        callback = settings.worklist.oidc.redirect_url or str(request.url_for("oidc_callback"))
+        url, state = oidc.start(callback)
+        response = RedirectResponse(url, status_code=303)
+        response.set_cookie(STATE_COOKIE, state, max_age=REQUEST_TTL_S, path="/signin/oidc",
+                            httponly=True, secure=True, samesite="lax")
+        return response
+
+    @router.get("/signin/oidc/callback", include_in_schema=False)
+    def oidc_callback(request: Request, state: str = "", code: str = "",
+                      error: str = "") -> Response:
+        if oidc is None:
+            raise HTTPException(404, "OpenID Connect sign-in is not configured (worklist.oidc)")
+        try:
+            if error or not code:
+                raise OidcError(f"the provider answered {error or 'without a code'}")
+            who = oidc.finish(state, request.cookies.get(STATE_COOKIE), code)
+        except (OidcError, requests.RequestException) as exc:
+            audit.record(settings, "sign-in", caller=_client(request), method="oidc",
+                         outcome="refused", reason=str(exc)[:200])
+            return HTMLResponse(
+                f"<p>Đăng nhập không thành công. / Sign-in failed: {escape(str(exc))}</p>"
+                '<p><a href="/worklist">Đăng nhập lại / Sign in again</a></p>', status_code=401)
+        signin.index.add_user(who.username, NO_PASSWORD, who.display_name)  # first sign-in
+        started = signin.open_session(signin.index.user(who.username))
+        audit.record(settings, "sign-in", caller=_client(request), username=who.username,
+                     method="oidc", outcome="allowed" if started else "refused")
+        if started is None:
+            return HTMLResponse("<p>Tài khoản đã bị khoá. / This user is disabled.</p>",
+                                status_code=403)
+        response = signed_in(signin.cookie(started[0]), RedirectResponse("/worklist", 303))
+        response.headers.append("set-cookie", f"{STATE_COOKIE}=; Max-Age=0; Path=/signin/oidc; "
+                                "HttpOnly; Secure; SameSite=Lax")
+        return response
+
+    return router
 
 
 # -- haidang users add/disable --------------------------------------------------------

@@ -24,12 +24,12 @@ from pathlib import Path
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
 from dicom_gateway.index import Index, ResultView, StudyView
-from dicom_gateway.signin import SESSION_COOKIE, Reader, SignIn
+from dicom_gateway.signin import Reader, SignIn, signin_router
 from haidang import audit
 from haidang.settings import WorklistSettings
 
@@ -205,11 +205,6 @@ def matches(row: WorklistRow, q: str = "", priority: str = "", modality: str = "
             and not (unread and row.read_by))
 
 
-class SignInForm(BaseModel):
-    username: str = Field(min_length=1, max_length=100)
-    password: str = Field(min_length=1, max_length=500)
-
-
 class ReviewForm(BaseModel):
     """"Agree" or "AI was wrong", with the reason (required when wrong)."""
 
@@ -225,40 +220,13 @@ def worklist_router(settings, index) -> APIRouter:
     reader = Depends(signin.reader)
     thumbs = Path(settings.gateway.spool_dir) / "ai"
     router = APIRouter()
-    page = (STATIC / "worklist.html").read_text(encoding="utf-8")
+    router.include_router(signin_router(signin))
+    page = (STATIC / "worklist.html").read_text(encoding="utf-8") \
+        .replace("__OIDC__", "true" if settings.worklist.oidc else "false")
 
     @router.get("/worklist", response_class=HTMLResponse)
     def worklist_page() -> str:  # no patient data: the script asks /api/session first
         return page.replace("__DEFAULT_LANG__", "en" if settings.language == "en" else "vi")
-
-    @router.post("/api/signin")
-    def sign_in(form: SignInForm, request: Request) -> JSONResponse:
-        origin = request.headers.get("origin")
-        if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
-            raise HTTPException(403, "sign-in from another site refused")
-        started = signin.sign_in(form.username, form.password)
-        client = request.client.host if request.client else "-"
-        audit.record(settings, "sign-in", caller=f"ip:{client}", username=form.username,
-                     outcome="allowed" if started else "refused")
-        if started is None:
-            raise HTTPException(401, "Sai tên đăng nhập hoặc mật khẩu. / "
-                                     "Wrong user name or password.")
-        token, session = started
-        response = JSONResponse({"name": session.display_name, "csrf": session.csrf_token})
-        response.headers["set-cookie"] = signin.cookie(token)
-        return response
-
-    @router.get("/api/session")
-    def session(who: Reader = reader) -> dict:
-        return {"name": who.name, "csrf": who.session.csrf_token if who.session else None}
-
-    @router.post("/api/signout")
-    def sign_out(request: Request, who: Reader = reader) -> JSONResponse:
-        signin.sign_out(request.cookies.get(SESSION_COOKIE))
-        response = JSONResponse({"signed_out": True})
-        response.headers["set-cookie"] = (f"{SESSION_COOKIE}=; Max-Age=0; Path=/; HttpOnly; "
-                                          "Secure; SameSite=Strict")
-        return response
 
     @router.get("/api/worklist")
     def worklist_data(limit: int = 200, q: str = "", priority: str = "", modality: str = "",

@@ -128,6 +128,20 @@ class SecuritySettings(_Section):
     rate_limit_burst: int = Field(0, description="requests a caller may burst; 0 = 2 x rate")
 
 
+class OidcSettings(_Section):
+    """Sign-in through the hospital's OpenID Connect provider (e.g. Keycloak)."""
+
+    issuer: str = Field(description="the provider's issuer URL (its discovery document is "
+                        "ISSUER/.well-known/openid-configuration)")
+    client_id: str = Field(description="this client's ID at the provider (the ID token's aud)")
+    client_secret: str | None = Field(None, description="confidential client's secret")
+    scopes: str = Field("openid profile", description="scopes asked for; must hold openid")
+    username_claim: str = Field("preferred_username",
+                                description="ID token claim naming the user (else sub)")
+    redirect_url: str | None = Field(
+        None, description="public URL of /signin/oidc/callback; default: from the request")
+
+
 class WorklistSettings(_Section):
     """The radiologists' worklist page: viewer link, times and sign-in sessions."""
 
@@ -137,6 +151,7 @@ class WorklistSettings(_Section):
     time_zone: str = Field("Asia/Ho_Chi_Minh",
                            description="the hospital's time zone for times on the page (IANA)")
     session_hours: float = Field(12.0, description="a sign-in lasts this long (hours)")
+    oidc: OidcSettings | None = None
 
 
 class Settings(_Section):

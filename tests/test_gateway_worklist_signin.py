@@ -223,3 +223,54 @@ def test_read_views_and_reviews_on_both_dialects(tmp_path, dialect, request):
     assert index.session("digest", now=2e9 + 1) is None
     assert index.set_user_active("bs.an", False) and index.session("digest", now=1e9) is None
     index.close()
+
+
+def test_openid_connect_sign_in_in_chromium(tmp_path):
+    """The hospital's provider: here oidc-provider-mock (PyPI; authlib's server side) on
+    loopback, a different origin from the worklist, as Keycloak would be."""
+    from oidc_provider_mock import User, run_server_in_thread
+    from playwright.sync_api import sync_playwright
+
+    from tests.imaging_e2e import WebServer
+    from tests.pacs import free_port
+    from tests.test_worklist import CHROMIUM, CHROMIUM_ARGS
+
+    hoa = User(sub="u-7f3a", claims={"preferred_username": "bs.hoa", "name": "BS. Hoàng Hoa"})
+    with run_server_in_thread(require_nonce=True, user_claims=[hoa]) as provider:
+        data = _settings(tmp_path).model_dump(mode="json")
+        data["worklist"]["oidc"] = {"issuer": f"http://localhost:{provider.server_port}",
+                                    "client_id": "haidang-worklist", "client_secret": "s3cret"}
+        settings = Settings.model_validate(data)
+        index = Index(settings.gateway.database_url)
+        _analysed_study(index)
+        with WebServer(worklist_app(settings, index), free_port()) as web, \
+                sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"{web.url}/worklist")
+            page.click("#oidc")  # to the provider, which asks who signs in
+            page.click("button[name=sub][value=u-7f3a]")
+            page.wait_for_selector(f'tr[data-study-uid="{UID}"]')  # back, signed in
+            assert page.locator("#who").inner_text() == "BS. Hoàng Hoa"
+            assert "NGUYEN VAN AN" in page.locator("td.patient").inner_text()
+            user = index.user("bs.hoa")
+            assert user.active and user.password_hash == "!oidc"  # no local password
+            assert SignIn(settings, lambda: index).sign_in("bs.hoa", "!oidc") is None
+
+            # a callback that did not start in this browser signs nobody in
+            other = browser.new_page()
+            r = other.goto(f"{web.url}/signin/oidc/callback?state=forged&code=abc")
+            assert r.status == 401 and "state mismatch" in other.content()
+            # a disabled user is turned away even though the provider vouches for them
+            assert index.set_user_active("bs.hoa", False)
+            page.goto(f"{web.url}/worklist")
+            page.wait_for_selector("#signin:not([hidden])")
+            page.click("#oidc")
+            page.click("button[name=sub][value=u-7f3a]")
+            page.wait_for_selector("text=This user is disabled")
+            browser.close()
+        index.close()
+    audit.close_all()
+    records = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    assert [(r["method"], r["outcome"]) for r in records if r["event"] == "sign-in"] == \
+        [("oidc", "allowed"), ("oidc", "refused"), ("oidc", "refused")]
