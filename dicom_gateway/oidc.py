@@ -40,11 +40,18 @@ class Identity:
     display_name: str
 
 
+def configured(settings) -> bool:
+    return bool(settings.worklist.oidc and settings.worklist.oidc.issuer)
+
+
 class OidcSignIn:
     """One configured provider (``worklist.oidc``)."""
 
     def __init__(self, settings, index):
         self.oidc = settings.worklist.oidc
+        if not self.oidc.client_id:
+            raise ValueError("worklist.oidc.issuer is set but worklist.oidc.client_id is empty: "
+                             "set the client ID registered at the provider")
         self._index = index
         self.timeout = settings.serving.timeout_s
 

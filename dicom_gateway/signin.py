@@ -33,7 +33,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
 from dicom_gateway.index import Index, Session, User
-from dicom_gateway.oidc import NO_PASSWORD, REQUEST_TTL_S, STATE_COOKIE, OidcError, OidcSignIn
+from dicom_gateway.oidc import (
+    NO_PASSWORD,
+    REQUEST_TTL_S,
+    STATE_COOKIE,
+    OidcError,
+    OidcSignIn,
+    configured,
+)
 from haidang import audit
 from serving.cdss.security import ApiKeys, Unauthorized
 
@@ -167,7 +174,7 @@ def signin_router(signin: SignIn) -> APIRouter:
     settings = signin.settings
     router = APIRouter()
     reader = Depends(signin.reader)
-    oidc = OidcSignIn(settings, lambda: signin.index) if settings.worklist.oidc else None
+    oidc = OidcSignIn(settings, lambda: signin.index) if configured(settings) else None
 
     def signed_in(session_cookie: str, response: Response) -> Response:
         response.headers.append("set-cookie", session_cookie)

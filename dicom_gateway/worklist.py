@@ -29,6 +29,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
 from dicom_gateway.index import Index, ResultView, StudyView
+from dicom_gateway.oidc import configured
 from dicom_gateway.signin import Reader, SignIn, signin_router
 from haidang import audit
 from haidang.settings import WorklistSettings
@@ -222,7 +223,7 @@ def worklist_router(settings, index) -> APIRouter:
     router = APIRouter()
     router.include_router(signin_router(signin))
     page = (STATIC / "worklist.html").read_text(encoding="utf-8") \
-        .replace("__OIDC__", "true" if settings.worklist.oidc else "false")
+        .replace("__OIDC__", "true" if configured(settings) else "false")
 
     @router.get("/worklist", response_class=HTMLResponse)
     def worklist_page() -> str:  # no patient data: the script asks /api/session first

@@ -131,9 +131,10 @@ class SecuritySettings(_Section):
 class OidcSettings(_Section):
     """Sign-in through the hospital's OpenID Connect provider (e.g. Keycloak)."""
 
-    issuer: str = Field(description="the provider's issuer URL (its discovery document is "
-                        "ISSUER/.well-known/openid-configuration)")
-    client_id: str = Field(description="this client's ID at the provider (the ID token's aud)")
+    issuer: str = Field("", description="the provider's issuer URL (its discovery document is "
+                        "ISSUER/.well-known/openid-configuration); empty: no OIDC sign-in")
+    client_id: str = Field("", description="this client's ID at the provider (the ID token's "
+                           "aud); required with issuer")
     client_secret: str | None = Field(None, description="confidential client's secret")
     scopes: str = Field("openid profile", description="scopes asked for; must hold openid")
     username_claim: str = Field("preferred_username",
