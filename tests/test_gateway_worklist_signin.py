@@ -274,3 +274,24 @@ def test_openid_connect_sign_in_in_chromium(tmp_path):
     records = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
     assert [(r["method"], r["outcome"]) for r in records if r["event"] == "sign-in"] == \
         [("oidc", "allowed"), ("oidc", "refused"), ("oidc", "refused")]
+
+
+def test_haidang_up_app_shows_no_patient_data_without_a_session(tmp_path):
+    """The composed app of ``haidang up`` (CDSS + worklist) keeps the worklist's check."""
+    from types import SimpleNamespace
+
+    from haidang.web import create_app
+
+    settings = _settings(tmp_path, api_keys=["machine-key-1"])
+    index = Index(settings.gateway.database_url)
+    _analysed_study(index)
+    client = TestClient(create_app(settings, SimpleNamespace(index=index, port=0)),
+                        base_url="https://testserver")
+    for method, path in PATIENT_ROUTES:
+        r = getattr(client, method)(path, **({"json": {"agrees": True}} if method == "post"
+                                             else {}))
+        assert r.status_code == 401 and "NGUYEN" not in r.text, path
+    r = client.get("/api/worklist", headers={"X-API-Key": "machine-key-1"})
+    assert r.status_code == 200 and r.json()["studies"][0]["patient_name"] == "NGUYEN VAN AN"
+    index.close()
+    audit.close_all()
