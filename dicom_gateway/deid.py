@@ -155,6 +155,7 @@ class Deidentifier:
 class ExportResult:
     exported: int = 0
     labelled: int = 0
+    labelled_by_radiologists: int = 0
     skipped_burned_in: int = 0
     unreadable: int = 0
     studies: set[str] = field(default_factory=set)
@@ -225,6 +226,7 @@ def export_dataset(index, spool_root: Path, out: Path, key_file: Path, secret: b
                          "pseudo_sop": str(ds.SOPInstanceUID)})
         if row["label"] is not None:
             res.labelled += 1
+            res.labelled_by_radiologists += row["label_source"] != "ai-verdict"
             label_rows.append({"path": rel.as_posix(), "image": rel.relative_to("images")
                                .as_posix(), "SOPInstanceUID": str(ds.SOPInstanceUID),
                                "label": row["label"], "findings": FINDINGS[row["label"]],

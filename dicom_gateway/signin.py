@@ -272,8 +272,14 @@ def _sign_in(args) -> tuple[SignIn, Index]:
 
 
 def cmd_add(args) -> int:
-    password = (getpass.getpass(f"password for {args.username}: ") if sys.stdin.isatty()
-                else sys.stdin.readline().rstrip("\n"))
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.username}: ")
+        if getpass.getpass("again: ") != password:
+            print("haidang users add: the two passwords differ; nothing changed",
+                  file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\n")
     signin, index = _sign_in(args)
     try:
         added = signin.add_user(args.username, password, args.display_name)

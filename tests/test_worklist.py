@@ -250,6 +250,7 @@ def _export_has_the_correction(tmp_path, data, reviewed):
                           str(out), "--secret", str(tmp_path / "deid.key")], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert "4 labelled in" in res.stdout and "(2 by radiologists' reviews" in res.stdout
     rows = list(csv.DictReader((out / "labels.csv").open(encoding="utf-8")))
     key = {r["pseudonym"]: r["original"] for r in csv.DictReader(
         (tmp_path / "export-reid-key.csv").open()) if r["kind"] == "study_uid"}
