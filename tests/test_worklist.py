@@ -101,6 +101,9 @@ def test_worklist_sign_in_filters_viewer_review_and_export(tmp_path):
                 page.click("#lang-en")
                 assert page.locator("html").get_attribute("lang") == "en"
                 assert page.locator("th").first.inner_text() == "Priority"
+                assert page.locator("#updated").inner_text().startswith("Updated: ")
+                page.screenshot(path=str(tmp_path / "en.png"), full_page=True)
+                copy_out(tmp_path / "en.png", "worklist-en.png")
                 page.click("#lang-vi")
                 page.wait_for_timeout(300)
                 shot = tmp_path / "worklist.png"
