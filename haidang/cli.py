@@ -22,7 +22,7 @@ COMMAND_MODULES = (
     "haidang.demo",  # demo
     "haidang.audit_cli",  # audit verify
     "dicom_gateway.dataset_cli",  # dataset export
-    "dicom_gateway.signin",  # users add/disable/enable
+    "dicom_gateway.users_cli",  # users add/disable/enable
     "haidang.config_cli",  # config reference, config show
 )
 
