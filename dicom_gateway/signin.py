@@ -17,6 +17,7 @@ Every read of patient data and every refusal is recorded in the audit trail.
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from dicom_gateway.oidc import (
 )
 from haidang import audit
 from serving.cdss.security import ApiKeys, Unauthorized
+from serving.ratelimit import TokenBucket
 
 SESSION_COOKIE = "haidang_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -173,6 +175,7 @@ def signin_router(signin: SignIn) -> APIRouter:
     router = APIRouter()
     reader = Depends(signin.reader)
     oidc = OidcSignIn(settings, lambda: signin.index) if configured(settings) else None
+    attempts = TokenBucket(rate=1 / 60, burst=10)  # per user name: 10 tries, then 1 a minute
 
     def signed_in(session_cookie: str, response: Response) -> Response:
         response.headers.append("set-cookie", session_cookie)
@@ -183,6 +186,13 @@ def signin_router(signin: SignIn) -> APIRouter:
         origin = request.headers.get("origin")
         if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
             raise HTTPException(403, "sign-in from another site refused")
+        wait = attempts.take(form.username.casefold())
+        if wait:
+            audit.record(settings, "sign-in", caller=_client(request), username=form.username,
+                         method="password", outcome="refused", reason="too many attempts")
+            raise HTTPException(429, "Thử quá nhiều lần; hãy đợi rồi thử lại. / Too many "
+                                     "attempts: wait, then try again.",
+                                headers={"Retry-After": str(math.ceil(wait))})
         started = signin.sign_in(form.username, form.password)
         audit.record(settings, "sign-in", caller=_client(request), username=form.username,
                      method="password", outcome="allowed" if started else "refused")

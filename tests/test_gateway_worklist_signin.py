@@ -138,6 +138,13 @@ def test_sign_in_session_cookie_csrf_review_and_audit(site):
                                                                 "BS. Trần Thị Lan")
     assert uids(unread="true") == []
 
+    # password guessing is slowed down: 10 tries per user name, then one a minute
+    for _ in range(8):  # 2 tries for this name were made above
+        assert client.post("/api/signin", json={"username": "bs.lan", "password": "guess-x"}
+                           ).status_code == 401
+    r = client.post("/api/signin", json={"username": "bs.lan", "password": "mat-khau-dai-1"})
+    assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+
     # a sign-in from another site is refused (login CSRF)
     assert client.post("/api/signin", headers={"Origin": "https://evil.example"},
                        json={"username": "bs.lan", "password": "mat-khau-dai-1"}
@@ -155,7 +162,7 @@ def test_sign_in_session_cookie_csrf_review_and_audit(site):
     assert any(r["event"] == "review" and r["agrees"] is False and r["label"] == "normal"
                for r in records)
     assert [r["outcome"] for r in records if r["event"] == "sign-in"] == \
-        ["refused", "refused", "allowed"]
+        ["refused", "refused", "allowed"] + ["refused"] * 9
     for secret in ("mat-khau-dai-1", "NGUYEN", "BN-2026-0042", token):
         assert secret not in log
     assert audit.verify_chain(settings.security.audit_log)[1] == []
