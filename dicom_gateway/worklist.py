@@ -133,6 +133,12 @@ def _band(p: float | None) -> str | None:
     return f"{low}–{low + 10}%"
 
 
+def _shown(results: list[ResultView]) -> ResultView | None:
+    """The result a study's row shows: the AI analysis's, else the newest."""
+    return next((r for r in results if r.analysis in AI_ANALYSES),
+                results[0] if results else None)
+
+
 def _status(study: StudyView, chosen: ResultView | None) -> tuple[str, float | None]:
     """The study's status and when it was flagged (result in PACS, or ready with no PACS)."""
     if chosen is None:
@@ -159,8 +165,7 @@ def worklist_rows(index: Index, settings=None, limit: int = 200) -> list[Worklis
     reviews, reads = index.latest_reviews(uids), index.read_marks(uids)
     rows = []
     for s in studies:
-        mine = results.get(s.study_uid, [])
-        chosen = next((r for r in mine if r.analysis in AI_ANALYSES), mine[0] if mine else None)
+        chosen = _shown(results.get(s.study_uid, []))
         status, flagged_at = _status(s, chosen)
         summary = chosen.summary if chosen else {}
         review, read = reviews.get(s.study_uid), reads.get(s.study_uid)
@@ -239,8 +244,7 @@ def worklist_router(settings, index) -> APIRouter:
                 "generated_at": datetime.now(UTC).isoformat(timespec="seconds")}
 
     def _current(study_uid: str) -> ResultView:
-        mine = [r for r in get_index().study_results([study_uid], ("current",))]
-        chosen = next((r for r in mine if r.analysis in AI_ANALYSES), mine[0] if mine else None)
+        chosen = _shown(get_index().study_results([study_uid], ("current",)))
         if chosen is None:
             raise HTTPException(404, "this study has no AI result to review")
         return chosen
