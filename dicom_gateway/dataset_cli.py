@@ -59,13 +59,15 @@ def cmd_export(args) -> int:
     finally:
         index.close()
     audit.record(settings, "dataset-export", exported=res.exported, labelled=res.labelled,
+                 labelled_by_radiologists=res.labelled_by_radiologists,
                  studies=len(res.studies), filters={"since": args.since,
                                                     "modality": args.modality,
                                                     "verdict": args.verdict})
     print(f"exported {res.exported} images of {len(res.studies)} studies "
           f"({len(res.patients)} pseudonymous patients) to {out}; {res.labelled} labelled in "
-          f"{out / 'labels.csv'}; left out {res.skipped_burned_in} with burned-in annotation, "
-          f"{res.unreadable} unreadable")
+          f"{out / 'labels.csv'} ({res.labelled_by_radiologists} by radiologists' reviews, "
+          f"the rest by the AI's verdict); left out {res.skipped_burned_in} with burned-in "
+          f"annotation, {res.unreadable} unreadable")
     print(f"re-identification key: {key} (keep it apart from the data set)")
     if res.labelled:
         print(f"train: haidang train cxr-pneumonia --data {out} --labels {out / 'labels.csv'} "

@@ -17,6 +17,12 @@ The secret lives in its own file (``--secret``, created 0600 on first use). The
 re-identification key (pseudonyms and UIDs back to the originals) is written to a separate
 file outside the export folder, so the folder can be handed over without it. Images with
 ``BurnedInAnnotation = YES`` are left out: the Basic profile does not clean pixels.
+
+``labels.csv`` labels each image with its study's radiologist review from the worklist
+where there is one ("agree", or "AI was wrong": the corrected label; ``label_source`` says
+which), else with the AI's verdict, so corrections flow into retraining. It reads as
+``haidang train --labels`` (``path``, ``label``, ``split``) and as ``haidang evaluate``
+(``image`` relative to ``images/``, NIH-style ``findings``).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ PROFILE_DATABASE = "dicomfields_2026c"
 METHOD = ("DICOM PS3.15 E.1-1 Basic Application Level Confidentiality Profile "
           "(dicom-anonymizer, table 2026c); HMAC-SHA256 pseudonymous UIDs and patient")
 LABEL_NAMES = ("normal", "pneumonia")  # what `haidang train cxr-pneumonia` accepts
+FINDINGS = {"normal": "No Finding", "pneumonia": "Pneumonia"}  # NIH-style, `haidang evaluate`
 
 
 def profile_tags() -> dict[str, list[tuple[int, ...]]]:
@@ -148,6 +155,7 @@ class Deidentifier:
 class ExportResult:
     exported: int = 0
     labelled: int = 0
+    labelled_by_radiologists: int = 0
     skipped_burned_in: int = 0
     unreadable: int = 0
     studies: set[str] = field(default_factory=set)
@@ -156,29 +164,33 @@ class ExportResult:
 
 def select_instances(index, since: float | None = None, modality: str | None = None,
                      verdict: str | None = None) -> list[dict]:
-    """Instances in the index matching the filters, each with its study's current verdict."""
-    import json
-
+    """Instances in the index matching the filters, each with its study's current AI verdict
+    and the label to train on: a radiologist's review (agree: the AI's verdict; "AI was
+    wrong": the corrected label) wins over the AI's verdict."""
     verdicts: dict[str, str] = {}
-    for study_uid, summary in index.query(
-            "SELECT study_uid, summary FROM results WHERE state = 'current' ORDER BY id"):
-        v = json.loads(summary).get("verdict")
-        if v in LABEL_NAMES or study_uid not in verdicts:
-            verdicts[study_uid] = v
+    for result in reversed(index.study_results(states=("current",))):  # oldest first
+        v = result.summary.get("verdict")
+        if v in LABEL_NAMES or result.study_uid not in verdicts:
+            verdicts[result.study_uid] = v
+    reviews = index.latest_reviews()
     rows = []
-    for sop, study, series, path, attrs, received in index.query(
-            "SELECT sop_uid, study_uid, series_uid, path, attrs, received_at FROM instances "
-            "ORDER BY received_at"):
-        attrs = json.loads(attrs)
-        if since is not None and received < since:
+    for inst in index.received_instances(since):
+        if modality and inst.attrs.get("Modality", "").upper() != modality.upper():
             continue
-        if modality and attrs.get("Modality", "").upper() != modality.upper():
-            continue
-        v = verdicts.get(study)
+        v = verdicts.get(inst.study_uid)
         if verdict and v != verdict:
             continue
-        rows.append({"sop": sop, "study": study, "series": series, "path": path,
-                     "modality": attrs.get("Modality", ""), "verdict": v})
+        review = reviews.get(inst.study_uid)
+        if review is not None and review.label in LABEL_NAMES:
+            label, source = review.label, ("radiologist-agreed" if review.agrees
+                                           else "radiologist-corrected")
+        elif v in LABEL_NAMES:
+            label, source = v, "ai-verdict"
+        else:
+            label, source = None, None
+        rows.append({"sop": inst.sop_uid, "study": inst.study_uid, "series": inst.series_uid,
+                     "path": inst.path, "modality": inst.attrs.get("Modality", ""),
+                     "verdict": v, "label": label, "label_source": source})
     return rows
 
 
@@ -212,15 +224,18 @@ def export_dataset(index, spool_root: Path, out: Path, key_file: Path, secret: b
         key_rows.append({**row, "pseudo_study": pseudo_study,
                          "pseudo_series": str(ds.SeriesInstanceUID),
                          "pseudo_sop": str(ds.SOPInstanceUID)})
-        if row["verdict"] in LABEL_NAMES:
+        if row["label"] is not None:
             res.labelled += 1
-            label_rows.append({"path": rel.as_posix(), "SOPInstanceUID": str(ds.SOPInstanceUID),
-                               "label": row["verdict"], "patient": str(ds.PatientID),
-                               "modality": row["modality"], "label_source": "ai-verdict"})
+            res.labelled_by_radiologists += row["label_source"] != "ai-verdict"
+            label_rows.append({"path": rel.as_posix(), "image": rel.relative_to("images")
+                               .as_posix(), "SOPInstanceUID": str(ds.SOPInstanceUID),
+                               "label": row["label"], "findings": FINDINGS[row["label"]],
+                               "patient": str(ds.PatientID), "modality": row["modality"],
+                               "label_source": row["label_source"]})
     _assign_splits(label_rows)
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as fh:
-        cols = ["path", "SOPInstanceUID", "label", "split", "patient", "modality",
-                "label_source"]
+        cols = ["path", "image", "SOPInstanceUID", "label", "findings", "split", "patient",
+                "modality", "label_source"]
         w = csv.DictWriter(fh, fieldnames=cols)
         w.writeheader()
         w.writerows(label_rows)

@@ -98,6 +98,50 @@ CREATE TABLE IF NOT EXISTS exports (
 CREATE INDEX IF NOT EXISTS exports_due ON exports (state, next_attempt_at);
 """
 
+# --- worklist tables: sign-in (users, sessions), read status, radiologists' reviews ---
+# Appended to the schema; PostgreSQL takes the last index of the whole schema as "all there".
+SCHEMA += """
+CREATE TABLE IF NOT EXISTS users (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    csrf_token TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS oidc_requests (
+    state_sha256 TEXT PRIMARY KEY,
+    nonce TEXT NOT NULL,
+    code_verifier TEXT NOT NULL,
+    redirect_uri TEXT NOT NULL,
+    expires_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS study_reads (
+    study_uid TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    read_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reviews (
+    id {autoid},
+    study_uid TEXT NOT NULL,
+    result_id BIGINT NOT NULL,
+    reviewer TEXT NOT NULL,
+    agrees INTEGER NOT NULL,
+    ai_verdict TEXT NOT NULL,
+    label TEXT,
+    reason TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+);
+CREATE INDEX IF NOT EXISTS reviews_study ON reviews (study_uid, id);
+"""
+SCHEMA_LAST_INDEX = "reviews_study"
+
 
 class Dialect:
     """What differs between SQLite and PostgreSQL, in one place."""
@@ -165,7 +209,7 @@ class Index:
                 # CREATE INDEX IF NOT EXISTS locks its table even when the index exists, and
                 # deadlocks against running workers: skip the DDL once the schema is there
                 # (it is created in one transaction, so its last index means all of it)
-                if q("SELECT to_regclass('exports_due')").fetchone()[0] is not None:
+                if q(f"SELECT to_regclass('{SCHEMA_LAST_INDEX}')").fetchone()[0] is not None:
                     return
             for stmt in SCHEMA.format(autoid=self.dialect.autoid).split(";"):
                 if stmt.strip():
@@ -672,3 +716,255 @@ class Index:
             d["summary"] = json.loads(d["summary"])
             out.append(d)
         return out
+
+    # --- read views for the worklist and de-identified export ---
+
+    def recent_studies(self, limit: int) -> list[StudyView]:
+        """The newest studies, each with the header of its first instance (patient, accession,
+        description: recorded at ingest, see ``scp.STUDY_KEYS``)."""
+        first = ("(SELECT i.{} FROM instances i WHERE i.study_uid = s.study_uid "
+                 "ORDER BY i.received_at LIMIT 1)")
+        rows = self.query(
+            "SELECT s.study_uid, s.state, s.instance_count, s.first_arrival, s.last_arrival, "
+            f"s.quiet_period_s, {first.format('attrs')}, {first.format('series_uid')} "
+            "FROM studies s ORDER BY s.last_arrival DESC LIMIT ?", (limit,))
+        return [StudyView(*r[:6], json.loads(r[6]) if r[6] else {}, r[7] or "") for r in rows]
+
+    def study_results(self, study_uids: list[str] | None = None,
+                      states: tuple[str, ...] = ("current", "failed")) -> list[ResultView]:
+        """Results in ``states`` (of these studies, else all) with their exports' progress,
+        newest first."""
+        where = f"r.state IN ({', '.join('?' * len(states))})"
+        params: tuple = tuple(states)
+        if study_uids is not None:
+            if not study_uids:
+                return []
+            where += f" AND r.study_uid IN ({', '.join('?' * len(study_uids))})"
+            params += tuple(study_uids)
+        rows = self.query(
+            "SELECT r.id, r.study_uid, r.analysis, r.state, r.priority, r.summary, r.created_at, "
+            "COUNT(e.id), SUM(CASE WHEN e.state = 'done' THEN 1 ELSE 0 END), MAX(e.done_at) "
+            f"FROM results r LEFT JOIN exports e ON e.result_id = r.id WHERE {where} "
+            "GROUP BY r.id ORDER BY r.id DESC", params)
+        return [ResultView(*r[:5], json.loads(r[5]), r[6], r[7], r[8] or 0, r[9]) for r in rows]
+
+    def study_delivery(self, study_uid: str) -> Delivery:
+        """How far the study's current results got: created, exported, and which objects."""
+        created = self.query(
+            "SELECT MAX(created_at) FROM results WHERE study_uid = ? AND state = 'current'",
+            (study_uid,))[0][0]
+        rows = self.query(
+            "SELECT e.sop_class_uid, e.state, e.done_at FROM exports e "
+            "JOIN results r ON r.id = e.result_id WHERE e.study_uid = ? AND r.state = 'current'",
+            (study_uid,))
+        done = [r for r in rows if r[1] == "done"]
+        by_class: dict[str, int] = {}
+        for sop_class, _, _ in done:
+            by_class[sop_class] = by_class.get(sop_class, 0) + 1
+        return Delivery(created, len(rows), len(done),
+                        max((r[2] for r in done), default=None), by_class)
+
+    def latest_reviews(self, study_uids: list[str] | None = None) -> dict[str, Review]:
+        """Each study's latest radiologist review (agree / AI was wrong)."""
+        sql = ("SELECT id, study_uid, result_id, reviewer, agrees, ai_verdict, label, reason, "
+               "created_at FROM reviews")
+        params: tuple = ()
+        if study_uids is not None:
+            if not study_uids:
+                return {}
+            sql += f" WHERE study_uid IN ({', '.join('?' * len(study_uids))})"
+            params = tuple(study_uids)
+        out: dict[str, Review] = {}
+        for r in self.query(sql + " ORDER BY id", params):
+            out[r[1]] = Review(r[0], r[1], r[2], r[3], bool(r[4]), *r[5:])
+        return out
+
+    def read_marks(self, study_uids: list[str]) -> dict[str, ReadMark]:
+        """Who read each study first, and when."""
+        if not study_uids:
+            return {}
+        rows = self.query(
+            "SELECT study_uid, username, read_at FROM study_reads "
+            f"WHERE study_uid IN ({', '.join('?' * len(study_uids))})", tuple(study_uids))
+        return {r[0]: ReadMark(*r) for r in rows}
+
+    def received_instances(self, since: float | None = None) -> list[InstanceView]:
+        """Indexed instances (received on/after ``since``), oldest first."""
+        sql = "SELECT sop_uid, study_uid, series_uid, path, attrs, received_at FROM instances"
+        params: tuple = ()
+        if since is not None:
+            sql, params = sql + " WHERE received_at >= ?", (since,)
+        return [InstanceView(*r[:4], json.loads(r[4]), r[5])
+                for r in self.query(sql + " ORDER BY received_at", params)]
+
+    # --- sign-in, read status and reviews: the worklist's writes ---
+
+    def add_user(self, username: str, password_hash: str, display_name: str) -> bool:
+        """A new, active user; False if the name is taken."""
+        with self.tx() as q:
+            return q("INSERT INTO users (username, password_hash, display_name, active, "
+                     "created_at) VALUES (?, ?, ?, 1, ?) ON CONFLICT (username) DO NOTHING",
+                     (username, password_hash, display_name, time.time())).rowcount > 0
+
+    def set_user_active(self, username: str, active: bool) -> bool:
+        """Enable or disable a user; disabling ends the user's sessions. False if unknown."""
+        with self.tx() as q:
+            found = q("UPDATE users SET active = ? WHERE username = ?",
+                      (int(active), username)).rowcount > 0
+            if not active:
+                q("DELETE FROM sessions WHERE username = ?", (username,))
+            return found
+
+    def set_password_hash(self, username: str, password_hash: str) -> None:
+        """A rehash with newer parameters, after a successful sign-in."""
+        with self.tx() as q:
+            q("UPDATE users SET password_hash = ? WHERE username = ?", (password_hash, username))
+
+    def user(self, username: str) -> User | None:
+        rows = self.query("SELECT username, password_hash, display_name, active FROM users "
+                          "WHERE username = ?", (username,))
+        return User(rows[0][0], rows[0][1], rows[0][2], bool(rows[0][3])) if rows else None
+
+    def start_session(self, token_sha256: str, username: str, csrf_token: str,
+                      expires_at: float, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.tx() as q:
+            q("DELETE FROM sessions WHERE expires_at < ?", (now,))
+            q("INSERT INTO sessions (token_sha256, username, csrf_token, created_at, expires_at) "
+              "VALUES (?, ?, ?, ?, ?)", (token_sha256, username, csrf_token, now, expires_at))
+
+    def session(self, token_sha256: str, now: float | None = None) -> Session | None:
+        """A live session of an active user, else None."""
+        now = time.time() if now is None else now
+        rows = self.query(
+            "SELECT u.username, u.display_name, s.csrf_token, s.expires_at FROM sessions s "
+            "JOIN users u ON u.username = s.username WHERE s.token_sha256 = ? "
+            "AND s.expires_at > ? AND u.active = 1", (token_sha256, now))
+        return Session(*rows[0]) if rows else None
+
+    def end_session(self, token_sha256: str) -> None:
+        with self.tx() as q:
+            q("DELETE FROM sessions WHERE token_sha256 = ?", (token_sha256,))
+
+    def start_oidc_request(self, state_sha256: str, nonce: str, code_verifier: str,
+                           redirect_uri: str, expires_at: float) -> None:
+        """A pending OpenID Connect sign-in (until the provider redirects back)."""
+        with self.tx() as q:
+            q("DELETE FROM oidc_requests WHERE expires_at < ?", (time.time(),))
+            q("INSERT INTO oidc_requests (state_sha256, nonce, code_verifier, redirect_uri, "
+              "expires_at) VALUES (?, ?, ?, ?, ?)",
+              (state_sha256, nonce, code_verifier, redirect_uri, expires_at))
+
+    def take_oidc_request(self, state_sha256: str) -> tuple[str, str, str] | None:
+        """(nonce, code_verifier, redirect_uri) of a live pending sign-in, used once."""
+        with self.tx() as q:
+            row = q("SELECT nonce, code_verifier, redirect_uri FROM oidc_requests "
+                    "WHERE state_sha256 = ? AND expires_at >= ?",
+                    (state_sha256, time.time())).fetchone()
+            q("DELETE FROM oidc_requests WHERE state_sha256 = ?", (state_sha256,))
+        return tuple(row) if row else None
+
+    def mark_read(self, study_uid: str, username: str, now: float | None = None) -> None:
+        """The first reader of a study is kept."""
+        with self.tx() as q:
+            q("INSERT INTO study_reads (study_uid, username, read_at) VALUES (?, ?, ?) "
+              "ON CONFLICT (study_uid) DO NOTHING",
+              (study_uid, username, time.time() if now is None else now))
+
+    def record_review(self, study_uid: str, result_id: int, reviewer: str, agrees: bool,
+                      ai_verdict: str, label: str | None, reason: str,
+                      now: float | None = None) -> int:
+        """A radiologist's review of a result; reviewing also marks the study read."""
+        now = time.time() if now is None else now
+        with self.tx() as q:
+            rid = q("INSERT INTO reviews (study_uid, result_id, reviewer, agrees, ai_verdict, "
+                    "label, reason, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                    (study_uid, result_id, reviewer, int(agrees), ai_verdict, label, reason,
+                     now)).fetchone()[0]
+            q("INSERT INTO study_reads (study_uid, username, read_at) VALUES (?, ?, ?) "
+              "ON CONFLICT (study_uid) DO NOTHING", (study_uid, reviewer, now))
+        return rid
+
+
+# --- typed rows of the read views (above) ---
+
+
+@dataclass(frozen=True)
+class StudyView:
+    study_uid: str
+    state: str
+    instance_count: int
+    first_arrival: float
+    last_arrival: float
+    quiet_period_s: float
+    header: dict  # the first instance's indexed attributes (scp.INDEXED_KEYS)
+    series_uid: str  # the first instance's series
+
+
+@dataclass(frozen=True)
+class ResultView:
+    id: int
+    study_uid: str
+    analysis: str
+    state: str
+    priority: str
+    summary: dict
+    created_at: float
+    exports: int
+    exports_done: int
+    last_export_at: float | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    result_at: float | None  # the newest current result
+    exports: int
+    exports_done: int
+    last_done_at: float | None
+    done_by_sop_class: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Review:
+    id: int
+    study_uid: str
+    result_id: int
+    reviewer: str
+    agrees: bool
+    ai_verdict: str
+    label: str | None  # the radiologist's label where it differs from the AI's
+    reason: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ReadMark:
+    study_uid: str
+    username: str
+    read_at: float
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    sop_uid: str
+    study_uid: str
+    series_uid: str
+    path: str
+    attrs: dict
+    received_at: float
+
+
+@dataclass(frozen=True)
+class User:
+    username: str
+    password_hash: str
+    display_name: str
+    active: bool
+
+
+@dataclass(frozen=True)
+class Session:
+    username: str
+    display_name: str
+    csrf_token: str
+    expires_at: float

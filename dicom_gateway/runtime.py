@@ -108,7 +108,7 @@ class Gateway:
 
     def reindex_spool(self) -> int:
         """Index spool files the index does not know (its last commits lost in an OS crash)."""
-        from dicom_gateway.scp import ROUTING_KEYS, Unparsable, parse_header
+        from dicom_gateway.scp import Unparsable, header_of, parse_header
 
         instances = self.spool.root / "instances"
         if not instances.is_dir():
@@ -132,8 +132,7 @@ class Gateway:
                 continue
             meta = ds.file_meta
             ae = str(meta.get("SourceApplicationEntityTitle", "") or "").strip()
-            attrs = {k: str(ds.get(k, "") or "") for k in ROUTING_KEYS}
-            attrs["SOPClassUID"] = str(ds.SOPClassUID)
+            attrs = header_of(ds).attrs
             self.index.record_instance(
                 sop_uid=str(ds.SOPInstanceUID).strip(),
                 study_uid=str(ds.StudyInstanceUID).strip(),

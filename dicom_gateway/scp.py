@@ -51,6 +51,18 @@ ROUTING_KEYS = (
     "SeriesNumber",
     "InstanceNumber",
 )
+# what the worklist shows a radiologist, recorded at ingest with the routing keys
+STUDY_KEYS = (
+    "PatientName",
+    "PatientID",
+    "PatientSex",
+    "PatientAge",
+    "PatientBirthDate",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyTime",
+)
+INDEXED_KEYS = ROUTING_KEYS + STUDY_KEYS
 
 
 class Unparsable(ValueError):
@@ -85,7 +97,7 @@ HEADER_TAGS = [
     "SeriesInstanceUID",
     "SOPInstanceUID",
     "SOPClassUID",
-    *ROUTING_KEYS,
+    *INDEXED_KEYS,
 ]
 
 
@@ -99,7 +111,7 @@ def parse_header(data: bytes) -> pydicom.Dataset:
         ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=HEADER_TAGS)
         check_file_bytes(data, str(ds.file_meta.TransferSyntaxUID))  # cut short, bad lengths
         uids = [str(ds[k].value).strip() for k in HEADER_TAGS[1:5]]
-        for key in ROUTING_KEYS:
+        for key in INDEXED_KEYS:
             ds.get(key)
     except Exception as exc:  # noqa: BLE001 - whatever pydicom raises, the data is not understood
         raise Unparsable(f"{type(exc).__name__}: {exc}") from exc
@@ -115,11 +127,11 @@ class Header(NamedTuple):
     series_uid: str
     sop_uid: str
     sop_class_uid: str
-    attrs: dict[str, str]  # ROUTING_KEYS as str(ds.get(key, "") or ""), plus SOPClassUID
+    attrs: dict[str, str]  # INDEXED_KEYS as str(ds.get(key, "") or ""), plus SOPClassUID
 
 
 def header_of(ds: pydicom.Dataset) -> Header:
-    attrs = {k: str(ds.get(k, "") or "") for k in ROUTING_KEYS}
+    attrs = {k: str(ds.get(k, "") or "") for k in INDEXED_KEYS}
     attrs["SOPClassUID"] = str(ds.SOPClassUID)
     return Header(str(ds.StudyInstanceUID).strip(), str(ds.SeriesInstanceUID).strip(),
                   str(ds.SOPInstanceUID).strip(), str(ds.SOPClassUID), attrs)
@@ -139,6 +151,14 @@ _QUICK = {
     0x00080070: ("Manufacturer", b"LO"),
     0x00200011: ("SeriesNumber", b"IS"),
     0x00200013: ("InstanceNumber", b"IS"),
+    0x00100010: ("PatientName", b"PN"),
+    0x00100020: ("PatientID", b"LO"),
+    0x00100040: ("PatientSex", b"CS"),
+    0x00101010: ("PatientAge", b"AS"),
+    0x00100030: ("PatientBirthDate", b"DA"),
+    0x00080050: ("AccessionNumber", b"SH"),
+    0x00080020: ("StudyDate", b"DA"),
+    0x00080030: ("StudyTime", b"TM"),
 }
 _QUICK_TAGS = frozenset(_QUICK)
 _UID_CHARS = frozenset(b"0123456789.")
@@ -196,7 +216,7 @@ def quick_header(stream: bytes | memoryview, transfer_syntax: str) -> Header | N
                                 "SOPClassUID")]
     if any(len(u) > 64 for u in uids):
         return None
-    attrs = {k: values[k] for k in ROUTING_KEYS}
+    attrs = {k: values[k] for k in INDEXED_KEYS}
     attrs["SOPClassUID"] = uids[3]
     return Header(*uids, attrs)
 

@@ -11,7 +11,10 @@ import argparse
 import sys
 
 from dicom_gateway import cli as gateway_cli  # gateway, echo, send, exports
-from dicom_gateway import dataset_cli  # dataset export
+from dicom_gateway import (
+    dataset_cli,  # dataset export
+    users_cli,  # users add/disable/enable
+)
 from haidang import audit_cli, config_cli, demo, up  # audit verify; config; demo; up
 from haidang.ground.logs import FORMATS, configure
 from haidang.ground.settings import SettingsError
@@ -20,7 +23,7 @@ from training import cli as training_cli  # train, evaluate, models
 from training import learned_cli  # xml130-synth
 
 COMMAND_MODULES = (up, gateway_cli, serving_cli, training_cli, learned_cli, demo, audit_cli,
-                   dataset_cli, config_cli)
+                   dataset_cli, users_cli, config_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

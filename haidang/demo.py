@@ -21,12 +21,14 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-from haidang.testbed.orthanc import Orthanc, free_port, orthanc_binary
+from haidang.testbed.orthanc import WEB_VIEWER, Orthanc, free_port, orthanc_binary
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET_PERIOD_S = 0.5
+SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR: the AI report
 
 
 def register(sub) -> None:
@@ -99,11 +101,14 @@ def demo_settings(workdir: Path, models_dir: Path, pacs: Orthanc | None, base=No
                        "host": "127.0.0.1", "port": free_port()}
     data["export"] = {**data.get("export", {}), "base_delay_s": 0.5, "max_delay_s": 5.0}
     data["notify"] = {**data.get("notify", {})}
-    # The worklist data are patient results: even the demo serves them behind a key, a fresh
-    # one per run, handed to the browser once in the printed address (/worklist?key=...).
+    # The worklist data are patient results: even the demo serves them behind a sign-in
+    # (a fresh user per run, see run_demo) and programs behind a fresh API key.
     data["security"] = {**data.get("security", {}), "development": False,
                         "api_keys": [secrets.token_urlsafe(18)],
                         "audit_log": str(workdir / "audit.log")}
+    if pacs is not None and pacs.plugins:  # the worklist's "open images": Orthanc's web viewer
+        data["worklist"] = {**data.get("worklist", {}), "viewer_url":
+                            f"{pacs.url}/web-viewer/app/viewer.html?series={{OrthancSeriesID}}"}
     return Settings.model_validate(data)
 
 
@@ -144,6 +149,7 @@ def _make_app(settings, gateway):
 def run_demo(args) -> int:
     from dicom_gateway.runtime import Gateway
     from dicom_gateway.scu import send_files
+    from dicom_gateway.signin import SignIn
     from dicom_gateway.worklist import worklist_rows
     from haidang.ground.settings import load_settings
 
@@ -166,7 +172,9 @@ def run_demo(args) -> int:
                                         dir=REPO / "var" / "demo"))
 
     binary = None if args.no_orthanc else orthanc_binary()
-    pacs = Orthanc(workdir / "orthanc", binary=binary, name="haidang-demo-pacs") if binary else None
+    viewer = [WEB_VIEWER] if WEB_VIEWER.is_file() else []
+    pacs = Orthanc(workdir / "orthanc", binary=binary, name="haidang-demo-pacs",
+                   plugins=viewer) if binary else None
     archive = workdir / "archive"
     gateway = web = None
     try:
@@ -177,6 +185,8 @@ def run_demo(args) -> int:
 
         warm_up(settings)  # load the model, fonts and builders before the clock starts
         gateway = Gateway(settings).start()
+        password = secrets.token_urlsafe(12)
+        SignIn(settings, lambda: gateway.index).add_user("demo", password, "Bác sĩ demo")
         web = WebThread(_make_app(settings, gateway), settings.serving.port)
         web.start()
 
@@ -191,7 +201,7 @@ def run_demo(args) -> int:
             time.sleep(max(0.0, args.interval - (time.monotonic() - started)))
 
         def finished() -> dict[str, dict]:
-            rows = {r["study_uid"]: r for r in worklist_rows(gateway.index)}
+            rows = {r.study_uid: asdict(r) for r in worklist_rows(gateway.index, settings)}
             final = ("in-pacs", "done", "failed")
             return rows if all(rows.get(u, {}).get("status") in final for u in studies) else {}
 
@@ -200,10 +210,11 @@ def run_demo(args) -> int:
         while time.monotonic() < deadline and not rows:
             rows = finished()
             time.sleep(0.1)
-        rows = rows or {r["study_uid"]: r for r in worklist_rows(gateway.index)}
+        rows = rows or {r.study_uid: asdict(r) for r in worklist_rows(gateway.index, settings)}
 
         report = _report(studies, rows, sent_at, settings, pacs, archive, web, send_errors,
                          gateway)
+        report["worklist_sign_in"] = {"username": "demo", "password": password}
         report["interval_s"] = args.interval
         if pacs is None:
             _archive_results(settings, archive)
@@ -238,16 +249,11 @@ def _report(studies, rows, sent_at, settings, pacs, archive, web, send_errors, g
     ttf: list[float] = []
     for uid, files in studies.items():
         row = rows.get(uid, {})
-        done = gateway.index.query(
-            "SELECT MAX(e.done_at), COUNT(*), SUM(CASE WHEN e.state = 'done' THEN 1 ELSE 0 END) "
-            "FROM exports e JOIN results r ON r.id = e.result_id "
-            "WHERE e.study_uid = ? AND r.state = 'current'", (uid,))[0]
-        flagged_at = done[0] if done[1] and done[1] == done[2] else None
+        delivery = gateway.index.study_delivery(uid)
+        flagged_at = delivery.last_done_at if delivery.exports and \
+            delivery.exports == delivery.exports_done else None
         if pacs is None:
-            created = gateway.index.query(
-                "SELECT MAX(created_at) FROM results WHERE study_uid = ? AND state = 'current'",
-                (uid,))[0][0]
-            flagged_at = created
+            flagged_at = delivery.result_at
         ms = round(1000 * max(0.0, flagged_at - sent_at[uid] - quiet), 1) if flagged_at else None
         if ms is not None:
             ttf.append(ms)
@@ -258,9 +264,8 @@ def _report(studies, rows, sent_at, settings, pacs, archive, web, send_errors, g
             "priority": row.get("priority"), "status": row.get("status"),
             "time_to_flag_ms": ms,
         })
-    objects = sum(int(gateway.index.query(
-        "SELECT COUNT(*) FROM exports WHERE study_uid = ? AND state = 'done' "
-        "AND sop_class_uid = '1.2.840.10008.5.1.4.1.1.88.34'", (u,))[0][0]) for u in studies)
+    objects = sum(gateway.index.study_delivery(u).done_by_sop_class.get(SR_SOP_CLASS, 0)
+                  for u in studies)
     if pacs is None:
         objects = len([r for r in table if r["verdict"] not in (None, "not-applicable")])
     return {
@@ -273,7 +278,7 @@ def _report(studies, rows, sent_at, settings, pacs, archive, web, send_errors, g
         "quiet_period_s": quiet,
         "pacs": f"Orthanc {pacs.url}" if pacs else None,
         "archive": None if pacs else str(archive),
-        "worklist_url": f"{web.url}/worklist?key={settings.security.api_keys[0]}",
+        "worklist_url": f"{web.url}/worklist",
         "send_errors": send_errors,
         "studies": table,
     }
@@ -306,6 +311,8 @@ def _print_table(report: dict) -> None:
           f"written, {report['flagged']} flagged URGENT; time to flag p50 {t['p50']} ms, "
           f"p95 {t['p95']} ms (after the {report['quiet_period_s']} s quiet period)")
     print(f"PACS: {report['pacs']}" if report["pacs"] else f"archive: {report['archive']}")
-    print(f"worklist: {report['worklist_url']}")
+    login = report["worklist_sign_in"]
+    print(f"worklist: {report['worklist_url']} (sign in as {login['username']}, password "
+          f"{login['password']})")
     for err in report["send_errors"]:
         print(f"send error: {err}")

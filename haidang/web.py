@@ -2,7 +2,8 @@
 
 It composes what each part offers, so a reader finds every route of the process here:
 the CDSS (``serving.cdss.app``: native QĐ 130 API, CDS Hooks, ``/readyz``), the radiologists'
-worklist (``dicom_gateway.worklist``) and the Prometheus metrics of the whole process.
+worklist (``dicom_gateway.worklist``: its routes carry their own sign-in check, session or
+API key, audited) and the Prometheus metrics of the whole process.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from fastapi.responses import RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from dicom_gateway.worklist import worklist_router
-from haidang.access import protect_results
 from serving.cdss.app import create_app as create_cdss_app
 
 
@@ -20,7 +20,6 @@ def create_app(settings, gateway) -> FastAPI:
     app = create_cdss_app(settings)
     app.title = "Hải Đăng"
     app.include_router(worklist_router(settings, lambda: gateway.index))
-    protect_results(app, settings)  # API key + audit on worklist data and thumbnails
 
     @app.get("/", include_in_schema=False)
     def root():

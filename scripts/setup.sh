@@ -9,6 +9,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 need=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need+=(orthanc orthanc-dicomweb)
+[ -f /usr/share/orthanc/plugins/libOrthancWebViewer.so ] || need+=(orthanc-webviewer)  # worklist "open images"
 [ -x /usr/bin/storescu ] || need+=(dcmtk)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 [ -f /usr/share/java/pixelmed.jar ] || need+=(pixelmed-apps)

@@ -188,6 +188,33 @@ class CdsHooksSettings(_Section):
     )
 
 
+class OidcSettings(_Section):
+    """Sign-in through the hospital's OpenID Connect provider (e.g. Keycloak)."""
+
+    issuer: str = Field("", description="the provider's issuer URL (its discovery document is "
+                        "ISSUER/.well-known/openid-configuration); empty: no OIDC sign-in")
+    client_id: str = Field("", description="this client's ID at the provider (the ID token's "
+                           "aud); required with issuer")
+    client_secret: str | None = Field(None, description="confidential client's secret")
+    scopes: str = Field("openid profile", description="scopes asked for; must hold openid")
+    username_claim: str = Field("preferred_username",
+                                description="ID token claim naming the user (else sub)")
+    redirect_url: str | None = Field(
+        None, description="public URL of /signin/oidc/callback; default: from the request")
+
+
+class WorklistSettings(_Section):
+    """The radiologists' worklist page: viewer link, times and sign-in sessions."""
+
+    viewer_url: str | None = Field(
+        None, description="URL template opening a study in the hospital's viewer; placeholders "
+        "{StudyInstanceUID}, {AccessionNumber}, {OrthancSeriesID} (Orthanc's web viewer)")
+    time_zone: str = Field("Asia/Ho_Chi_Minh",
+                           description="the hospital's time zone for times on the page (IANA)")
+    session_hours: float = Field(12.0, description="a sign-in lasts this long (hours)")
+    oidc: OidcSettings | None = None
+
+
 class Settings(_Section):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     destinations: list[Destination] = Field(default_factory=list)
@@ -198,6 +225,7 @@ class Settings(_Section):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     learned: LearnedSettings = Field(default_factory=LearnedSettings)
     cds_hooks: CdsHooksSettings = Field(default_factory=CdsHooksSettings)
+    worklist: WorklistSettings = Field(default_factory=WorklistSettings)
     language: str = Field("vi", description="default language of clinician-facing text: vi or en")
 
 

@@ -25,6 +25,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+WEB_VIEWER = Path("/usr/share/orthanc/plugins/libOrthancWebViewer.so")  # Debian orthanc-webviewer
+
+
 def orthanc_binary() -> str | None:
     return shutil.which("Orthanc", path=f"/usr/sbin:/usr/bin:{os.environ.get('PATH', '')}")
 
@@ -33,7 +36,8 @@ class Orthanc:
     """Start/stop keep the ports and the storage, so a test can take the PACS down and back."""
 
     def __init__(self, workdir: Path, aet: str = "ORTHANC", modalities: dict | None = None,
-                 binary: str | None = None, name: str = "haidang-pacs"):
+                 binary: str | None = None, name: str = "haidang-pacs",
+                 plugins: list[Path] | None = None):
         self.workdir = Path(workdir)
         self.aet = aet
         self.name = name
@@ -41,6 +45,7 @@ class Orthanc:
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.modalities = modalities or {}
+        self.plugins = [str(p) for p in plugins or []]
         self.proc: subprocess.Popen | None = None
         self.log = self.workdir / "orthanc.log"
         self._logf = None
@@ -64,7 +69,7 @@ class Orthanc:
             "DicomAlwaysAllowEcho": True,
             "UnknownSopClassAccepted": True,
             "DicomModalities": self.modalities,
-            "Plugins": [],
+            "Plugins": self.plugins,
             "StableAge": 2,
             "HttpServerEnabled": True,
             "TcpNoDelay": True,

@@ -39,7 +39,7 @@ def test_storescu_to_pacs_sr_and_visual_summary(tmp_path, orthanc):
                    and _pacs_objects(orthanc, study_uid, "OT"), timeout=90,
                    what="SR and visual summary in Orthanc")
         rows = wait_until(lambda: [r for r in worklist_rows(gw.index)
-                                   if r["study_uid"] == study_uid and r["status"] == "in-pacs"],
+                                   if r.study_uid == study_uid and r.status == "in-pacs"],
                           timeout=30, what="worklist row in PACS state")
 
     # what serving returns for the image that was sent
@@ -67,11 +67,11 @@ def test_storescu_to_pacs_sr_and_visual_summary(tmp_path, orthanc):
                                                                        sent.SeriesInstanceUID)
 
     row = rows[0]
-    assert row["verdict"] == expected.label and row["finding"] == expected.finding
-    assert row["probability"] == pytest.approx(expected.probability, abs=1e-6)
-    assert row["priority"] == ("URGENT" if expected.finding else "ROUTINE")
-    assert row["modality"] == sent.Modality and row["time_to_flag_ms"] is not None
-    fhir = settings.gateway.spool_dir / "ai" / f"{row['thumbnail'][:-4]}.fhir.json"
+    assert row.verdict == expected.label and row.finding == expected.finding
+    assert row.probability == pytest.approx(expected.probability, abs=1e-6)
+    assert row.priority == ("URGENT" if expected.finding else "ROUTINE")
+    assert row.modality == sent.Modality and row.time_to_flag_ms is not None
+    fhir = settings.gateway.spool_dir / "ai" / f"{row.thumbnail[:-4]}.fhir.json"
     assert json.loads(fhir.read_text(encoding="utf-8"))["status"] == "preliminary"
 
 
@@ -108,7 +108,7 @@ def test_split_mode_gateway_calls_bentoml_service(tmp_path, orthanc):
             wait_until(lambda: _pacs_objects(orthanc, study_uid, "SR"), timeout=90,
                        what="SR in Orthanc")
             rows = wait_until(lambda: [r for r in worklist_rows(gw.index)
-                                       if r["study_uid"] == study_uid], timeout=10, what="row")
+                                       if r.study_uid == study_uid], timeout=10, what="row")
             assert time.time() - t0 < 60
         summary = gw.index.results(study_uid)[-1]["summary"]
         assert summary["serving_mode"] == "http"
@@ -118,7 +118,7 @@ def test_split_mode_gateway_calls_bentoml_service(tmp_path, orthanc):
         sr = pydicom.dcmread(__import__("io").BytesIO(
             orthanc.instance_file(_pacs_objects(orthanc, study_uid, "SR")[0]["ID"])))
         present, probability = read_finding(sr)
-        assert present == served.finding and rows[0]["finding"] == served.finding
+        assert present == served.finding and rows[0].finding == served.finding
         assert probability == pytest.approx(served.probability, abs=1e-6)
     finally:
         stop_process(proc, 20)

@@ -43,7 +43,8 @@ def test_demo_json_with_orthanc(tmp_path):
     assert all(s["verdict"] == "pneumonia" for s in urgent)
     ttf = report["time_to_flag_ms"]
     assert 0 <= ttf["p50"] <= ttf["p95"] <= ttf["max"]
-    assert report["pacs"].startswith("Orthanc") and "/worklist?key=" in report["worklist_url"]
+    assert report["pacs"].startswith("Orthanc") and report["worklist_url"].endswith("/worklist")
+    assert len(report["worklist_sign_in"]["password"]) >= 12  # a fresh user, no key in a URL
 
     # clean shutdown: neither the PACS nor the worklist is still listening
     for url in (report["pacs"].split()[-1], report["worklist_url"]):

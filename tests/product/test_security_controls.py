@@ -1,4 +1,4 @@
-"""Security controls: audit trail (chain, tampering, exports), worklist API key, rate limits,
+"""Security controls: audit trail (chain, tampering, exports), rate limits,
 and no patient identifiers in the logs of an end-to-end run."""
 
 from __future__ import annotations
@@ -10,10 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from haidang.access import COOKIE, protect_results
 from haidang.ground import audit
 from haidang.ground.settings import Settings
 from serving.ratelimit import TokenBucket
@@ -69,56 +67,6 @@ def test_settings_digest_changes_with_configuration():
     b = Settings.model_validate({"gateway": {"port": 11113}})
     assert audit.settings_digest(a) == audit.settings_digest(Settings())
     assert audit.settings_digest(a) != audit.settings_digest(b)
-
-
-def _worklist_app(tmp_path, **security) -> FastAPI:
-    from dicom_gateway.index import Index
-    from dicom_gateway.worklist import worklist_app
-
-    settings = Settings.model_validate({
-        "gateway": {"spool_dir": str(tmp_path / "spool")},
-        "security": {"audit_log": str(tmp_path / "audit.log"), **security}})
-    app = worklist_app(settings, Index(f"sqlite:///{tmp_path / 'h.db'}"))
-    protect_results(app, settings)
-    return app
-
-
-def test_worklist_data_needs_an_api_key_and_every_read_is_audited(tmp_path):
-    client = TestClient(_worklist_app(tmp_path, api_keys=["wl-key-1"]))
-    assert client.get("/api/worklist").status_code == 401
-    assert client.get("/api/worklist", headers={"X-API-Key": "wrong"}).status_code == 401
-    assert client.get("/worklist/thumbnails/x.png").status_code == 401
-    r = client.get("/api/worklist", headers={"X-API-Key": "wl-key-1"})
-    assert r.status_code == 200 and r.json()["studies"] == []
-    # a browser: the key once in the address, then the HttpOnly cookie
-    page = client.get("/worklist?key=wl-key-1")
-    assert page.status_code == 200 and "HttpOnly" in page.headers["set-cookie"]
-    assert client.cookies.get(COOKIE) == "wl-key-1"
-    assert client.get("/api/worklist").status_code == 200
-    assert client.get("/worklist/thumbnails/none.png").status_code == 404  # allowed, absent
-    audit.close_all()
-    records = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
-    access = [(r["resource"], r["outcome"]) for r in records if r["event"] == "access"]
-    assert access.count(("/api/worklist", "refused")) == 2
-    assert ("/worklist/thumbnails/x.png", "refused") in access
-    assert access.count(("/api/worklist", "allowed")) == 2
-    assert "wl-key-1" not in (tmp_path / "audit.log").read_text()
-    assert audit.verify_chain(tmp_path / "audit.log")[1] == []
-
-
-def test_worklist_without_keys_is_closed_unless_development(tmp_path):
-    assert TestClient(_worklist_app(tmp_path)).get("/api/worklist").status_code == 401
-    dev = TestClient(_worklist_app(tmp_path / "d", development=True))
-    assert dev.get("/api/worklist").status_code == 200
-    audit.close_all()
-
-
-def test_haidang_up_app_protects_the_worklist():
-    import inspect
-
-    from haidang import web
-
-    assert "protect_results(app, settings)" in inspect.getsource(web.create_app)
 
 
 def test_token_bucket_refills_at_its_rate():
