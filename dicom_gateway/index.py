@@ -22,6 +22,18 @@ from typing import Any
 # Job states: pending -> running -> done | failed | superseded
 # Result states: current | superseded | failed
 # Export states: pending -> sending -> done | (pending again, with backoff) | dead
+#
+# An export is one delivery on one channel: "dicom" (C-STORE of a result object to a
+# [[destinations]] PACS), "fhir", "hl7" or "webhook". For DICOM, sop_uid/sop_class_uid are
+# the object's; for the other channels sop_uid holds the idempotency key (FHIR report
+# identifier, HL7 message control id) and sop_class_uid the message kind. Every channel
+# shares the same leases, backoff and dead letters.
+
+SCHEMA_VERSION = 2
+# what turns a database of version N-1 into version N (a fresh one is created at the latest)
+MIGRATIONS = {
+    2: ["ALTER TABLE exports ADD COLUMN channel TEXT NOT NULL DEFAULT 'dicom'"],
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -88,6 +100,7 @@ CREATE TABLE IF NOT EXISTS exports (
     series_uid TEXT NOT NULL,
     path TEXT NOT NULL,
     state TEXT NOT NULL,
+    channel TEXT NOT NULL DEFAULT 'dicom',
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at DOUBLE PRECISION NOT NULL,
     lease_until DOUBLE PRECISION,
@@ -96,6 +109,10 @@ CREATE TABLE IF NOT EXISTS exports (
     done_at DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS exports_due ON exports (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS schema_version (
+    component TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
 """
 
 
@@ -110,6 +127,10 @@ class Dialect:
     def sql(self, text: str) -> str:
         return text
 
+    def table_exists(self, q, table: str) -> bool:
+        return q("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                 (table,)).fetchone() is not None
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
@@ -119,6 +140,9 @@ class PostgresDialect(Dialect):
 
     def sql(self, text: str) -> str:
         return text.replace("?", "%s")
+
+    def table_exists(self, q, table: str) -> bool:
+        return q("SELECT to_regclass(?)", (table,)).fetchone()[0] is not None
 
 
 @dataclass
@@ -135,10 +159,11 @@ class Export:
     result_id: int
     study_uid: str
     destination: str
-    sop_uid: str
-    sop_class_uid: str
-    path: str
+    sop_uid: str  # DICOM: the object's SOP Instance UID; other channels: the idempotency key
+    sop_class_uid: str  # DICOM: the SOP class; other channels: the message kind
+    path: str  # what to send, under the spool root
     attempts: int
+    channel: str = "dicom"
 
 
 class Index:
@@ -162,14 +187,32 @@ class Index:
         with self.tx() as q:
             if self.dialect.name == "postgresql":  # workers starting together: one creates
                 q("SELECT pg_advisory_xact_lock(4242)")
+            version = self._schema_version(q)
+            if version == SCHEMA_VERSION:
                 # CREATE INDEX IF NOT EXISTS locks its table even when the index exists, and
-                # deadlocks against running workers: skip the DDL once the schema is there
-                # (it is created in one transaction, so its last index means all of it)
-                if q("SELECT to_regclass('exports_due')").fetchone()[0] is not None:
-                    return
+                # deadlocks against running PostgreSQL workers: no DDL once the schema is there
+                return
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the index {self.dialect.name} database has schema version {version}, "
+                    f"newer than this Haidang's {SCHEMA_VERSION}: upgrade Haidang")
             for stmt in SCHEMA.format(autoid=self.dialect.autoid).split(";"):
                 if stmt.strip():
                     q(stmt)
+            for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1) if version else ():
+                for stmt in MIGRATIONS[step]:
+                    q(stmt)
+            q("DELETE FROM schema_version WHERE component = 'index'")
+            q("INSERT INTO schema_version (component, version) VALUES ('index', ?)",
+              (SCHEMA_VERSION,))
+
+    def _schema_version(self, q) -> int:
+        """0: empty database; 1: the first schema (it had no version table); else as stored."""
+        if self.dialect.table_exists(q, "schema_version"):
+            row = q("SELECT version FROM schema_version WHERE component = 'index'").fetchone()
+            if row:
+                return int(row[0])
+        return 1 if self.dialect.table_exists(q, "exports") else 0
 
     # -- connections and transactions ------------------------------------------------
 
@@ -466,7 +509,8 @@ class Index:
         """Record a job's results and their exports in one transaction.
 
         ``results``: dicts with analysis, state, priority, summary, error and ``exports``
-        (dicts: destination, sop_uid, sop_class_uid, series_uid, path). Earlier current
+        (dicts: destination, sop_uid, sop_class_uid, series_uid, path and optionally
+        channel, default "dicom"). Nothing is sent before this commits. Earlier current
         results of the same study and analysis become superseded. Returns the new export ids.
         """
         now = time.time() if now is None else now
@@ -504,12 +548,13 @@ class Index:
                     )
                 for exp in res.get("exports", []):
                     eid = q(
-                        "INSERT INTO exports (result_id, study_uid, destination, sop_uid, "
-                        "sop_class_uid, series_uid, path, state, next_attempt_at, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
+                        "INSERT INTO exports (result_id, study_uid, channel, destination, "
+                        "sop_uid, sop_class_uid, series_uid, path, state, next_attempt_at, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
                         (
                             rid,
                             job.study_uid,
+                            exp.get("channel", "dicom"),
                             exp["destination"],
                             exp["sop_uid"],
                             exp["sop_class_uid"],
@@ -545,7 +590,7 @@ class Index:
         with self.tx() as q:
             rows = q(
                 "SELECT id, result_id, study_uid, destination, sop_uid, sop_class_uid, path, "
-                "attempts FROM exports WHERE (state = 'pending' AND next_attempt_at <= ?) "
+                "attempts, channel FROM exports WHERE (state = 'pending' AND next_attempt_at <= ?) "
                 "OR (state = 'sending' AND lease_until < ?) ORDER BY id LIMIT ?"
                 + self.dialect.skip_locked,
                 (now, now, limit),
@@ -597,6 +642,7 @@ class Index:
         keys = (
             "id",
             "study_uid",
+            "channel",
             "destination",
             "sop_uid",
             "state",
@@ -609,6 +655,17 @@ class Index:
         sql = f"SELECT {', '.join(keys)} FROM exports"
         sql += " WHERE state = 'dead'" if dead_only else ""
         return [dict(zip(keys, r, strict=True)) for r in self.query(sql + " ORDER BY id")]
+
+    def previous_objects(self, study_uid: str, analysis: str) -> list[tuple[str, str]]:
+        """(SOP class UID, spool path) of each DICOM object of the study's current result of
+        ``analysis``: what a new result supersedes (its SR lists them as predecessors)."""
+        rows = self.query(
+            "SELECT DISTINCT e.sop_uid, e.sop_class_uid, e.path FROM exports e "
+            "JOIN results r ON r.id = e.result_id WHERE r.study_uid = ? AND r.analysis = ? "
+            "AND r.state = 'current' AND e.channel = 'dicom' ORDER BY e.sop_uid",
+            (study_uid, analysis),
+        )
+        return [(sop_class, path) for _sop, sop_class, path in rows]
 
     def retry_export(self, export_id: int) -> bool:
         with self.tx() as q:

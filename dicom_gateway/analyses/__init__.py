@@ -1,8 +1,9 @@
-"""Analyses the gateway runs on a complete study, looked up by name.
+"""Analyses the gateway runs on a complete study, looked up by name: the registry.
 
 An analysis is a function ``analyse(study: StudyInput) -> AnalysisOutput`` named in
 :data:`ANALYSES` as ``"module:function"``; modules are imported only when a study
-needs them, so a missing or broken analysis fails its job, not the gateway.
+needs them, so a missing or broken analysis fails its job, not the gateway. Analysis
+names appear only here and in each analysis's own module.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from dicom_gateway.analyses.base import AnalysisOutput, StudyInput
+from dicom_gateway.analyses.base import AnalysisOutput, Finding, Message, StudyInput
 
 ANALYSES: dict[str, str] = {
     "study-summary": "dicom_gateway.analyses.study_summary:analyse",
     "cxr-pneumonia": "dicom_gateway.analyses.cxr_pneumonia:analyse",
 }
+# runs on every study no other analysis analysed, with the reasons: a trace in PACS
+TRACE_ANALYSIS = "study-summary"
 
 
 class AnalysisUnavailable(RuntimeError):
@@ -43,4 +46,5 @@ def load_analysis(name: str) -> Callable[[StudyInput], AnalysisOutput]:
     return func
 
 
-__all__ = ["ANALYSES", "AnalysisOutput", "AnalysisUnavailable", "StudyInput", "load_analysis"]
+__all__ = ["ANALYSES", "TRACE_ANALYSIS", "AnalysisOutput", "AnalysisUnavailable", "Finding",
+           "Message", "StudyInput", "load_analysis"]
