@@ -104,6 +104,11 @@ def test_hl7_ack_decides_delivered_or_dead_letter(tmp_path, source, answer):
     if answer == "AA":
         assert row["state"] == "done" and row["attempts"] == 1
         assert listener.control_ids() == [message.key]
+        # the receiver parsed the whole message, segment by segment, Vietnamese intact
+        [got] = listener.received
+        assert str(got) == message.body
+        assert [str(seg[0]) for seg in got][:4] == ["MSH", "PID", "ORC", "OBR"]
+        assert "NGHI NGỜ VIÊM PHỔI" in str(got.segments("OBX")[3][5])
     else:  # a refusal: tried rejected_max_attempts times, always as the same message
         assert row["state"] == "dead" and row["attempts"] == 3
         assert listener.control_ids() == [message.key] * 3

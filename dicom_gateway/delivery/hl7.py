@@ -65,5 +65,6 @@ def send(settings: Settings, destination: str, exports: list[Export],
          spool_root: Path) -> list[Failure | None]:
     if not settings.hl7.host:
         return [Failure("hl7.host is not set any more")] * len(exports)
-    bodies = [(e.sop_uid, (spool_root / e.path).read_text(encoding="utf-8")) for e in exports]
+    # bytes, not read_text: universal newlines would turn the segment separator \r into \n
+    bodies = [(e.sop_uid, (spool_root / e.path).read_bytes().decode("utf-8")) for e in exports]
     return asyncio.run(_send_all(settings, bodies))

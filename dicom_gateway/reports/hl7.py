@@ -57,11 +57,17 @@ class _Builder:
         self.message = hl7.parse("MSH|^~\\&|", encoding="utf-8")
         self.segments: list[hl7.Segment] = []
 
+    def escape(self, text: str) -> str:
+        """The library's escape for separators and controls; Vietnamese letters stay UTF-8
+        (MSH-18 says so): the library would write code points as ``\\Xhh\\``, which HL7
+        defines as bytes of the character set, and receivers would misread them."""
+        return "".join(c if ord(c) > 0x7E else self.message.escape(c) for c in text)
+
     def field(self, value) -> hl7.Field:
         parts = value if isinstance(value, tuple) else (value,)
         m = self.message
         return m.create_field([m.create_repetition(
-            [m.escape("" if p is None else str(p)) for p in parts])])
+            [self.escape("" if p is None else str(p)) for p in parts])])
 
     def add(self, name: str, *values, header: bool = False) -> None:
         m = self.message

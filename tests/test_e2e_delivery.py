@@ -1,0 +1,125 @@
+"""End to end, every channel: a chest X-ray pushed with dcmtk reaches the PACS (SR, GSPS,
+SC), the RIS (HL7 ORU^R01 and, when urgent, the priority update) and the HIS (FHIR
+DiagnosticReport), with nothing but configuration, through outages of each receiver and
+a crash between the job's commit and delivery. A late image re-opens the study: the new
+SR names the old one as predecessor and the HIS keeps one, current, report.
+
+Real Orthanc, real dcmtk, the real model, the ``hl7`` package's MLLP server, a loopback
+FHIR endpoint that validates with ``fhir.resources``; dciodvfy and PixelMed on what the
+PACS holds.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from dicom_gateway.index import Index
+from dicom_gateway.runtime import Gateway
+from haidang.settings import Settings
+from tests.gateway_helpers import send_as_is, wait_until
+from tests.imaging_e2e import cxr_studies, imaging_settings
+from tests.pacs import free_port
+from tests.receivers import FhirAndHookServer, MLLPListener
+from tests.sr_validation import assert_valid_sr, dciodvfy_errors
+
+pytestmark = pytest.mark.orthanc
+
+
+def _pacs(orthanc, study_uid: str, modality: str) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(io.BytesIO(orthanc.instance_file(i["ID"])))
+            for i in orthanc.find_instances(StudyInstanceUID=study_uid, Modality=modality)]
+
+
+def test_every_channel_survives_outages_a_crash_and_a_reanalysis(tmp_path, orthanc):
+    http_port, mllp_port = free_port(), free_port()
+    data = imaging_settings(tmp_path, orthanc).model_dump(mode="json")
+    data["export"].update({"base_delay_s": 0.2, "max_delay_s": 0.5, "max_attempts": 100})
+    data["notify"] = {"fhir_url": f"http://127.0.0.1:{http_port}/fhir",
+                      "webhook_url": f"http://127.0.0.1:{http_port}/hook",
+                      "patient_identifier_system": "urn:oid:1.2.704.0.99"}
+    data["hl7"] = {"host": "127.0.0.1", "port": mllp_port, "timeout_s": 2,
+                   "priority_message": "ORM^O01"}
+    settings = Settings.model_validate(data)
+    (study_uid, files), = cxr_studies(tmp_path / "in", 1)  # cxr-01-pneumonia, fresh UIDs
+
+    # 1. HIS and RIS are down: PACS gets its objects, the other deliveries wait
+    with Gateway(settings) as gw:
+        assert all(r.returncode == 0 for r in send_as_is(files, gw.port))
+        wait_until(lambda: _pacs(orthanc, study_uid, "SR") and _pacs(orthanc, study_uid, "PR")
+                   and _pacs(orthanc, study_uid, "OT"), timeout=120, what="SR, GSPS, SC in PACS")
+        def first_attempts():
+            rows = [r for r in gw.index.list_exports() if r["channel"] != "dicom"]
+            return rows if rows and all(r["attempts"] >= 1 for r in rows) else None
+
+        waiting = wait_until(first_attempts, timeout=30, what="failed first attempts")
+        [result] = [r for r in gw.index.results(study_uid) if r["analysis"] == "cxr-pneumonia"]
+    urgent = result["priority"] == "URGENT"
+    assert urgent, "cxr-01-pneumonia is expected to be flagged by the shipped model"
+    assert sorted(r["channel"] for r in waiting) == ["fhir", "hl7", "hl7", "webhook"]
+    assert all(r["state"] == "pending" and "not reached" in r["last_error"] for r in waiting)
+
+    # 2. a crash right after claiming them: leased, never sent, the process gone
+    crashed = Index(settings.gateway.database_url)
+    crashed.claim_exports(64, lease_s=3600, now=max(r["next_attempt_at"] for r in waiting))
+    assert {r["state"] for r in crashed.list_exports() if r["channel"] != "dicom"} == {"sending"}
+    crashed.close()
+
+    # 3. receivers up, gateway restarted: each delivery arrives exactly once
+    his = FhirAndHookServer(http_port).start()
+    ris = MLLPListener(mllp_port, "AA").start()
+    try:
+        with Gateway(settings) as gw:
+            wait_until(lambda: all(r["state"] == "done" for r in gw.index.list_exports()),
+                       timeout=60, what="all deliveries done after restart")
+            [key] = his.reports
+            assert his.puts == [key] and len(his.hooks) == 1
+            assert ris.control_ids("ORU^R01") and ris.control_ids("ORM^O01")
+            assert len(ris.received) == 2 and len(set(ris.control_ids())) == 2
+            report = his.reports[key]
+            assert report["imagingStudy"][0]["identifier"]["value"] == f"urn:oid:{study_uid}"
+            assert report["subject"]["identifier"]["system"] == "urn:oid:1.2.704.0.99"
+            assert re.search(r"[+-]\d\d:\d\d$", report["effectiveDateTime"])  # has a zone
+            oru = ris.received[ris.control_ids().index(ris.control_ids("ORU^R01")[0])]
+            assert oru.extract_field("OBR", 1, 25) == "P"
+            orm = ris.received[ris.control_ids().index(ris.control_ids("ORM^O01")[0])]
+            assert orm.extract_field("ORC", 1, 7, 1, 6) == "S"
+            sent = pydicom.dcmread(files[0])
+            assert orm.extract_field("ORC", 1, 3) == str(sent.AccessionNumber)
+
+            # 4. a late image re-opens the study: generation 2 supersedes generation 1
+            [first_sr] = _pacs(orthanc, study_uid, "SR")
+            late = pydicom.dcmread(files[0])
+            late.SOPInstanceUID = late.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            late_path = tmp_path / "late.dcm"
+            late.save_as(late_path, enforce_file_format=True)
+            assert all(r.returncode == 0 for r in send_as_is([late_path], gw.port))
+            wait_until(lambda: len(_pacs(orthanc, study_uid, "SR")) == 2, timeout=120,
+                       what="second SR in PACS")
+            wait_until(lambda: all(r["state"] == "done" for r in gw.index.list_exports()),
+                       timeout=60, what="generation 2 delivered")
+            assert his.puts == [key, key] and list(his.reports) == [key]  # replaced, not added
+            assert len(set(ris.control_ids("ORU^R01"))) == 2  # a new result, a new message
+    finally:
+        his.stop()
+        ris.stop()
+
+    second_sr = next(ds for ds in _pacs(orthanc, study_uid, "SR")
+                     if ds.SOPInstanceUID != first_sr.SOPInstanceUID)
+    [predecessor] = second_sr.PredecessorDocumentsSequence
+    refs = predecessor.ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert [r.ReferencedSOPInstanceUID for r in refs] == [first_sr.SOPInstanceUID]
+    assert second_sr.SeriesInstanceUID == first_sr.SeriesInstanceUID  # same AI series
+    for n, ds in enumerate(_pacs(orthanc, study_uid, "SR")):
+        path = tmp_path / f"sr{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert_valid_sr(path)
+    for modality in ("PR", "OT"):
+        for n, ds in enumerate(_pacs(orthanc, study_uid, modality)):
+            path = tmp_path / f"{modality}{n}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            assert not dciodvfy_errors(path), (modality, dciodvfy_errors(path))
