@@ -31,6 +31,8 @@ from tests.gateway_helpers import wait_until
 from tests.pacs import free_port
 from tests.receivers import FhirAndHookServer, MLLPListener
 
+pytest_plugins = ["tests.conftest_pg"]
+
 PREDICTION = Prediction(probability=0.87, finding=True, label="pneumonia", threshold=0.5,
                         model="cxr-pneumonia", version="1.2.3", sha256="ab" * 32,
                         provider="CPUExecutionProvider")
@@ -42,9 +44,9 @@ def source(tmp_path_factory):
     return pydicom.dcmread(paths[0], stop_before_pixels=True)
 
 
-def _settings(tmp_path, **extra) -> Settings:
+def _settings(tmp_path, database_url: str | None = None, **extra) -> Settings:
     data = {"gateway": {"spool_dir": str(tmp_path / "spool"),
-                        "database_url": f"sqlite:///{tmp_path / 'index.db'}"},
+                        "database_url": database_url or f"sqlite:///{tmp_path / 'index.db'}"},
             "export": {"max_attempts": 20, "base_delay_s": 0.05, "max_delay_s": 0.2,
                        "rejected_max_attempts": 3}}
     for key, value in extra.items():
@@ -215,26 +217,75 @@ def test_unconfigured_channels_queue_nothing(tmp_path, source):
     assert _queue(index, spool, settings, str(source.StudyInstanceUID), [_oru(source)]) == []
 
 
-def test_index_schema_version_1_is_migrated(tmp_path):
-    """A database written by the previous release (no channel column) opens and works."""
-    import sqlite3
-
+def _old_schema() -> str:
+    """The index schema of the previous release (version 1: no channel, no version table)."""
     from dicom_gateway.index import SCHEMA
 
-    path = tmp_path / "old.db"
     old = SCHEMA.replace("    channel TEXT NOT NULL DEFAULT 'dicom',\n", "")
-    old = old[:old.index("CREATE TABLE IF NOT EXISTS schema_version")]
-    conn = sqlite3.connect(path)
-    conn.executescript(old.format(autoid="INTEGER PRIMARY KEY AUTOINCREMENT"))
-    conn.execute("INSERT INTO exports (result_id, study_uid, destination, sop_uid, "
-                 "sop_class_uid, series_uid, path, state, next_attempt_at, created_at) "
-                 "VALUES (1, '1.2', 'pacs', '1.2.3', '1.2.840.10008.5.1.4.1.1.88.34', '1.2.4', "
-                 "'r.dcm', 'pending', 0, 0)")
-    conn.commit()
-    conn.close()
-    index = Index(f"sqlite:///{path}")
+    return old[:old.index("CREATE TABLE IF NOT EXISTS schema_version")]
+
+
+OLD_EXPORT = ("INSERT INTO exports (result_id, study_uid, destination, sop_uid, sop_class_uid, "
+              "series_uid, path, state, next_attempt_at, created_at) VALUES (1, '1.2', 'pacs', "
+              "'1.2.3', '1.2.840.10008.5.1.4.1.1.88.34', '1.2.4', 'r.dcm', 'pending', 0, 0)")
+
+
+def _check_migrated(url: str) -> None:
+    index = Index(url)
     [row] = index.list_exports()
     assert row["channel"] == "dicom" and row["state"] == "pending"
     assert index.query("SELECT version FROM schema_version WHERE component = 'index'") == [
         (SCHEMA_VERSION,)]
-    assert Index(f"sqlite:///{path}").list_exports() == [row]  # opening again changes nothing
+    index.close()
+    again = Index(url)  # opening again changes nothing
+    assert again.list_exports() == [row]
+    again.close()
+
+
+def test_index_schema_version_1_is_migrated_sqlite(tmp_path):
+    """A database written by the previous release (no channel column) opens and works."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(_old_schema().format(autoid="INTEGER PRIMARY KEY AUTOINCREMENT"))
+    conn.execute(OLD_EXPORT)
+    conn.commit()
+    conn.close()
+    _check_migrated(f"sqlite:///{path}")
+
+
+def test_index_schema_version_1_is_migrated_postgresql(postgres):
+    import psycopg
+
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        for stmt in _old_schema().format(autoid="BIGSERIAL PRIMARY KEY").split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+        conn.execute(OLD_EXPORT)
+    _check_migrated(postgres)
+
+
+def test_delivery_queue_on_postgresql_down_then_up_once(tmp_path, source, postgres):
+    http_port, mllp_port = free_port(), free_port()
+    settings = _settings(tmp_path, postgres,
+                         notify={"fhir_url": f"http://127.0.0.1:{http_port}/fhir"},
+                         hl7={"host": "127.0.0.1", "port": mllp_port, "timeout_s": 2})
+    index, spool = Index(settings.gateway.database_url), Spool(settings.gateway.spool_dir)
+    exporter = Exporter(settings, index, spool.root)
+    report = build_diagnostic_report(source, PREDICTION, report_uid="1.2.3")
+    oru = _oru(source)
+    _queue(index, spool, settings, str(source.StudyInstanceUID),
+           [Message("fhir", "DiagnosticReport", report_key(report), report_json(report)), oru])
+    _drive(exporter, index, lambda rows: all(r["attempts"] >= 2 for r in rows))
+    his, ris = FhirAndHookServer(http_port).start(), MLLPListener(mllp_port).start()
+    try:
+        rows = _drive(exporter, index, lambda rows: all(r["state"] == "done" for r in rows))
+        for _ in range(3):
+            exporter.run_once()
+    finally:
+        his.stop()
+        ris.stop()
+    assert sorted(r["channel"] for r in rows) == ["fhir", "hl7"]
+    assert his.puts == [report_key(report)] and ris.control_ids() == [oru.key]
+    index.close()
