@@ -46,7 +46,8 @@ def register(sub) -> None:
         else:
             p.set_defaults(handler=cmd_echo)
 
-    p = sub.add_parser("exports", help="write-back exports: list, retry dead letters")
+    p = sub.add_parser("exports", help="deliveries (DICOM, FHIR, HL7, webhook): list, retry "
+                       "dead letters")
     esub = p.add_subparsers(dest="exports_command", metavar="ACTION", required=True)
     q = esub.add_parser("list", help="list exports")
     q.add_argument("--dead", action="store_true", help="only dead-lettered exports")
@@ -223,13 +224,15 @@ def cmd_exports_list(args) -> int:
         print("no dead-lettered exports" if args.dead else "no exports")
         return 0
     print(
-        f"{'ID':>6}  {'STATE':8} {'TRIES':>5}  {'DEST':10} {'STUDY':12}  {'NEXT/DONE (UTC)':19}  "
+        f"{'ID':>6}  {'STATE':8} {'TRIES':>5}  {'CHANNEL':7} {'DEST':10} {'STUDY':12}  "
+        f"{'NEXT/DONE (UTC)':19}  "
         "LAST ERROR"
     )
     for r in rows:
         when = r["done_at"] if r["state"] == "done" else r["next_attempt_at"]
         print(
-            f"{r['id']:>6}  {r['state']:8} {r['attempts']:>5}  {r['destination'][:10]:10} "
+            f"{r['id']:>6}  {r['state']:8} {r['attempts']:>5}  {r['channel']:7} "
+            f"{r['destination'][:10]:10} "
             f"{uid_hash(r['study_uid']):12}  {_ts(when):19}  {r['last_error'] or ''}"
         )
     return 0

@@ -11,6 +11,9 @@ and sent by the exporter, the same code that sends DICOM.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pydicom
@@ -79,6 +82,17 @@ def _drive(exporter: Exporter, index: Index, done, timeout: float = 30):
     return wait_until(step, timeout=timeout, interval=0.05, what="deliveries")
 
 
+def _cli(settings: Settings, *args: str) -> str:
+    """``haidang ARGS`` as an operator runs it, against this test's index."""
+    env = {**os.environ, "HAIDANG_GATEWAY": json.dumps({
+        "database_url": settings.gateway.database_url,
+        "spool_dir": str(settings.gateway.spool_dir)})}
+    run = subprocess.run([sys.executable, "-m", "haidang", *args], capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
 def _oru(source, generation: int = 1) -> Message:
     msg_id = control_id(str(source.StudyInstanceUID), "probe", generation, "ORU^R01")
     from haidang.settings import HL7Settings
@@ -116,8 +130,10 @@ def test_hl7_ack_decides_delivered_or_dead_letter(tmp_path, source, answer):
         assert listener.control_ids() == [message.key] * 3
         assert f"answered {answer}" in row["last_error"]
         assert metrics.EXPORTS.labels("hl7", "dead")._value.get() == dead0 + 1
-        # `haidang exports retry` puts it back on the queue
-        assert index.retry_export(row["id"])
+        # the operator sees it with `haidang exports list --dead` and sends it again
+        listed = _cli(settings, "exports", "list", "--dead")
+        assert f"{row['id']:>6}  dead" in listed and " hl7 " in listed and answer in listed
+        assert "queued again" in _cli(settings, "exports", "retry", str(row["id"]))
         assert index.list_exports(dead_only=True) == []
 
 
