@@ -76,7 +76,7 @@ def _messages(study: StudyInput, source: pydicom.Dataset, best, summary: dict,
                                  worklist_url=_worklist_url(settings))
         out.append(Message("webhook", "urgent-study",
                            control_id(uid, NAME, study.generation, "webhook"),
-                           json.dumps(payload, ensure_ascii=False)))
+                           json.dumps(payload, ensure_ascii=False, indent=2)))
     return out
 
 

@@ -105,7 +105,7 @@ def oru_r01(source: Dataset, prediction: Prediction, *, msg_id: str, cfg: HL7Set
     accession = str(source.get("AccessionNumber", "") or "")
     b = _start("ORU^R01", "ORU_R01", msg_id, cfg, now, source)
     b.add("ORC", "RE", "", accession)
-    b.add("OBR", "1", "", accession, AI_RESULT + ("AI chest X-ray pneumonia triage",), "", "",
+    b.add("OBR", "1", "", accession, AI_RESULT, "", "",
           _hl7_time(now), *[""] * 17, "P")
     p = round(prediction.probability, 6)
     equipment = (f"{prediction.model} {prediction.version}", "HAIDANG")
