@@ -83,16 +83,13 @@ def _warm_up(settings) -> None:
     A failure (serving not up yet in split mode) is only logged: the gateway must still
     take studies, which wait in the queue until serving answers.
     """
-    routed = {name for route in settings.routes for name in route.analyses}
-    if "cxr-pneumonia" not in routed:
-        return
-    try:
-        from dicom_gateway.analyses.cxr_pneumonia import warm_up
+    from dicom_gateway.analyses import warm_up_routed
 
-        warm_up(settings)
+    try:
+        warm_up_routed(settings)
     except Exception as exc:  # noqa: BLE001 - start anyway; jobs retry
         logging.getLogger("haidang.gateway").warning(
-            "cxr-pneumonia warm-up failed (%s: %s); studies will wait for serving",
+            "analysis warm-up failed (%s: %s); studies will wait for serving",
             type(exc).__name__, exc)
 
 

@@ -19,19 +19,17 @@ ANALYSES: dict[str, str] = {
 }
 # runs on every study no other analysis analysed, with the reasons: a trace in PACS
 TRACE_ANALYSIS = "study-summary"
+# loads an analysis's model and builders before the first study (``warm_up(settings)``)
+WARM_UPS: dict[str, str] = {
+    "cxr-pneumonia": "dicom_gateway.analyses.cxr_pneumonia:warm_up",
+}
 
 
 class AnalysisUnavailable(RuntimeError):
     """The named analysis is not registered or cannot be imported."""
 
 
-def load_analysis(name: str) -> Callable[[StudyInput], AnalysisOutput]:
-    target = ANALYSES.get(name)
-    if target is None:
-        raise AnalysisUnavailable(
-            f"analysis {name!r} is not registered (known: {', '.join(sorted(ANALYSES))}); "
-            "fix the analyses list of the matching [[routes]] rule"
-        )
+def _load(name: str, target: str) -> Callable:
     module_name, _, func_name = target.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -46,5 +44,21 @@ def load_analysis(name: str) -> Callable[[StudyInput], AnalysisOutput]:
     return func
 
 
-__all__ = ["ANALYSES", "TRACE_ANALYSIS", "AnalysisOutput", "AnalysisUnavailable", "Finding",
-           "Message", "StudyInput", "load_analysis"]
+def load_analysis(name: str) -> Callable[[StudyInput], AnalysisOutput]:
+    target = ANALYSES.get(name)
+    if target is None:
+        raise AnalysisUnavailable(
+            f"analysis {name!r} is not registered (known: {', '.join(sorted(ANALYSES))}); "
+            "fix the analyses list of the matching [[routes]] rule"
+        )
+    return _load(name, target)
+
+
+def warm_up_routed(settings) -> dict[str, dict]:
+    """Warm up every analysis the routes name that has a warm-up; returns what each reports."""
+    routed = dict.fromkeys(name for route in settings.routes for name in route.analyses)
+    return {name: _load(name, WARM_UPS[name])(settings) for name in routed if name in WARM_UPS}
+
+
+__all__ = ["ANALYSES", "TRACE_ANALYSIS", "WARM_UPS", "AnalysisOutput", "AnalysisUnavailable",
+           "Finding", "Message", "StudyInput", "load_analysis", "warm_up_routed"]
