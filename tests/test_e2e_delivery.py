@@ -25,7 +25,7 @@ from tests.gateway_helpers import send_as_is, wait_until
 from tests.imaging_e2e import cxr_studies, imaging_settings
 from tests.pacs import free_port
 from tests.receivers import FhirAndHookServer, MLLPListener
-from tests.sr_validation import assert_valid_sr, dciodvfy_errors
+from tests.sr_validation import assert_valid_sr, dciodvfy_errors, pixelmed_dump
 
 pytestmark = pytest.mark.orthanc
 
@@ -123,3 +123,5 @@ def test_every_channel_survives_outages_a_crash_and_a_reanalysis(tmp_path, ortha
             path = tmp_path / f"{modality}{n}.dcm"
             ds.save_as(path, enforce_file_format=True)
             assert not dciodvfy_errors(path), (modality, dciodvfy_errors(path))
+            if modality == "PR":  # read back by PixelMed: the overlay as the PACS holds it
+                assert "GraphicAnnotationSequence" in pixelmed_dump(path)

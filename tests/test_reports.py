@@ -23,7 +23,7 @@ from dicom_gateway.reports.summary_image import (
 from dicom_gateway.reports.wording import AI_DISCLAIMER_VI
 from serving.imaging.predictor import Prediction
 from tests.dicomdata import make_study
-from tests.sr_validation import assert_valid_sr, dciodvfy_errors
+from tests.sr_validation import assert_valid_sr, dciodvfy_errors, pixelmed_dump
 
 
 def prediction(p: float) -> Prediction:
@@ -249,6 +249,10 @@ def test_presentation_state_outlines_the_heat_map_on_the_original_image(tmp_path
                                    graphic_data=np.array(o.GraphicData).reshape(-1, 2))
                for o in annotation.GraphicObjectSequence]
     assert [o.GraphicType for o in objects] == ["POLYLINE", "POLYLINE"]
+    # PixelMed reads it too: the outlines and the whole bilingual text
+    dump = pixelmed_dump(path)
+    assert dump.count("GraphicType VR=<CS> VL=<0x8> <POLYLINE>") == 2
+    assert "chưa xác nhận / unverified" in dump
     # no finding: the verdict only, no outlines
     calm = build_gsps(source, heat, prediction(0.1))
     assert "GraphicObjectSequence" not in calm.GraphicAnnotationSequence[0]

@@ -56,7 +56,7 @@ def build_gsps(source: Dataset, heat: np.ndarray | None, prediction: Prediction,
     text = (f"{verdict_vi(prediction.finding)} {percent(prediction.probability)} / "
             f"{verdict_en(prediction.finding)} - AI, chưa xác nhận / unverified")
     label = hd.pr.TextObject(
-        text_value=text[:64], units=hd.pr.AnnotationUnitsValues.PIXEL,
+        text_value=text, units=hd.pr.AnnotationUnitsValues.PIXEL,
         bounding_box=(0.02 * columns, 0.02 * rows, 0.98 * columns, 0.08 * rows),
         text_justification=hd.pr.TextJustificationValues.LEFT)
     outlines = [] if heat is None or not prediction.finding else [
