@@ -125,3 +125,25 @@ def test_every_channel_survives_outages_a_crash_and_a_reanalysis(tmp_path, ortha
             assert not dciodvfy_errors(path), (modality, dciodvfy_errors(path))
             if modality == "PR":  # read back by PixelMed: the overlay as the PACS holds it
                 assert "GraphicAnnotationSequence" in pixelmed_dump(path)
+
+
+def test_a_study_received_but_not_analysed_leaves_a_trace_in_pacs(tmp_path, orthanc):
+    """A multi-frame colour ultrasound routed to the chest X-ray analysis: nothing to analyse,
+    so the study summary SR says so in PACS, in Vietnamese and English."""
+    from tests.dicomdata import make_study
+
+    data = imaging_settings(tmp_path, orthanc).model_dump(mode="json")
+    data["routes"] = [{"name": "all-to-cxr", "match": {}, "analyses": ["cxr-pneumonia"]}]
+    settings = Settings.model_validate(data)
+    study_uid, files = make_study(["us_jpeg_base"], tmp_path / "us")
+    with Gateway(settings) as gw:
+        assert all(r.returncode == 0 for r in send_as_is(files, gw.port))
+        [sr] = wait_until(lambda: _pacs(orthanc, study_uid, "SR"), timeout=60,
+                          what="study summary SR in PACS")
+    assert sr.SeriesDescription == "Haidang study summary"
+    path = tmp_path / "trace.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert not dciodvfy_errors(path)
+    texts = [item.TextValue for item in sr.ContentSequence if "TextValue" in item]
+    reason = "cxr-pneumonia: no single-frame greyscale radiograph in study"
+    assert f"Đã nhận, không phân tích: {reason} (received, not analysed: {reason})" in texts
