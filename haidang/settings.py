@@ -14,7 +14,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 ENV_PREFIX = "HAIDANG_"
 DEFAULT_CONFIG_ENV = "HAIDANG_CONFIG"
@@ -164,18 +164,6 @@ class Settings(_Section):
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     language: str = Field("vi", description="default language of clinician-facing text: vi or en")
     time_zone: str = Field("Asia/Ho_Chi_Minh", description="the hospital's time zone (IANA name)")
-
-    @field_validator("time_zone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"time_zone {value!r} is not an IANA time zone name; use e.g. "
-                             "Asia/Ho_Chi_Minh (apt-get install tzdata if it is missing)") from exc
-        return value
 
 
 class SettingsError(ValueError):
