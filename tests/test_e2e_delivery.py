@@ -12,7 +12,13 @@ PACS holds.
 from __future__ import annotations
 
 import io
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -28,6 +34,7 @@ from tests.receivers import FhirAndHookServer, MLLPListener
 from tests.sr_validation import assert_valid_sr, dciodvfy_errors, pixelmed_dump
 
 pytestmark = pytest.mark.orthanc
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _pacs(orthanc, study_uid: str, modality: str) -> list[pydicom.Dataset]:
@@ -147,3 +154,62 @@ def test_a_study_received_but_not_analysed_leaves_a_trace_in_pacs(tmp_path, orth
     texts = [item.TextValue for item in sr.ContentSequence if "TextValue" in item]
     reason = "cxr-pneumonia: no single-frame greyscale radiograph in study"
     assert f"Đã nhận, không phân tích: {reason} (received, not analysed: {reason})" in texts
+
+
+def _start_worker(env: dict[str, str], log_path) -> tuple[subprocess.Popen, int, object]:
+    """``python -m tests.gateway_worker``: the gateway as ``haidang gateway`` runs it."""
+    log = open(log_path, "wb")  # noqa: SIM115 - closed by the caller
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "tests.gateway_worker"], cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=log)
+    line = proc.stdout.readline().decode()
+    assert line.startswith("READY"), (line, log_path.read_text()[-2000:])
+    return proc, int(line.split()[1]), log
+
+
+def test_killed_after_commit_before_delivery_delivers_once_after_restart(tmp_path):
+    """SIGKILL a gateway process whose job committed while the HIS and RIS were down; the
+    restarted process delivers each message exactly once."""
+    from haidang.processes import stop_process
+    from tests.gateway_helpers import settings_env
+
+    http_port, mllp_port = free_port(), free_port()
+    data = imaging_settings(tmp_path).model_dump(mode="json")
+    data["export"].update({"base_delay_s": 0.2, "max_delay_s": 0.5, "max_attempts": 100})
+    data["notify"] = {"fhir_url": f"http://127.0.0.1:{http_port}/fhir"}
+    data["hl7"] = {"host": "127.0.0.1", "port": mllp_port, "timeout_s": 2}
+    env = {**settings_env(data), "PYTHONPATH": str(ROOT)}
+    (study_uid, files), = cxr_studies(tmp_path / "in", 1)
+
+    proc, port, log = _start_worker(env, tmp_path / "first.log")
+    try:
+        assert all(r.returncode == 0 for r in send_as_is(files, port))
+        index = Index(data["gateway"]["database_url"])
+
+        def committed_not_delivered():
+            rows = [r for r in index.list_exports() if r["channel"] != "dicom"]
+            return rows if rows and all(r["attempts"] >= 1 for r in rows) else None
+
+        rows = wait_until(committed_not_delivered, timeout=120, what="job committed")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        stop_process(proc, 10)
+        log.close()
+    assert all(r["state"] in ("pending", "sending") for r in rows)
+
+    his, ris = FhirAndHookServer(http_port).start(), MLLPListener(mllp_port).start()
+    proc, port, log = _start_worker(env, tmp_path / "second.log")
+    try:
+        wait_until(lambda: all(r["state"] == "done" for r in index.list_exports()),
+                   timeout=60, what="delivered after restart")
+        time.sleep(1.0)  # the exporter keeps running: nothing more may arrive
+        assert len(his.puts) == 1  # exactly once, each
+        assert len(ris.received) == len(set(ris.control_ids())) == sum(
+            r["channel"] == "hl7" for r in rows) >= 1
+        assert [r["analysis"] for r in index.results(study_uid)] == ["cxr-pneumonia"]
+    finally:
+        stop_process(proc, 20)
+        log.close()
+        his.stop()
+        ris.stop()
+        index.close()
