@@ -244,6 +244,7 @@ def cmd_exports_retry(args) -> int:
         if index.retry_export(export_id):
             print(f"export {export_id} queued again; a running gateway sends it within seconds")
         else:
-            print(f"export {export_id}: no such export, or already delivered", file=sys.stderr)
+            print(f"export {export_id}: no such export, or already delivered or superseded by a "
+                  "newer result", file=sys.stderr)
             status = 1
     return status

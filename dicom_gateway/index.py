@@ -22,6 +22,7 @@ from typing import Any
 # Job states: pending -> running -> done | failed | superseded
 # Result states: current | superseded | failed
 # Export states: pending -> sending -> done | (pending again, with backoff) | dead
+#   | superseded (a FHIR/HL7/webhook message a newer result made obsolete before delivery)
 #
 # An export is one delivery on one channel: "dicom" (C-STORE of a result object to a
 # [[destinations]] PACS), "fhir", "hl7" or "webhook". For DICOM, sop_uid/sop_class_uid are
@@ -541,6 +542,16 @@ class Index:
                     ),
                 ).fetchone()[0]
                 if res["state"] == "current":
+                    # messages of the older result not yet delivered are dropped: the HIS
+                    # and RIS get the current generation only (DICOM objects still go: the
+                    # new SR names the old one as its predecessor)
+                    q(
+                        "UPDATE exports SET state = 'superseded', lease_until = NULL "
+                        "WHERE channel <> 'dicom' AND state IN ('pending', 'dead') AND "
+                        "result_id IN (SELECT id FROM results WHERE study_uid = ? AND "
+                        "analysis = ? AND state = 'current' AND id <> ?)",
+                        (job.study_uid, res["analysis"], rid),
+                    )
                     q(
                         "UPDATE results SET state = 'superseded', superseded_by = ? "
                         "WHERE study_uid = ? AND analysis = ? AND state = 'current' AND id <> ?",
@@ -671,7 +682,7 @@ class Index:
         with self.tx() as q:
             cur = q(
                 "UPDATE exports SET state = 'pending', attempts = 0, next_attempt_at = ?, "
-                "lease_until = NULL WHERE id = ? AND state <> 'done'",
+                "lease_until = NULL WHERE id = ? AND state NOT IN ('done', 'superseded')",
                 (time.time(), export_id),
             )
             return cur.rowcount > 0

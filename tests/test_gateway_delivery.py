@@ -211,6 +211,36 @@ def test_fhir_down_then_up_delivered_once_and_reanalysis_replaces_it(tmp_path, s
     assert channels == {("fhir", "done"), ("webhook", "done")}
 
 
+def test_a_newer_result_drops_the_older_undelivered_messages(tmp_path, source):
+    """HIS down during two analyses of one study: only the current report ever arrives."""
+    port = free_port()
+    settings = _settings(tmp_path, notify={"fhir_url": f"http://127.0.0.1:{port}/fhir"})
+    index, spool = Index(settings.gateway.database_url), Spool(settings.gateway.spool_dir)
+    exporter = Exporter(settings, index, spool.root)
+    study_uid = str(source.StudyInstanceUID)
+
+    def report(probability: float) -> Message:
+        body = build_diagnostic_report(source, PREDICTION.model_copy(
+            update={"probability": probability}), report_uid="1.2.826.0.1.3680043.10.2")
+        return Message("fhir", "DiagnosticReport", report_key(body), report_json(body))
+
+    [old] = _queue(index, spool, settings, study_uid, [report(0.55)])
+    _drive(exporter, index, lambda rows: rows[0]["attempts"] >= 1)
+    _queue(index, spool, settings, study_uid, [report(0.97)], generation=2)
+    states = {r["id"]: r["state"] for r in index.list_exports()}
+    assert states[old] == "superseded" and not index.retry_export(old)
+    server = FhirAndHookServer(port).start()
+    try:
+        _drive(exporter, index, lambda rows: any(r["state"] == "done" for r in rows))
+        for _ in range(3):
+            exporter.run_once()
+    finally:
+        server.stop()
+    [key] = server.reports
+    assert server.puts == [key]
+    assert server.reports[key]["contained"][0]["valueQuantity"]["value"] == pytest.approx(0.97)
+
+
 def test_fhir_refusal_is_dead_lettered_after_the_refusal_limit(tmp_path, source):
     port = free_port()
     settings = _settings(tmp_path, notify={"fhir_url": f"http://127.0.0.1:{port}/fhir"})
