@@ -253,6 +253,13 @@ def test_presentation_state_outlines_the_heat_map_on_the_original_image(tmp_path
     dump = pixelmed_dump(path)
     assert dump.count("GraphicType VR=<CS> VL=<0x8> <POLYLINE>") == 2
     assert "chưa xác nhận / unverified" in dump
+    # shown as the modality shows it: MONOCHROME1 (this CR) inverted, MONOCHROME2 not
+    for photometric, shape in (("MONOCHROME1", "INVERSE"), ("MONOCHROME2", "IDENTITY")):
+        other = pydicom.Dataset(source)
+        other.PhotometricInterpretation = photometric
+        assert build_gsps(other, heat, prediction(0.9)).PresentationLUTShape == shape
+    assert back.PresentationLUTShape == ("INVERSE" if source.PhotometricInterpretation
+                                         == "MONOCHROME1" else "IDENTITY")
     # no finding: the verdict only, no outlines
     calm = build_gsps(source, heat, prediction(0.1))
     assert "GraphicObjectSequence" not in calm.GraphicAnnotationSequence[0]

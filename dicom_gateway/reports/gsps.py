@@ -8,6 +8,8 @@ The heat map covers the centre square the model saw (``center_square_np``); it i
 to that square in the source's pixel grid, cut at half its maximum, and each region
 larger than 1% of the square is outlined by its convex hull (a closed POLYLINE in PIXEL
 units). Evidence *for* the finding only (negative values are dropped, as in the picture).
+The image's own window (VOI) is carried over by highdicom; MONOCHROME1 images get an
+INVERSE presentation LUT so the radiograph looks as it does without the presentation state.
 """
 
 from __future__ import annotations
@@ -76,6 +78,12 @@ def build_gsps(source: Dataset, heat: np.ndarray | None, prediction: Prediction,
             prediction.finding, "overlay")[:64],
         graphic_annotations=[annotation], graphic_layers=[layer],
         institution_name=source.get("InstitutionName") or None,
+        # a MONOCHROME1 radiograph (white = low values) must stay as the modality shows it:
+        # a presentation state replaces the image's own photometric meaning with its LUT
+        presentation_lut_transformation=hd.PresentationLUTTransformation(
+            presentation_lut_shape=hd.PresentationLUTShapeValues.INVERSE
+            if source.get("PhotometricInterpretation") == "MONOCHROME1"
+            else hd.PresentationLUTShapeValues.IDENTITY),
     )
     gsps.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: the Vietnamese annotation needs it
     gsps.SeriesDescription = series_description(prediction.finding, "overlay")
