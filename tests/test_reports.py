@@ -3,6 +3,7 @@ HL7 v2 messages, checked by real validators (dciodvfy, PixelMed, fhir.resources,
 
 from __future__ import annotations
 
+import copy
 import json
 
 import hl7
@@ -254,12 +255,12 @@ def test_presentation_state_outlines_the_heat_map_on_the_original_image(tmp_path
     assert dump.count("GraphicType VR=<CS> VL=<0x8> <POLYLINE>") == 2
     assert "chưa xác nhận / unverified" in dump
     # shown as the modality shows it: MONOCHROME1 (this CR) inverted, MONOCHROME2 not
-    for photometric, shape in (("MONOCHROME1", "INVERSE"), ("MONOCHROME2", "IDENTITY")):
-        other = pydicom.Dataset(source)
-        other.PhotometricInterpretation = photometric
-        assert build_gsps(other, heat, prediction(0.9)).PresentationLUTShape == shape
     assert back.PresentationLUTShape == ("INVERSE" if source.PhotometricInterpretation
                                          == "MONOCHROME1" else "IDENTITY")
+    for photometric, shape in (("MONOCHROME1", "INVERSE"), ("MONOCHROME2", "IDENTITY")):
+        other = copy.deepcopy(source)  # Dataset(source) would share, and change, its elements
+        other.PhotometricInterpretation = photometric
+        assert build_gsps(other, heat, prediction(0.9)).PresentationLUTShape == shape
     # no finding: the verdict only, no outlines
     calm = build_gsps(source, heat, prediction(0.1))
     assert "GraphicObjectSequence" not in calm.GraphicAnnotationSequence[0]
