@@ -42,6 +42,20 @@ def _pacs(orthanc, study_uid: str, modality: str) -> list[pydicom.Dataset]:
             for i in orthanc.find_instances(StudyInstanceUID=study_uid, Modality=modality)]
 
 
+def _push_from_orthanc(orthanc, files, study_uid: str, port: int) -> None:
+    """The PACS sends the study to Haidang, as a routing rule in the hospital would."""
+    import httpx
+
+    for f in files:
+        httpx.post(f"{orthanc.url}/instances", content=f.read_bytes(), timeout=30
+                   ).raise_for_status()
+    httpx.put(f"{orthanc.url}/modalities/haidang", timeout=30,
+              json={"AET": "HAIDANG", "Host": "127.0.0.1", "Port": port}).raise_for_status()
+    [found] = httpx.post(f"{orthanc.url}/tools/lookup", content=study_uid, timeout=30).json()
+    httpx.post(f"{orthanc.url}/modalities/haidang/store", timeout=120,
+               json={"Resources": [found["ID"]], "Synchronous": True}).raise_for_status()
+
+
 def test_every_channel_survives_outages_a_crash_and_a_reanalysis(tmp_path, orthanc):
     http_port, mllp_port = free_port(), free_port()
     data = imaging_settings(tmp_path, orthanc).model_dump(mode="json")
@@ -54,9 +68,10 @@ def test_every_channel_survives_outages_a_crash_and_a_reanalysis(tmp_path, ortha
     settings = Settings.model_validate(data)
     (study_uid, files), = cxr_studies(tmp_path / "in", 1)  # cxr-01-pneumonia, fresh UIDs
 
-    # 1. HIS and RIS are down: PACS gets its objects, the other deliveries wait
+    # 1. HIS and RIS are down: the PACS pushes the study and gets its objects back, the other
+    #    deliveries wait
     with Gateway(settings) as gw:
-        assert all(r.returncode == 0 for r in send_as_is(files, gw.port))
+        _push_from_orthanc(orthanc, files, study_uid, gw.port)
         wait_until(lambda: _pacs(orthanc, study_uid, "SR") and _pacs(orthanc, study_uid, "PR")
                    and _pacs(orthanc, study_uid, "OT"), timeout=120, what="SR, GSPS, SC in PACS")
         def first_attempts():
