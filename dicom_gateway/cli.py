@@ -43,7 +43,8 @@ def register(sub) -> None:
         else:
             p.set_defaults(handler=cmd_echo)
 
-    p = sub.add_parser("exports", help="write-back exports: list, retry dead letters")
+    p = sub.add_parser("exports", help="deliveries (DICOM, FHIR, HL7, webhook): list, retry "
+                       "dead letters")
     esub = p.add_subparsers(dest="exports_command", metavar="ACTION", required=True)
     q = esub.add_parser("list", help="list exports")
     q.add_argument("--dead", action="store_true", help="only dead-lettered exports")
@@ -79,16 +80,13 @@ def warm_up(settings) -> None:
     A failure (serving not up yet in split mode) is only logged: the gateway must still
     take studies, which wait in the queue until serving answers.
     """
-    routed = {name for route in settings.routes for name in route.analyses}
-    if "cxr-pneumonia" not in routed:
-        return
-    try:
-        from dicom_gateway.analyses.cxr_pneumonia import warm_up
+    from dicom_gateway.analyses import warm_up_routed
 
-        warm_up(settings)
+    try:
+        warm_up_routed(settings)
     except Exception as exc:  # noqa: BLE001 - start anyway; jobs retry
         logging.getLogger("haidang.gateway").warning(
-            "cxr-pneumonia warm-up failed (%s: %s); studies will wait for serving",
+            "analysis warm-up failed (%s: %s); studies will wait for serving",
             type(exc).__name__, exc)
 
 
@@ -171,13 +169,15 @@ def cmd_exports_list(args) -> int:
         print("no dead-lettered exports" if args.dead else "no exports")
         return 0
     print(
-        f"{'ID':>6}  {'STATE':8} {'TRIES':>5}  {'DEST':10} {'STUDY':12}  {'NEXT/DONE (UTC)':19}  "
+        f"{'ID':>6}  {'STATE':8} {'TRIES':>5}  {'CHANNEL':7} {'DEST':10} {'STUDY':12}  "
+        f"{'NEXT/DONE (UTC)':19}  "
         "LAST ERROR"
     )
     for r in rows:
         when = r["done_at"] if r["state"] == "done" else r["next_attempt_at"]
         print(
-            f"{r['id']:>6}  {r['state']:8} {r['attempts']:>5}  {r['destination'][:10]:10} "
+            f"{r['id']:>6}  {r['state']:8} {r['attempts']:>5}  {r['channel']:7} "
+            f"{r['destination'][:10]:10} "
             f"{uid_hash(r['study_uid']):12}  {_ts(when):19}  {r['last_error'] or ''}"
         )
     return 0
@@ -192,6 +192,7 @@ def cmd_exports_retry(args) -> int:
         if index.retry_export(export_id):
             print(f"export {export_id} queued again; a running gateway sends it within seconds")
         else:
-            print(f"export {export_id}: no such export, or already delivered", file=sys.stderr)
+            print(f"export {export_id}: no such export, or already delivered or superseded by a "
+                  "newer result", file=sys.stderr)
             status = 1
     return status

@@ -22,6 +22,21 @@ from typing import Any
 # Job states: pending -> running -> done | failed | superseded
 # Result states: current | superseded | failed
 # Export states: pending -> sending -> done | (pending again, with backoff) | dead
+#   | superseded (a FHIR/HL7/webhook message a newer result made obsolete before delivery)
+#
+# An export is one delivery on one channel: "dicom" (C-STORE of a result object to a
+# [[destinations]] PACS), "fhir", "hl7" or "webhook". For DICOM, sop_uid/sop_class_uid are
+# the object's; for the other channels sop_uid holds the idempotency key (FHIR report
+# identifier, HL7 message control id) and sop_class_uid the message kind. Every channel
+# shares the same leases, backoff and dead letters.
+
+SCHEMA_VERSION = 3
+# what turns a database of version N-1 into version N (a fresh one is created at the latest;
+# new tables come from SCHEMA itself, whose statements all say IF NOT EXISTS)
+MIGRATIONS = {
+    2: ["ALTER TABLE exports ADD COLUMN channel TEXT NOT NULL DEFAULT 'dicom'"],
+    3: [],  # the worklist's users, sessions, OIDC requests, reads and reviews: new tables
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS instances (
@@ -88,6 +103,7 @@ CREATE TABLE IF NOT EXISTS exports (
     series_uid TEXT NOT NULL,
     path TEXT NOT NULL,
     state TEXT NOT NULL,
+    channel TEXT NOT NULL DEFAULT 'dicom',
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at DOUBLE PRECISION NOT NULL,
     lease_until DOUBLE PRECISION,
@@ -96,6 +112,10 @@ CREATE TABLE IF NOT EXISTS exports (
     done_at DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS exports_due ON exports (state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS schema_version (
+    component TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+);
 """
 
 # --- worklist tables: sign-in (users, sessions), read status, radiologists' reviews ---
@@ -140,7 +160,6 @@ CREATE TABLE IF NOT EXISTS reviews (
 );
 CREATE INDEX IF NOT EXISTS reviews_study ON reviews (study_uid, id);
 """
-SCHEMA_LAST_INDEX = "reviews_study"
 
 
 class Dialect:
@@ -154,6 +173,10 @@ class Dialect:
     def sql(self, text: str) -> str:
         return text
 
+    def table_exists(self, q, table: str) -> bool:
+        return q("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                 (table,)).fetchone() is not None
+
 
 class PostgresDialect(Dialect):
     name = "postgresql"
@@ -163,6 +186,9 @@ class PostgresDialect(Dialect):
 
     def sql(self, text: str) -> str:
         return text.replace("?", "%s")
+
+    def table_exists(self, q, table: str) -> bool:
+        return q("SELECT to_regclass(?)", (table,)).fetchone()[0] is not None
 
 
 @dataclass
@@ -179,10 +205,11 @@ class Export:
     result_id: int
     study_uid: str
     destination: str
-    sop_uid: str
-    sop_class_uid: str
-    path: str
+    sop_uid: str  # DICOM: the object's SOP Instance UID; other channels: the idempotency key
+    sop_class_uid: str  # DICOM: the SOP class; other channels: the message kind
+    path: str  # what to send, under the spool root
     attempts: int
+    channel: str = "dicom"
 
 
 class Index:
@@ -206,14 +233,32 @@ class Index:
         with self.tx() as q:
             if self.dialect.name == "postgresql":  # workers starting together: one creates
                 q("SELECT pg_advisory_xact_lock(4242)")
+            version = self._schema_version(q)
+            if version == SCHEMA_VERSION:
                 # CREATE INDEX IF NOT EXISTS locks its table even when the index exists, and
-                # deadlocks against running workers: skip the DDL once the schema is there
-                # (it is created in one transaction, so its last index means all of it)
-                if q(f"SELECT to_regclass('{SCHEMA_LAST_INDEX}')").fetchone()[0] is not None:
-                    return
+                # deadlocks against running PostgreSQL workers: no DDL once the schema is there
+                return
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the index {self.dialect.name} database has schema version {version}, "
+                    f"newer than this Haidang's {SCHEMA_VERSION}: upgrade Haidang")
             for stmt in SCHEMA.format(autoid=self.dialect.autoid).split(";"):
                 if stmt.strip():
                     q(stmt)
+            for step in range(max(version, 1) + 1, SCHEMA_VERSION + 1) if version else ():
+                for stmt in MIGRATIONS[step]:
+                    q(stmt)
+            q("DELETE FROM schema_version WHERE component = 'index'")
+            q("INSERT INTO schema_version (component, version) VALUES ('index', ?)",
+              (SCHEMA_VERSION,))
+
+    def _schema_version(self, q) -> int:
+        """0: empty database; 1: the first schema (it had no version table); else as stored."""
+        if self.dialect.table_exists(q, "schema_version"):
+            row = q("SELECT version FROM schema_version WHERE component = 'index'").fetchone()
+            if row:
+                return int(row[0])
+        return 1 if self.dialect.table_exists(q, "exports") else 0
 
     # -- connections and transactions ------------------------------------------------
 
@@ -510,7 +555,8 @@ class Index:
         """Record a job's results and their exports in one transaction.
 
         ``results``: dicts with analysis, state, priority, summary, error and ``exports``
-        (dicts: destination, sop_uid, sop_class_uid, series_uid, path). Earlier current
+        (dicts: destination, sop_uid, sop_class_uid, series_uid, path and optionally
+        channel, default "dicom"). Nothing is sent before this commits. Earlier current
         results of the same study and analysis become superseded. Returns the new export ids.
         """
         now = time.time() if now is None else now
@@ -541,6 +587,16 @@ class Index:
                     ),
                 ).fetchone()[0]
                 if res["state"] == "current":
+                    # messages of the older result not yet delivered are dropped: the HIS
+                    # and RIS get the current generation only (DICOM objects still go: the
+                    # new SR names the old one as its predecessor)
+                    q(
+                        "UPDATE exports SET state = 'superseded', lease_until = NULL "
+                        "WHERE channel <> 'dicom' AND state IN ('pending', 'dead') AND "
+                        "result_id IN (SELECT id FROM results WHERE study_uid = ? AND "
+                        "analysis = ? AND state = 'current' AND id <> ?)",
+                        (job.study_uid, res["analysis"], rid),
+                    )
                     q(
                         "UPDATE results SET state = 'superseded', superseded_by = ? "
                         "WHERE study_uid = ? AND analysis = ? AND state = 'current' AND id <> ?",
@@ -548,12 +604,13 @@ class Index:
                     )
                 for exp in res.get("exports", []):
                     eid = q(
-                        "INSERT INTO exports (result_id, study_uid, destination, sop_uid, "
-                        "sop_class_uid, series_uid, path, state, next_attempt_at, created_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
+                        "INSERT INTO exports (result_id, study_uid, channel, destination, "
+                        "sop_uid, sop_class_uid, series_uid, path, state, next_attempt_at, "
+                        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?) RETURNING id",
                         (
                             rid,
                             job.study_uid,
+                            exp.get("channel", "dicom"),
                             exp["destination"],
                             exp["sop_uid"],
                             exp["sop_class_uid"],
@@ -589,7 +646,7 @@ class Index:
         with self.tx() as q:
             rows = q(
                 "SELECT id, result_id, study_uid, destination, sop_uid, sop_class_uid, path, "
-                "attempts FROM exports WHERE (state = 'pending' AND next_attempt_at <= ?) "
+                "attempts, channel FROM exports WHERE (state = 'pending' AND next_attempt_at <= ?) "
                 "OR (state = 'sending' AND lease_until < ?) ORDER BY id LIMIT ?"
                 + self.dialect.skip_locked,
                 (now, now, limit),
@@ -641,6 +698,7 @@ class Index:
         keys = (
             "id",
             "study_uid",
+            "channel",
             "destination",
             "sop_uid",
             "state",
@@ -654,11 +712,22 @@ class Index:
         sql += " WHERE state = 'dead'" if dead_only else ""
         return [dict(zip(keys, r, strict=True)) for r in self.query(sql + " ORDER BY id")]
 
+    def previous_objects(self, study_uid: str, analysis: str) -> list[tuple[str, str]]:
+        """(SOP class UID, spool path) of each DICOM object of the study's current result of
+        ``analysis``: what a new result supersedes (its SR lists them as predecessors)."""
+        rows = self.query(
+            "SELECT DISTINCT e.sop_uid, e.sop_class_uid, e.path FROM exports e "
+            "JOIN results r ON r.id = e.result_id WHERE r.study_uid = ? AND r.analysis = ? "
+            "AND r.state = 'current' AND e.channel = 'dicom' ORDER BY e.sop_uid",
+            (study_uid, analysis),
+        )
+        return [(sop_class, path) for _sop, sop_class, path in rows]
+
     def retry_export(self, export_id: int) -> bool:
         with self.tx() as q:
             cur = q(
                 "UPDATE exports SET state = 'pending', attempts = 0, next_attempt_at = ?, "
-                "lease_until = NULL WHERE id = ? AND state <> 'done'",
+                "lease_until = NULL WHERE id = ? AND state NOT IN ('done', 'superseded')",
                 (time.time(), export_id),
             )
             return cur.rowcount > 0
@@ -744,7 +813,8 @@ class Index:
         rows = self.query(
             "SELECT r.id, r.study_uid, r.analysis, r.state, r.priority, r.summary, r.created_at, "
             "COUNT(e.id), SUM(CASE WHEN e.state = 'done' THEN 1 ELSE 0 END), MAX(e.done_at) "
-            f"FROM results r LEFT JOIN exports e ON e.result_id = r.id WHERE {where} "
+            "FROM results r LEFT JOIN exports e ON e.result_id = r.id AND e.channel = 'dicom' "
+            f"WHERE {where} "
             "GROUP BY r.id ORDER BY r.id DESC", params)
         return [ResultView(*r[:5], json.loads(r[5]), r[6], r[7], r[8] or 0, r[9]) for r in rows]
 
@@ -755,7 +825,8 @@ class Index:
             (study_uid,))[0][0]
         rows = self.query(
             "SELECT e.sop_class_uid, e.state, e.done_at FROM exports e "
-            "JOIN results r ON r.id = e.result_id WHERE e.study_uid = ? AND r.state = 'current'",
+            "JOIN results r ON r.id = e.result_id WHERE e.study_uid = ? AND r.state = 'current' "
+            "AND e.channel = 'dicom'",
             (study_uid,))
         done = [r for r in rows if r[1] == "done"]
         by_class: dict[str, int] = {}

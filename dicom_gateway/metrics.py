@@ -10,7 +10,9 @@ INSTANCES = Counter("haidang_instances_received_total", "C-STORE requests by out
 BYTES = Counter("haidang_bytes_received_total", "bytes of instances stored in the spool")
 STUDIES_ASSEMBLED = Counter("haidang_studies_assembled_total", "studies found complete")
 JOBS = Counter("haidang_jobs_total", "analysis jobs by outcome", ["outcome"])
-EXPORTS = Counter("haidang_exports_total", "write-back attempts by outcome", ["outcome"])
+EXPORTS = Counter(
+    "haidang_exports_total", "deliveries by channel (dicom, fhir, hl7, webhook) and outcome",
+    ["channel", "outcome"])
 QUEUE_DEPTH = Gauge("haidang_queue_depth", "work waiting", ["queue"])
 STORE_SECONDS = Histogram(
     "haidang_store_seconds",
@@ -29,7 +31,8 @@ TIME_TO_RESULT = Histogram(
 )
 EXPORT_SECONDS = Histogram(
     "haidang_export_seconds",
-    "one write-back association",
+    "one delivery batch (an association or connection), by channel",
+    ["channel"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 

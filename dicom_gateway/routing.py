@@ -10,15 +10,6 @@ from __future__ import annotations
 
 from haidang.ground.settings import Route
 
-ROUTED_ATTRIBUTES = (
-    "Modality",
-    "BodyPartExamined",
-    "SOPClassUID",
-    "ViewPosition",
-    "StudyDescription",
-    "SeriesDescription",
-    "Manufacturer",
-)
 DEFAULT_ANALYSES = ["study-summary"]
 
 
@@ -34,14 +25,23 @@ def rule_matches(route: Route, attrs: dict, calling_ae: str) -> bool:
     return True
 
 
-def analyses_for(routes: list[Route], instances: list[dict], calling_ae: str) -> list[str]:
-    """The analyses to run on a study whose instances have these attributes."""
+def route_study(routes: list[Route], instances: list[dict], calling_ae: str
+                ) -> dict[str, list[int]]:
+    """Each analysis to run on a study, in order of first match, with the positions of the instances
+    (in ``instances``, their attribute dicts) it runs on. The only place routing is decided:
+    an analysis gets its instances from here and never matches rules itself."""
     if not routes:
-        return list(DEFAULT_ANALYSES)
-    chosen: list[str] = []
-    for attrs in instances:
+        return {name: list(range(len(instances))) for name in DEFAULT_ANALYSES}
+    chosen: dict[str, list[int]] = {}
+    for position, attrs in enumerate(instances):
         for route in routes:
             if rule_matches(route, attrs, calling_ae):
-                chosen += [a for a in route.analyses if a not in chosen]
+                for name in route.analyses:
+                    chosen.setdefault(name, []).append(position)
                 break
     return chosen
+
+
+def analyses_for(routes: list[Route], instances: list[dict], calling_ae: str) -> list[str]:
+    """The analyses to run on a study whose instances have these attributes."""
+    return list(route_study(routes, instances, calling_ae))

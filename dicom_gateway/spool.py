@@ -152,6 +152,11 @@ def write_atomic(path: Path, data: bytes | list[bytes], do_fsync: bool = True,
         fsync_dir(path.parent)
 
 
+def thumbnail_dir(spool_root: Path) -> Path:
+    """Where the worklist's result pictures live: the one place that names it."""
+    return Path(spool_root) / "ai"
+
+
 class Spool:
     """Where instances and result objects live on disk."""
 
@@ -181,6 +186,16 @@ class Spool:
 
     def result_path(self, study_uid: str, sop_uid: str) -> Path:
         return self.root / "results" / safe_name(study_uid) / f"{safe_name(sop_uid)}.dcm"
+
+    def message_path(self, study_uid: str, name: str) -> Path:
+        """A non-DICOM delivery's body (FHIR, HL7, webhook), next to the study's results;
+        ``name`` is the caller's plain file name (letters, digits, ``.-_``)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(f"not a plain file name: {name!r}")
+        return self.root / "results" / safe_name(study_uid) / name
+
+    def thumbnail_path(self, study_uid: str) -> Path:
+        return thumbnail_dir(self.root) / f"{safe_name(study_uid)}.png"
 
     def check_space(self, incoming: int = 0) -> None:
         free = shutil.disk_usage(self.root).free

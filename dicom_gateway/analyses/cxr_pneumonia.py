@@ -1,14 +1,17 @@
-"""Chest X-ray pneumonia triage: model → TID 1500 SR + visual summary + FHIR report.
+"""Chest X-ray pneumonia triage: model → TID 1500 SR, presentation state, optional visual
+summary, FHIR report, HL7 result and priority update, webhook.
 
-Runs on the radiographs the route picked (the instances whose first matching
-``[[routes]]`` rule lists this analysis, and that are single-frame greyscale images).
-Each image is scored; the study's verdict is the most suspicious image, explained by an
-occlusion map. Above the model card's threshold the study is URGENT (worklist first,
-webhook when ``notify.webhook_url`` is set).
+Runs on the radiographs routing gave it (the instances whose first matching ``[[routes]]``
+rule lists this analysis) that are single-frame greyscale images. Each image is scored;
+the study's verdict is the most suspicious image, explained by its heat map. Above the
+model card's threshold the study is URGENT (worklist first, HL7 priority update, webhook).
+Like every analysis it only builds: the worker stores what it returns and the export
+queue delivers it on the channels the hospital configured.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -17,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
-from dicom_gateway.analyses.base import AnalysisOutput, StudyInput
+from dicom_gateway.analyses.base import AnalysisOutput, Finding, Message, StudyInput
 from dicom_gateway.reports.wording import verdict_en, verdict_vi
 
 NAME = "cxr-pneumonia"
@@ -40,54 +44,59 @@ def imaging_client(settings):
         return _CLIENTS[key]
 
 
-def results_dir(settings) -> Path:
-    """Where thumbnails and FHIR copies live: ``<gateway.spool_dir>/ai``."""
-    return Path(settings.gateway.spool_dir) / "ai"
-
-
-def study_key(study_uid: str) -> str:
-    from dicom_gateway.spool import safe_name
-
-    return safe_name(study_uid)
-
-
-def _applies(ds: pydicom.Dataset, routes, calling_ae: str) -> bool:
-    from dicom_gateway.routing import rule_matches
-
-    attrs = {k: str(ds.get(k, "") or "") for k in
-             ("Modality", "BodyPartExamined", "SOPClassUID", "ViewPosition", "StudyDescription",
-              "SeriesDescription", "Manufacturer")}
-    for route in routes:
-        if rule_matches(route, attrs, calling_ae):
-            return NAME in route.analyses
-    return not routes  # no routes configured: the caller asked for us explicitly
-
-
 def _is_radiograph(ds: pydicom.Dataset) -> bool:
     return (str(ds.get("PhotometricInterpretation", "")).startswith("MONOCHROME")
             and int(ds.get("NumberOfFrames", 1) or 1) == 1)
 
 
+def _messages(study: StudyInput, source: pydicom.Dataset, best, summary: dict,
+              urgent: bool) -> list[Message]:
+    """The FHIR report, the HL7 result (and priority update when urgent) and the webhook."""
+    from dicom_gateway.notify import urgent_payload
+    from dicom_gateway.reports.fhir import build_diagnostic_report, report_json, report_key
+    from dicom_gateway.reports.hl7 import control_id, oru_r01, priority_update
+
+    settings, uid = study.settings, study.study_uid
+    report = build_diagnostic_report(
+        source, best, report_uid=generate_uid(entropy_srcs=[uid, NAME, "DiagnosticReport"]),
+        time_zone=settings.time_zone,
+        patient_system=settings.notify.patient_identifier_system)
+    oru = control_id(uid, NAME, study.generation, "ORU^R01")
+    out = [Message("fhir", "DiagnosticReport", report_key(report), report_json(report)),
+           Message("hl7", "ORU^R01", oru, str(oru_r01(
+               source, best, msg_id=oru, cfg=settings.hl7, time_zone=settings.time_zone)))]
+    kind = settings.hl7.priority_message
+    if urgent and kind != "none":
+        msg_id = control_id(uid, NAME, study.generation, kind)
+        out.append(Message("hl7", kind, msg_id, str(priority_update(
+            source, best, kind=kind, msg_id=msg_id, cfg=settings.hl7,
+            time_zone=settings.time_zone))))
+    if urgent:
+        payload = urgent_payload(uid, NAME, summary, str(source.get("AccessionNumber", "")),
+                                 worklist_url=_worklist_url(settings))
+        out.append(Message("webhook", "urgent-study",
+                           control_id(uid, NAME, study.generation, "webhook"),
+                           json.dumps(payload, ensure_ascii=False, indent=2)))
+    return out
+
+
 def analyse(study: StudyInput) -> AnalysisOutput:
-    from dicom_gateway.reports.fhir import build_diagnostic_report, post_report, store_report
+    from dicom_gateway.reports.gsps import build_gsps
     from dicom_gateway.reports.sr import build_sr
-    from dicom_gateway.reports.summary_image import (
-        build_sc,
-        render_summary,
-        save_thumbnail,
-    )
+    from dicom_gateway.reports.summary_image import build_sc, render_summary, thumbnail_png
     from serving.imaging.preprocess import center_square_np, dicom_to_unit, unit_to_model_input
 
     t0 = time.perf_counter()
     settings = study.settings
     images = []
-    for path in study.instance_paths:
+    for path in study.routed:
         header = pydicom.dcmread(path, stop_before_pixels=True)
-        if _applies(header, settings.routes, study.calling_ae) and _is_radiograph(header):
+        if _is_radiograph(header):
             images.append(pydicom.dcmread(path))
     if not images:
-        return AnalysisOutput(analysis=NAME, summary={
-            "verdict": "not-applicable", "note": "no single-frame greyscale radiograph in study"})
+        note = "no single-frame greyscale radiograph in study"
+        return AnalysisOutput(analysis=NAME, summary={"verdict": "not-applicable", "note": note},
+                              not_analysed=note)
 
     client = imaging_client(settings)
     spec = client.input_spec()
@@ -101,22 +110,14 @@ def analyse(study: StudyInput) -> AnalysisOutput:
     heat = client.explain(inputs[top])
     t_explain = time.perf_counter()
 
-    sr = build_sr(images, best)
+    previous = [ds for ds in (pydicom.dcmread(p) for p in study.previous)
+                if ds.SOPClassUID == Comprehensive3DSRStorage]
+    sr = build_sr(images, best, previous_versions=previous)
+    gsps = build_gsps(source, heat, best)
+    objects = [sr, gsps]
     rgb = render_summary(center_square_np(units[top]), heat, best)
-    sc = build_sc(source, rgb, best)
-    folder = results_dir(settings)
-    key = study_key(study.study_uid)
-    thumb = save_thumbnail(rgb, folder / f"{key}.png")
-    report = build_diagnostic_report(source, best)
-    fhir_path = store_report(report, folder, key)
-    fhir_posted = None
-    if settings.notify.fhir_url:
-        try:
-            fhir_posted = post_report(report, settings.notify.fhir_url, settings.serving.timeout_s)
-        except Exception as exc:  # noqa: BLE001 - the HIS being down must not block PACS results
-            log.error("FHIR DiagnosticReport not posted: %s", exc)
-            fhir_posted = f"failed: {type(exc).__name__}"
-
+    if settings.export.summary_image:
+        objects.append(build_sc(source, rgb, best))
     summary = {
         "analysis": NAME,
         "verdict": best.label,
@@ -130,23 +131,23 @@ def analyse(study: StudyInput) -> AnalysisOutput:
         "modality": str(source.get("Modality", "")),
         "images": len(images),
         "image_probabilities": [round(p.probability, 6) for p in predictions],
-        "sr_sop_uid": str(sr.SOPInstanceUID), "sc_sop_uid": str(sc.SOPInstanceUID),
-        "thumbnail": thumb.name, "fhir": fhir_path.name, "fhir_posted": fhir_posted,
+        "sr_sop_uid": str(sr.SOPInstanceUID), "gsps_sop_uid": str(gsps.SOPInstanceUID),
+        "replaces_sr": [str(ds.SOPInstanceUID) for ds in previous],
         "timings_ms": {"preprocess": round(1000 * (t_pre - t0), 1),
                        "predict": round(1000 * (t_pred - t_pre), 1),
                        "explain": round(1000 * (t_explain - t_pred), 1),
                        "total": round(1000 * (time.perf_counter() - t0), 1)},
     }
-    priority = "URGENT" if best.finding else "ROUTINE"
-    if priority == "URGENT" and settings.notify.webhook_url:
-        from dicom_gateway.notify import send_webhook, urgent_payload
-
-        payload = urgent_payload(study.study_uid, summary, str(source.get("AccessionNumber", "")),
-                                 worklist_url=_worklist_url(settings))
-        summary["webhook_delivered"] = send_webhook(settings.notify.webhook_url, payload)
+    urgent = bool(best.finding)
     log.info("cxr-pneumonia: %s", json.dumps({k: summary[k] for k in
                                                ("verdict", "probability", "timings_ms")}))
-    return AnalysisOutput(analysis=NAME, objects=[sr, sc], summary=summary, priority=priority)
+    return AnalysisOutput(
+        analysis=NAME, objects=objects, summary=summary,
+        priority="URGENT" if urgent else "ROUTINE",
+        findings=[Finding(code="233604007", meaning="Pneumonia", present=best.finding,
+                          probability=best.probability, threshold=best.threshold)],
+        messages=_messages(study, source, best, summary, urgent),
+        thumbnail_png=thumbnail_png(rgb))
 
 
 def warm_up(settings) -> dict:
@@ -154,7 +155,7 @@ def warm_up(settings) -> dict:
 
     Loading the model, fonts, highdicom, FHIR models and image codecs costs ~0.5-1 s the
     first time; ``haidang up``, the demo and the benchmark call this at start so the first
-    patient does not pay it. Nothing is sent or kept (temporary folder, notifications off).
+    patient does not pay it. Nothing is sent or kept: an analysis only builds its output.
     """
     import tempfile
 
@@ -178,15 +179,9 @@ def warm_up(settings) -> dict:
         ds.PixelData = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1)).tobytes()
         path = Path(tmp) / "warmup.dcm"
         ds.save_as(path, enforce_file_format=True)
-        quiet = settings.model_copy(update={
-            "gateway": settings.gateway.model_copy(update={"spool_dir": Path(tmp)}),
-            "notify": settings.notify.model_copy(update={"webhook_url": None, "fhir_url": None}),
-            "routes": []})
-        output = analyse(StudyInput(str(ds.StudyInstanceUID), "WARMUP", [path], quiet))
-        from dicom_gateway.worker import encode
-
-        for obj in output.objects:
-            encode(obj)
+        output = analyse(StudyInput(str(ds.StudyInstanceUID), "WARMUP", [path], settings))
+        for obj in output.objects:  # the writer's first use costs too
+            obj.save_as(io.BytesIO(), enforce_file_format=True)
     return info
 
 

@@ -34,6 +34,8 @@ def analyse(study: StudyInput) -> AnalysisOutput:
         f"Hải Đăng đã nhận {len(headers)} ảnh trong {len(series)} loạt "
         f"(received {len(headers)} instances in {len(series)} series)."
     )
+    lines += [f"Đã nhận, không phân tích: {reason} (received, not analysed: {reason})"
+              for reason in study.not_analysed]
     comment = hd.sr.CodedConcept("121106", "DCM", "Comment")
     items = [
         hd.sr.TextContentItem(
@@ -68,4 +70,6 @@ def analyse(study: StudyInput) -> AnalysisOutput:
         "modalities": dict(modalities),
         "version": "1",
     }
+    if study.not_analysed:
+        summary["not_analysed"] = list(study.not_analysed)
     return AnalysisOutput(analysis=NAME, objects=[sr], summary=summary)

@@ -2,17 +2,19 @@
 
 Status ``preliminary`` because no physician has verified it; the probability travels as a
 contained Observation that names the model (name, version, sha256) as its device. The
-study is identified by its DICOM Study Instance UID (``urn:dicom:uid``).
+report's identifier is a UID derived from (study, analysis), so the delivery's conditional
+update by identifier replaces the report when the study is analysed again: the HIS only
+ever holds the current generation. The study is referenced in the standard form
+(``imagingStudy`` by identifier, system ``urn:dicom:uid``); the patient by PatientID with
+the hospital's identifier system; times carry the hospital's time zone.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import logging
-from pathlib import Path
+from zoneinfo import ZoneInfo
 
-import httpx
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydicom import Dataset
 
@@ -25,12 +27,15 @@ from dicom_gateway.reports.wording import (
 )
 from serving.imaging.predictor import Prediction
 
-log = logging.getLogger(__name__)
 SCT = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
+DICOM_UID = "urn:dicom:uid"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
 
-def _when(ds: Dataset) -> str | None:
+def study_datetime(ds: Dataset, zone: ZoneInfo) -> dt.datetime | None:
+    """StudyDate/StudyTime as an aware time: DICOM's own offset if the source gives one
+    (TimezoneOffsetFromUTC), else the hospital's time zone."""
     date = str(ds.get("StudyDate", "") or "")
     if len(date) != 8:
         return None
@@ -39,13 +44,33 @@ def _when(ds: Dataset) -> str | None:
         value = dt.datetime.strptime(date + time, "%Y%m%d%H%M%S")
     except ValueError:
         return None
-    return value.isoformat()
+    offset = str(ds.get("TimezoneOffsetFromUTC", "") or "")
+    if len(offset) == 5 and offset[0] in "+-" and offset[1:].isdigit():
+        sign = 1 if offset[0] == "+" else -1
+        delta = dt.timedelta(hours=int(offset[1:3]), minutes=int(offset[3:]))
+        return value.replace(tzinfo=dt.timezone(sign * delta))
+    return value.replace(tzinfo=zone)
 
 
-def build_diagnostic_report(source: Dataset, prediction: Prediction) -> DiagnosticReport:
-    """A preliminary DiagnosticReport about the study of ``source``."""
+def _identifier(uid: str) -> dict:
+    return {"system": DICOM_UID, "value": f"urn:oid:{uid}"}
+
+
+def report_key(report: DiagnosticReport) -> str:
+    """``system|value`` of the report's identifier: what the conditional update searches by."""
+    first = report.identifier[0]
+    return f"{first.system}|{first.value}"
+
+
+def build_diagnostic_report(source: Dataset, prediction: Prediction, *, report_uid: str,
+                            time_zone: str = "Asia/Ho_Chi_Minh",
+                            patient_system: str = "urn:haidang:patient-id") -> DiagnosticReport:
+    """A preliminary DiagnosticReport about the study of ``source``, identified by
+    ``report_uid`` (stable per study and analysis)."""
+    zone = ZoneInfo(time_zone)
     study_uid = str(source.StudyInstanceUID)
     p = percent(prediction.probability)
+    issued = dt.datetime.now(zone).isoformat(timespec="seconds")
     observation = {
         "resourceType": "Observation", "id": "ai-probability", "status": "preliminary",
         "code": {"coding": [{"system": SCT, "code": "233604007", "display": "Pneumonia"}],
@@ -60,33 +85,37 @@ def build_diagnostic_report(source: Dataset, prediction: Prediction) -> Diagnost
                            f"{prediction.threshold:g}"},
         "device": {"display": f"{prediction.model} {prediction.version} "
                               f"sha256:{prediction.sha256}"},
+        "issued": issued,
         "note": [{"text": AI_DISCLAIMER_VI}, {"text": AI_DISCLAIMER_EN}],
     }
-    if "PatientID" in source and source.PatientID:
-        observation["subject"] = {"identifier": {"value": str(source.PatientID)}}
     body = {
         "resourceType": "DiagnosticReport",
         "status": "preliminary",
-        "identifier": [{"system": "urn:dicom:uid", "value": f"urn:oid:{study_uid}"}],
+        "identifier": [_identifier(report_uid)],
         "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074",
                                   "code": "RAD", "display": "Radiology"}]}],
         "code": {"coding": [{"system": LOINC, "code": "18748-4",
                              "display": "Diagnostic imaging study"}],
                  "text": "AI triage: chest X-ray pneumonia"},
-        "issued": dt.datetime.now(dt.UTC).isoformat(),
+        "issued": issued,
+        "imagingStudy": [{"type": "ImagingStudy", "identifier": _identifier(study_uid)}],
         "contained": [observation],
         "result": [{"reference": "#ai-probability"}],
         "conclusion": (f"{verdict_vi(prediction.finding)} ({p}). {AI_DISCLAIMER_VI}\n"
                        f"{verdict_en(prediction.finding)} ({p}). {AI_DISCLAIMER_EN}"),
     }
-    if "PatientID" in source and source.PatientID:
-        body["subject"] = {"identifier": {"value": str(source.PatientID)}}
-    if "AccessionNumber" in source and source.AccessionNumber:
-        body["identifier"].append({"type": {"text": "Accession number"},
-                                   "value": str(source.AccessionNumber)})
-    when = _when(source)
+    if source.get("PatientID"):
+        subject = {"type": "Patient", "identifier": {"system": patient_system,
+                                                     "value": str(source.PatientID)}}
+        body["subject"] = observation["subject"] = subject
+    if source.get("AccessionNumber"):
+        body["identifier"].append({
+            "type": {"coding": [{"system": V2_0203, "code": "ACSN",
+                                 "display": "Accession ID"}], "text": "Accession number"},
+            "value": str(source.AccessionNumber)})
+    when = study_datetime(source, zone)
     if when:
-        body["effectiveDateTime"] = when
+        body["effectiveDateTime"] = observation["effectiveDateTime"] = when.isoformat()
     if prediction.finding:
         body["conclusionCode"] = [{"coding": [{"system": SCT, "code": "233604007",
                                                "display": "Pneumonia"}]}]
@@ -96,22 +125,3 @@ def build_diagnostic_report(source: Dataset, prediction: Prediction) -> Diagnost
 def report_json(report: DiagnosticReport) -> str:
     """UTF-8 JSON with Vietnamese kept readable (no \\u escapes)."""
     return json.dumps(json.loads(report.json()), ensure_ascii=False, indent=2)
-
-
-def store_report(report: DiagnosticReport, folder: Path, study_key: str) -> Path:
-    """Keep a copy next to the other results (``<folder>/<study_key>.fhir.json``)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{study_key}.fhir.json"
-    path.write_text(report_json(report), encoding="utf-8")
-    return path
-
-
-def post_report(report: DiagnosticReport, fhir_url: str, timeout_s: float = 10.0) -> int:
-    """POST to ``<fhir_url>/DiagnosticReport``; returns the HTTP status, raises on failure."""
-    url = fhir_url.rstrip("/") + "/DiagnosticReport"
-    response = httpx.post(url, content=report_json(report).encode("utf-8"), timeout=timeout_s,
-                          headers={"Content-Type": "application/fhir+json"})
-    if response.status_code >= 300:
-        raise RuntimeError(f"FHIR server {url} answered {response.status_code}; "
-                           "check notify.fhir_url and the server's log")
-    return response.status_code

@@ -66,8 +66,13 @@ def algorithm_uid(prediction: Prediction) -> str:
 
 def build_sr(source_images: Sequence[Dataset], prediction: Prediction, *,
              series_uid: str | None = None, series_number: int = 9001,
-             instance_number: int = 1) -> Comprehensive3DSR:
-    """The SR for ``prediction`` about ``source_images`` (one study), in a new series."""
+             instance_number: int = 1,
+             previous_versions: Sequence[Dataset] = ()) -> Comprehensive3DSR:
+    """The SR for ``prediction`` about ``source_images`` (one study), in a new series.
+
+    ``previous_versions``: the SRs this one replaces (an earlier analysis of the same study,
+    before a late image arrived); they are listed in Predecessor Documents Sequence, the
+    DICOM way of saying a document is superseded."""
     if not source_images:
         raise ValueError("an SR needs at least one source image as evidence")
     algorithm = AlgorithmIdentification(
@@ -115,6 +120,7 @@ def build_sr(source_images: Sequence[Dataset], prediction: Prediction, *,
         institution_name=getattr(first, "InstitutionName", None) or None,
         content_date=now.date(), content_time=now.time(),
         series_date=now.date(), series_time=now.time(),
+        previous_versions=list(previous_versions) or None,
     )
 
 

@@ -2,13 +2,15 @@
 
 The picture shows what the model saw (the centre square of the radiograph) with the
 occlusion map over it, so a radiologist can tell at a glance whether the evidence sits in
-the lungs. It goes to PACS as a Secondary Capture in the same study, and as a PNG
+the lungs. It goes to PACS as a Secondary Capture in the same study when
+``export.summary_image`` is on (the presentation state always goes), and as a PNG
 thumbnail for the worklist.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 from pathlib import Path
 
 import highdicom as hd
@@ -101,10 +103,10 @@ def build_sc(source: Dataset, rgb: np.ndarray, prediction: Prediction, *,
     return sc
 
 
-def save_thumbnail(rgb: np.ndarray, path: Path, width: int = 160) -> Path:
-    """A small PNG of the summary for the worklist page."""
+def thumbnail_png(rgb: np.ndarray, width: int = 160) -> bytes:
+    """A small PNG of the summary for the worklist page (the worker stores it)."""
     im = Image.fromarray(np.asarray(rgb, np.uint8))
     im.thumbnail((width, width * 2))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path, format="PNG")
-    return path
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()

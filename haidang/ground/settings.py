@@ -91,6 +91,12 @@ class ExportSettings(_Section):
     base_delay_s: float = 2.0
     max_delay_s: float = 300.0
     calling_ae_title: str = "HAIDANG"
+    rejected_max_attempts: int = Field(
+        3, ge=1, description="tries before a delivery the receiver refused (HL7 AE/AR, HTTP 4xx) "
+        "is dead-lettered")
+    summary_image: bool = Field(
+        True, description="also send the visual summary as a Secondary Capture (SR and GSPS "
+        "always go)")
 
 
 class ServingSettings(_Section):
@@ -113,7 +119,26 @@ class ServingSettings(_Section):
 
 class NotifySettings(_Section):
     webhook_url: str | None = None
-    fhir_url: str | None = None
+    fhir_url: str | None = Field(
+        None, description="FHIR R4 base URL; each report is a conditional update by identifier")
+    patient_identifier_system: str = Field(
+        "urn:haidang:patient-id", description="FHIR Identifier.system of the DICOM PatientID "
+        "(the hospital's MRN system URI)")
+
+
+class HL7Settings(_Section):
+    """A RIS/HIS listener receiving HL7 v2 over MLLP: the result (ORU^R01) and a priority update."""
+
+    host: str | None = Field(None, description="MLLP listener host; empty = no HL7")
+    port: int = 2575
+    sending_application: str = "HAIDANG"
+    sending_facility: str = "HAIDANG"
+    receiving_application: str = "RIS"
+    receiving_facility: str = "HOSPITAL"
+    priority_message: Literal["ORM^O01", "OMI^O23", "none"] = Field(
+        "ORM^O01", description="order update sent for URGENT studies (priority STAT), by "
+        "accession number")
+    timeout_s: float = Field(10.0, description="seconds to wait for the ACK")
 
 
 class SecuritySettings(_Section):
@@ -222,11 +247,13 @@ class Settings(_Section):
     export: ExportSettings = Field(default_factory=ExportSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    hl7: HL7Settings = Field(default_factory=HL7Settings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     learned: LearnedSettings = Field(default_factory=LearnedSettings)
     cds_hooks: CdsHooksSettings = Field(default_factory=CdsHooksSettings)
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)
     language: str = Field("vi", description="default language of clinician-facing text: vi or en")
+    time_zone: str = Field("Asia/Ho_Chi_Minh", description="the hospital's time zone (IANA name)")
 
 
 class SettingsError(ValueError):

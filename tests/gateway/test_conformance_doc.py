@@ -62,8 +62,9 @@ def test_created_objects_are_the_documented_ones(created):
 
     sr = created["1.2.840.10008.5.1.4.1.1.88.34"]
     sc = created["1.2.840.10008.5.1.4.1.1.7"]
-    assert len(created) == 2
-    for ds, number in ((sr, 9001), (sc, 9002)):
+    pr = created["1.2.840.10008.5.1.4.1.1.11.1"]
+    assert len(created) == 3
+    for ds, number in ((sr, 9001), (sc, 9002), (pr, 9003)):
         assert f"| Series Number | {ds.SeriesNumber} |" in DOC and ds.SeriesNumber == number
         assert f"| Modality | {ds.Modality} |" in DOC
         assert ds.SpecificCharacterSet == "ISO_IR 192"
@@ -71,9 +72,12 @@ def test_created_objects_are_the_documented_ones(created):
     for finding in (True, False):
         assert f"`{series_description(finding, 'SR')}`" in DOC
         assert f"`{series_description(finding, 'summary')}`" in DOC
+        assert f"`{series_description(finding, 'overlay')}`" in DOC
     assert sr.SeriesDescription in (series_description(True, "SR"),
                                     series_description(False, "SR"))
     assert sc.BurnedInAnnotation == "YES" and sc.PhotometricInterpretation == "RGB"
+    assert f"| Content Label | {pr.ContentLabel} |" in DOC
+    assert "Predecessor Documents Sequence" in DOC
     codes = {item.ConceptNameCodeSequence[0].CodeValue for item in _walk(sr)}
     for code in ("122157", "121106", "233604007"):
         assert code in codes and code in DOC

@@ -20,7 +20,7 @@ from serving.imaging.client import ImagingClient
 from serving.imaging.preprocess import dicom_to_model_input
 from tests.support.gateway_helpers import send_as_is, wait_until
 from tests.support.imaging_e2e import cxr_studies, imaging_settings
-from tests.support.sr_validation import assert_valid_sr
+from tests.support.sr_validation import assert_valid_sr, dciodvfy_errors
 
 pytestmark = pytest.mark.orthanc
 
@@ -36,8 +36,9 @@ def test_storescu_to_pacs_sr_and_visual_summary(tmp_path, orthanc):
         for run in send_as_is(files, gw.port):
             assert run.returncode == 0, run.stderr
         wait_until(lambda: _pacs_objects(orthanc, study_uid, "SR")
-                   and _pacs_objects(orthanc, study_uid, "OT"), timeout=90,
-                   what="SR and visual summary in Orthanc")
+                   and _pacs_objects(orthanc, study_uid, "OT")
+                   and _pacs_objects(orthanc, study_uid, "PR"), timeout=90,
+                   what="SR, presentation state and visual summary in Orthanc")
         rows = wait_until(lambda: [r for r in worklist_rows(gw.index)
                                    if r.study_uid == study_uid and r.status == "in-pacs"],
                           timeout=30, what="worklist row in PACS state")
@@ -71,8 +72,16 @@ def test_storescu_to_pacs_sr_and_visual_summary(tmp_path, orthanc):
     assert row.probability == pytest.approx(expected.probability, abs=1e-6)
     assert row.priority == ("URGENT" if expected.finding else "ROUTINE")
     assert row.modality == sent.Modality and row.time_to_flag_ms is not None
-    fhir = settings.gateway.spool_dir / "ai" / f"{row.thumbnail[:-4]}.fhir.json"
-    assert json.loads(fhir.read_text(encoding="utf-8"))["status"] == "preliminary"
+    assert (settings.gateway.spool_dir / "ai" / row.thumbnail).is_file()
+
+    # the presentation state in PACS points at the very image that was sent
+    pr_path = tmp_path / "pr-from-pacs.dcm"
+    pr_path.write_bytes(orthanc.instance_file(_pacs_objects(orthanc, study_uid, "PR")[0]["ID"]))
+    assert not dciodvfy_errors(pr_path)
+    pr = pydicom.dcmread(pr_path)
+    referenced = pr.ReferencedSeriesSequence[0].ReferencedImageSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == sent.SOPInstanceUID
+    assert pr.SeriesDescription.startswith("AI overlay: ")
 
 
 def test_split_mode_gateway_calls_bentoml_service(tmp_path, orthanc):

@@ -94,13 +94,13 @@ def echo_ok(gw) -> bool:
 def test_dead_letter_visible_in_metrics_and_retry_delivers(tmp_path, orthanc):
     settings = gateway_settings(tmp_path, orthanc, quiet=0.3, max_attempts=2, base_delay_s=0.2)
     study_uid, files = make_study(["mr"], tmp_path / "send")
-    dead0 = _metric("haidang_exports_total", outcome="dead")
+    dead0 = _metric("haidang_exports_total", channel="dicom", outcome="dead")
     orthanc.stop()
     with Gateway(settings) as gw:
         assert storescu(files, gw.port, "HAIDANG").returncode == 0
         [export] = wait_until(lambda: gw.index.list_exports(dead_only=True), timeout=30,
                               what="dead letter")
-        assert _metric("haidang_exports_total", outcome="dead") == dead0 + 1
+        assert _metric("haidang_exports_total", channel="dicom", outcome="dead") == dead0 + 1
         wait_until(lambda: _metric("haidang_queue_depth", queue="exports_dead") == 1,
                    timeout=15, what="dead-letter gauge")
         # what /metrics of `haidang up` / `haidang gateway --metrics-port` exposes

@@ -87,8 +87,12 @@ def test_broken_analysis_fails_its_job_not_the_gateway(tmp_path):
         uid1, files1 = make_study(["ct"], tmp_path / "a")
         assert send_as_is(files1, gw.port)[0].returncode == 0
         wait_until(lambda: gw.index.results(uid1), timeout=20, what="a result row")
-        [res] = gw.index.results(uid1)
+        results = {r["analysis"]: r for r in gw.index.results(uid1)}
+        res = results["no-such-analysis"]
         assert res["state"] == "failed" and "not registered" in res["error"]
+        # the study still leaves a trace: the study summary says it was not analysed, and why
+        assert results["study-summary"]["summary"]["not_analysed"] == [
+            "no-such-analysis: analysis error (AnalysisUnavailable)"]
         job = gw.index.query("SELECT state, error FROM jobs WHERE study_uid = ?", (uid1,))[0]
         assert job[0] == "failed" and "no-such-analysis" in job[1]
         # the worker lives on: the next study is processed too

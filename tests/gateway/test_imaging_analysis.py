@@ -1,15 +1,15 @@
 """The cxr-pneumonia analysis called the way the gateway calls it, on the sample studies.
 
-Checks routing (the hand radiograph is not a chest), URGENT exactly above the card's
-threshold, valid SR + SC in the same study, the FHIR report posted to an HIS endpoint
-and the webhook sent for urgent studies only, without patient identifiers.
+Checks routing (the hand radiograph is not a chest: the worker gives the analysis only the
+instances its route picked), URGENT exactly above the card's threshold, valid SR + GSPS
++ SC in the same study, and the messages it hands back for delivery: a FHIR report and an
+HL7 result always, an HL7 priority update and a webhook for urgent studies only, the
+webhook without patient identifiers. The analysis itself sends nothing.
 """
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 
 import pydicom
 import pytest
@@ -17,34 +17,13 @@ import pytest
 from dicom_gateway.analyses import StudyInput, load_analysis
 from dicom_gateway.analyses.cxr_pneumonia import warm_up
 from dicom_gateway.reports.sr import read_finding
+from dicom_gateway.routing import route_study
 from haidang.ground.settings import Settings
 from tests.support.imaging_e2e import SAMPLES, model_registry
 from tests.support.sr_validation import assert_valid_sr
 
 
-@pytest.fixture
-def receiver():
-    """A local HTTP endpoint recording what is POSTed (stands in for the HIS and chat)."""
-    received: list[tuple[str, dict]] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append((self.path, json.loads(body)))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}", received
-    server.shutdown()
-
-
-def test_analysis_on_samples_urgent_webhook_fhir(tmp_path, receiver):
-    url, received = receiver
+def test_analysis_on_samples_urgent_messages(tmp_path):
     example_routes = [
         {"name": "chest-xray", "match": {"Modality": ["CR", "DX"],
                                          "BodyPartExamined": ["CHEST", ""]},
@@ -53,31 +32,39 @@ def test_analysis_on_samples_urgent_webhook_fhir(tmp_path, receiver):
     settings = Settings.model_validate({
         "gateway": {"spool_dir": str(tmp_path / "spool")}, "routes": example_routes,
         "serving": {"models_dir": str(model_registry(tmp_path))},
-        "notify": {"webhook_url": f"{url}/hook", "fhir_url": f"{url}/fhir"}})
+        # nothing listens there: an analysis that tried to send would fail or hang
+        "notify": {"webhook_url": "http://127.0.0.1:9/hook", "fhir_url": "http://127.0.0.1:9/"},
+        "hl7": {"host": "127.0.0.1", "port": 9, "priority_message": "OMI^O23"}})
     info = warm_up(settings)
     analyse = load_analysis("cxr-pneumonia")
     urgent = 0
     for path in sorted(SAMPLES.glob("*.dcm")):
         source = pydicom.dcmread(path)
-        before = len(received)
-        out = analyse(StudyInput(str(source.StudyInstanceUID), "STORESCU", [path], settings))
-        if source.BodyPartExamined != "CHEST":
-            assert out.summary["verdict"] == "not-applicable" and not out.objects
+        routed = route_study(settings.routes, [{k: str(source.get(k, "")) for k in
+                                                ("Modality", "BodyPartExamined")}], "STORESCU")
+        if "cxr-pneumonia" not in routed:
+            assert source.BodyPartExamined != "CHEST"
             continue
-        sr, sc = out.objects
-        assert {sr.StudyInstanceUID, sc.StudyInstanceUID} == {source.StudyInstanceUID}
+        out = analyse(StudyInput(str(source.StudyInstanceUID), "STORESCU", [path], settings))
+        sr, gsps, sc = out.objects
+        assert {sr.StudyInstanceUID, gsps.StudyInstanceUID, sc.StudyInstanceUID} == {
+            source.StudyInstanceUID}
+        assert gsps.Modality == "PR" and sc.Modality == "OT"
         present, probability = read_finding(sr)
         assert probability == pytest.approx(out.summary["probability"], abs=1e-6)
         assert present == (probability >= info["threshold"]) == out.summary["finding"]
+        assert [(f.code, f.present) for f in out.findings] == [("233604007", present)]
         assert out.priority == ("URGENT" if present else "ROUTINE")
         assert out.summary["model"] == info["model"] and out.summary["sha256"] == info["sha256"]
-        posts = received[before:]
-        assert [p for p, _ in posts] == (["/fhir/DiagnosticReport", "/hook"] if present
-                                         else ["/fhir/DiagnosticReport"])
-        assert posts[0][1]["status"] == "preliminary"
+        assert out.thumbnail_png.startswith(b"\x89PNG")
+        kinds = [(m.channel, m.kind) for m in out.messages]
+        assert kinds == ([("fhir", "DiagnosticReport"), ("hl7", "ORU^R01"),
+                          ("hl7", "OMI^O23"), ("webhook", "urgent-study")] if present
+                         else [("fhir", "DiagnosticReport"), ("hl7", "ORU^R01")])
+        assert json.loads(out.messages[0].body)["status"] == "preliminary"
         if present:
             urgent += 1
-            hook = posts[1][1]
+            hook = json.loads(out.messages[-1].body)
             assert hook["study_instance_uid"] == source.StudyInstanceUID
             assert hook["priority"] == "URGENT" and hook["unverified_ai_output"] is True
             text = json.dumps(hook, ensure_ascii=False)
@@ -86,34 +73,21 @@ def test_analysis_on_samples_urgent_webhook_fhir(tmp_path, receiver):
             sr_path = tmp_path / "sr.dcm"
             sr.save_as(sr_path, enforce_file_format=True)
             assert_valid_sr(sr_path)
-    assert urgent >= 1 and urgent == len([p for p, _ in received if p == "/hook"])
+    assert urgent >= 1
+    # the summary picture is optional
+    plain = settings.model_copy(update={"export": settings.export.model_copy(
+        update={"summary_image": False})})
+    path = SAMPLES / "cxr-01-pneumonia.dcm"
+    out = analyse(StudyInput(str(pydicom.dcmread(path).StudyInstanceUID), "STORESCU", [path],
+                             plain))
+    assert [ds.Modality for ds in out.objects] == ["SR", "PR"]
 
 
-def test_webhook_retries_server_errors_and_reports_failure(caplog):
-    from dicom_gateway.notify import send_webhook, urgent_payload
-    from tests.support.pacs import free_port
+def test_no_radiograph_means_not_analysed_with_a_reason(tmp_path):
+    from haidang.testbed.studies import make_study
 
-    answers = [503, 200]
-    hits = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
-            hits.append(1)
-            self.send_response(answers.pop(0) if answers else 400)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/hook"
-    payload = urgent_payload("1.2.3", {"verdict": "pneumonia", "probability": 0.9})
-    try:
-        assert send_webhook(url, payload, attempts=3) is True and len(hits) == 2
-        assert send_webhook(url, payload, attempts=3) is False and len(hits) == 3  # 400: no retry
-    finally:
-        server.shutdown()
-    assert send_webhook(f"http://127.0.0.1:{free_port()}/hook", payload, attempts=2) is False
-    assert "notify.webhook_url" in caplog.text and "not delivered" in caplog.text
+    settings = Settings.model_validate({"serving": {"models_dir": str(model_registry(tmp_path))}})
+    uid, paths = make_study(["us_jpeg_base"], tmp_path / "us")  # multi-frame colour ultrasound
+    out = load_analysis("cxr-pneumonia")(StudyInput(uid, "STORESCU", paths, settings))
+    assert not out.objects and not out.messages
+    assert out.not_analysed == "no single-frame greyscale radiograph in study"

@@ -1,21 +1,17 @@
-"""SR (TID 1500), visual summary (SC) and FHIR DiagnosticReport, checked by real validators."""
+"""SR (TID 1500), presentation state (GSPS), visual summary (SC), FHIR DiagnosticReport and
+HL7 v2 messages, checked by real validators (dciodvfy, PixelMed, fhir.resources, python-hl7)."""
 
 from __future__ import annotations
 
-import http.server
+import copy
 import json
-import threading
 
+import hl7
 import numpy as np
 import pydicom
 import pytest
 
-from dicom_gateway.reports.fhir import (
-    build_diagnostic_report,
-    post_report,
-    report_json,
-    store_report,
-)
+from dicom_gateway.reports.fhir import build_diagnostic_report, report_json, report_key
 from dicom_gateway.reports.sr import ABSENT, PNEUMONIA, PRESENT, build_sr, read_finding
 from dicom_gateway.reports.summary_image import (
     BANNER,
@@ -23,12 +19,12 @@ from dicom_gateway.reports.summary_image import (
     build_sc,
     model_view,
     render_summary,
-    save_thumbnail,
+    thumbnail_png,
 )
 from dicom_gateway.reports.wording import AI_DISCLAIMER_VI
 from haidang.testbed.studies import make_study
 from serving.imaging.predictor import Prediction
-from tests.support.sr_validation import assert_valid_sr, dciodvfy_errors
+from tests.support.sr_validation import assert_valid_sr, dciodvfy_errors, pixelmed_dump
 
 
 def prediction(p: float) -> Prediction:
@@ -108,43 +104,163 @@ def test_visual_summary_is_valid_sc_with_heat_map_and_banner(tmp_path, source):
     build_sc(bare, neg, prediction(0.1)).save_as(path, enforce_file_format=True)
     assert not dciodvfy_errors(path)
     assert pydicom.dcmread(path).PatientOrientation in ("", None)
-    thumb = save_thumbnail(pos, tmp_path / "t.png")
-    assert thumb.stat().st_size > 1000
+    thumb = thumbnail_png(pos)
+    assert thumb.startswith(b"\x89PNG") and len(thumb) > 1000
 
 
-def test_fhir_report_is_preliminary_bilingual_and_posts(tmp_path, source):
-    report = build_diagnostic_report(source, prediction(0.8))
+def test_fhir_report_is_preliminary_bilingual_and_valid(source):
+    from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+    local = pydicom.Dataset(source)  # no offset of its own: the hospital's time zone applies
+    if "TimezoneOffsetFromUTC" in local:
+        del local.TimezoneOffsetFromUTC
+    report = build_diagnostic_report(local, prediction(0.8), report_uid="1.2.3.4",
+                                     time_zone="Asia/Ho_Chi_Minh",
+                                     patient_system="urn:oid:1.2.704.99")
     body = json.loads(report_json(report))
+    DiagnosticReport.parse_obj(body)  # the JSON that is sent validates on its own
     assert body["resourceType"] == "DiagnosticReport" and body["status"] == "preliminary"
-    assert body["identifier"][0]["value"] == f"urn:oid:{source.StudyInstanceUID}"
+    assert body["identifier"][0] == {"system": "urn:dicom:uid", "value": "urn:oid:1.2.3.4"}
+    assert report_key(report) == "urn:dicom:uid|urn:oid:1.2.3.4"
+    assert body["imagingStudy"][0]["identifier"] == {
+        "system": "urn:dicom:uid", "value": f"urn:oid:{source.StudyInstanceUID}"}
+    assert body["subject"]["identifier"] == {"system": "urn:oid:1.2.704.99",
+                                             "value": str(source.PatientID)}
+    accession = body["identifier"][1]
+    assert accession["type"]["coding"][0]["code"] == "ACSN"
+    assert accession["value"] == str(source.AccessionNumber)
+    # FHIR dateTime with seconds needs a time zone: the hospital's (+07:00)
+    assert body["issued"].endswith("+07:00")
+    assert body["effectiveDateTime"] == (
+        f"{source.StudyDate[:4]}-{source.StudyDate[4:6]}-{source.StudyDate[6:]}T"
+        f"{source.StudyTime[:2]}:{source.StudyTime[2:4]}:{source.StudyTime[4:6]}+07:00")
+    # contained resources are referenced from the report (FHIR invariant dom-3)
+    assert body["result"] == [{"reference": "#" + body["contained"][0]["id"]}]
     assert "NGHI NGỜ VIÊM PHỔI" in body["conclusion"]
     assert "PNEUMONIA SUSPECTED" in body["conclusion"]
     assert body["conclusionCode"][0]["coding"][0]["code"] == "233604007"
     assert body["contained"][0]["valueQuantity"]["value"] == pytest.approx(0.8)
-    negative = json.loads(report_json(build_diagnostic_report(source, prediction(0.2))))
+    negative = json.loads(report_json(build_diagnostic_report(
+        source, prediction(0.2), report_uid="1.2.3.4")))
     assert "conclusionCode" not in negative
-    assert store_report(report, tmp_path, "s1").read_text(encoding="utf-8") == report_json(report)
+    # DICOM's own offset wins over the hospital's zone when the source carries one
+    shifted = pydicom.Dataset(local)
+    shifted.TimezoneOffsetFromUTC = "+0100"
+    moved = json.loads(report_json(build_diagnostic_report(shifted, prediction(0.2),
+                                                           report_uid="1.2.3.4")))
+    assert moved["effectiveDateTime"].endswith("+01:00")
 
-    received = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
-            length = int(self.headers["Content-Length"])
-            received.append((self.path, self.headers["Content-Type"],
-                             json.loads(self.rfile.read(length))))
-            self.send_response(201)
-            self.end_headers()
+def _hl7(message) -> hl7.Message:
+    """What a receiver sees: the ER7 text parsed again."""
+    return hl7.parse(str(message), encoding="utf-8")
 
-        def log_message(self, *args):
-            pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/fhir"
-        assert post_report(report, url) == 201
-    finally:
-        server.shutdown()
-    path, ctype, posted = received[0]
-    assert path == "/fhir/DiagnosticReport" and ctype == "application/fhir+json"
-    assert posted["status"] == "preliminary"
+def test_hl7_oru_carries_finding_probability_model_and_bilingual_note(source):
+    from dicom_gateway.reports.hl7 import control_id, oru_r01
+    from haidang.ground.settings import HL7Settings
+
+    msg_id = control_id(str(source.StudyInstanceUID), "cxr-pneumonia", 1, "ORU^R01")
+    assert msg_id == control_id(str(source.StudyInstanceUID), "cxr-pneumonia", 1, "ORU^R01")
+    assert msg_id != control_id(str(source.StudyInstanceUID), "cxr-pneumonia", 2, "ORU^R01")
+    assert len(msg_id) <= 20  # MSH-10 is ST(20) in v2.5.1
+    m = _hl7(oru_r01(source, prediction(0.87), msg_id=msg_id, cfg=HL7Settings(host="x"),
+                     time_zone="Asia/Ho_Chi_Minh"))
+    assert str(m.segment("MSH")[9]) == "ORU^R01^ORU_R01"
+    assert m.extract_field("MSH", 1, 10) == msg_id and m.extract_field("MSH", 1, 12) == "2.5.1"
+    assert m.extract_field("MSH", 1, 7).endswith("+0700")
+    assert m.extract_field("PID", 1, 3, 1, 1) == str(source.PatientID)
+    assert m.extract_field("OBR", 1, 3) == str(source.AccessionNumber)
+    assert m.extract_field("OBR", 1, 25) == "P"  # preliminary: no physician verified it
+    obx = {str(seg[3][0][0]): seg for seg in m.segments("OBX")}
+    assert str(obx["233604007"][5]) == "52101004^Present^SCT"
+    assert float(str(obx["122157"][5])) == pytest.approx(0.87)
+    assert str(obx["110180"][5]) == str(source.StudyInstanceUID)
+    assert "NGHI NGỜ VIÊM PHỔI" in str(obx["VI"][5]) and "CHƯA" in str(obx["VI"][5])
+    assert "PNEUMONIA SUSPECTED" in str(obx["EN"][5]) and "NOT verified" in str(obx["EN"][5])
+    assert str(obx["MODEL"][18]).startswith("cxr-pneumonia 1.2.3")
+    assert all(str(seg[11]) == "P" for seg in m.segments("OBX"))
+    assert "unverified AI" in str(m.segment("NTE")[3])
+
+
+@pytest.mark.parametrize("kind", ["ORM^O01", "OMI^O23"])
+def test_hl7_priority_update_sets_stat_on_the_accession(source, kind):
+    from dicom_gateway.reports.hl7 import priority_update
+    from haidang.ground.settings import HL7Settings
+
+    m = _hl7(priority_update(source, prediction(0.9), kind=kind, msg_id="HD1",
+                             cfg=HL7Settings(host="x"), time_zone="Asia/Ho_Chi_Minh"))
+    assert str(m.segment("MSH")[9]).startswith(kind)
+    assert m.extract_field("ORC", 1, 1) == "XO"  # change order
+    assert m.extract_field("ORC", 1, 3) == str(source.AccessionNumber)
+    assert m.extract_field("OBR", 1, 5) == "S"  # STAT
+    if kind == "ORM^O01":
+        assert m.extract_field("ORC", 1, 7, 1, 6) == "S"
+        assert m.extract_field("OBR", 1, 27, 1, 6) == "S"
+    else:
+        assert m.extract_field("TQ1", 1, 9, 1, 1) == "S"
+        assert m.extract_field("IPC", 1, 1) == str(source.AccessionNumber)
+        assert m.extract_field("IPC", 1, 3) == str(source.StudyInstanceUID)
+
+
+def test_sr_lists_the_sr_it_replaces_as_predecessor(tmp_path, source):
+    first = build_sr([source], prediction(0.3))
+    second = build_sr([source], prediction(0.8), previous_versions=[first])
+    path = tmp_path / "sr2.dcm"
+    second.save_as(path, enforce_file_format=True)
+    assert_valid_sr(path)
+    back = pydicom.dcmread(path)
+    [study] = back.PredecessorDocumentsSequence
+    assert study.StudyInstanceUID == source.StudyInstanceUID
+    [ref] = study.ReferencedSeriesSequence[0].ReferencedSOPSequence
+    assert ref.ReferencedSOPInstanceUID == first.SOPInstanceUID
+
+
+def test_presentation_state_outlines_the_heat_map_on_the_original_image(tmp_path, source):
+    import highdicom as hd
+
+    from dicom_gateway.reports.gsps import build_gsps, heat_outlines
+
+    heat = np.zeros((28, 28), np.float32)
+    heat[4:10, 4:12] = 1.0  # two separate regions
+    heat[18:24, 16:24] = 0.8
+    heat[26, 26] = 0.7  # a speck: below 1% of the square, not outlined
+    rows, columns = int(source.Rows), int(source.Columns)
+    outlines = heat_outlines(heat, rows, columns)
+    assert len(outlines) == 2
+    for points in outlines:
+        assert (points[0] == points[-1]).all()  # closed
+        assert points[:, 0].min() >= 0 and points[:, 0].max() <= columns
+        assert points[:, 1].min() >= 0 and points[:, 1].max() <= rows
+    gsps = build_gsps(source, heat, prediction(0.9))
+    path = tmp_path / "pr.dcm"
+    gsps.save_as(path, enforce_file_format=True)
+    assert not dciodvfy_errors(path)
+    back = pydicom.dcmread(path)
+    assert back.SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.1"  # Grayscale Softcopy PS
+    assert back.StudyInstanceUID == source.StudyInstanceUID
+    [series] = back.ReferencedSeriesSequence
+    assert series.ReferencedImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    [annotation] = back.GraphicAnnotationSequence
+    assert annotation.GraphicLayer == "AI"
+    text = annotation.TextObjectSequence[0].UnformattedTextValue
+    assert "NGHI NGỜ VIÊM PHỔI" in text and "PNEUMONIA SUSPECTED" in text
+    # highdicom accepts every outline read back from the file
+    objects = [hd.pr.GraphicObject(graphic_type=o.GraphicType, units=o.GraphicAnnotationUnits,
+                                   graphic_data=np.array(o.GraphicData).reshape(-1, 2))
+               for o in annotation.GraphicObjectSequence]
+    assert [o.GraphicType for o in objects] == ["POLYLINE", "POLYLINE"]
+    # PixelMed reads it too: the outlines and the whole bilingual text
+    dump = pixelmed_dump(path)
+    assert dump.count("GraphicType VR=<CS> VL=<0x8> <POLYLINE>") == 2
+    assert "chưa xác nhận / unverified" in dump
+    # shown as the modality shows it: MONOCHROME1 (this CR) inverted, MONOCHROME2 not
+    assert back.PresentationLUTShape == ("INVERSE" if source.PhotometricInterpretation
+                                         == "MONOCHROME1" else "IDENTITY")
+    for photometric, shape in (("MONOCHROME1", "INVERSE"), ("MONOCHROME2", "IDENTITY")):
+        other = copy.deepcopy(source)  # Dataset(source) would share, and change, its elements
+        other.PhotometricInterpretation = photometric
+        assert build_gsps(other, heat, prediction(0.9)).PresentationLUTShape == shape
+    # no finding: the verdict only, no outlines
+    calm = build_gsps(source, heat, prediction(0.1))
+    assert "GraphicObjectSequence" not in calm.GraphicAnnotationSequence[0]

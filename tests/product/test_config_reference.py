@@ -12,7 +12,8 @@ from haidang.ground.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "configuration.md"
-ROW = re.compile(r"^\| `([a-z_.]+)` \| ([^|]+(?:\\\|[^|]+)*) \| (.+?) \| `(HAIDANG_[A-Z_]+)` \|")
+ROW = re.compile(r"^\| `([a-z0-9_.]+)` \| ([^|]+(?:\\\|[^|]+)*) \| (.+?) \| "
+                 r"`(HAIDANG_[A-Z0-9_]+)` \|")
 
 
 def _leaves(model, prefix=""):

@@ -23,6 +23,14 @@ def pixelmed_sr_report(path: Path) -> str:
     return (out.stdout + out.stderr).decode("utf-8", "replace")
 
 
+def pixelmed_dump(path: Path) -> str:
+    """PixelMed's own reading of any object (its IOD validator knows no GSPS or SC)."""
+    out = subprocess.run(["java", "-cp", PIXELMED, "com.pixelmed.dicom.AttributeList", str(path)],
+                         capture_output=True, timeout=120)
+    assert out.returncode == 0, out.stderr.decode("utf-8", "replace")
+    return (out.stdout + out.stderr).decode("utf-8", "replace")
+
+
 def assert_valid_sr(path: Path) -> None:
     errors = dciodvfy_errors(path)
     assert not errors, f"dciodvfy errors in {path}: {errors}"
