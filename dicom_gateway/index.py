@@ -163,15 +163,35 @@ CREATE INDEX IF NOT EXISTS reviews_study ON reviews (study_uid, id);
 
 
 class Dialect:
-    """What differs between SQLite and PostgreSQL, in one place."""
+    """What differs between SQLite and PostgreSQL, in one place: the Index never asks which."""
 
     name = "sqlite"
     autoid = "INTEGER PRIMARY KEY AUTOINCREMENT"
     skip_locked = ""
+    for_update = ""  # SQLite's BEGIN IMMEDIATE already holds the one write lock
+    begin = "BEGIN IMMEDIATE"
     single_process = True  # the embedded mode: one gateway process owns the database
+
+    def __init__(self, url: str):
+        self.path = Path(url[len("sqlite:///") :])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def sql(self, text: str) -> str:
         return text
+
+    def connect(self):
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: a commit survives a process crash; after an OS crash the last commits may
+        # roll back, and Gateway.start() re-indexes spool files the index lost (the
+        # fsynced spool is the journal), so an acknowledged instance is never lost
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def serialise_schema_changes(self, q) -> None:
+        """Nothing to do: one process owns an SQLite index."""
 
     def table_exists(self, q, table: str) -> bool:
         return q("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
@@ -182,10 +202,25 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     autoid = "BIGSERIAL PRIMARY KEY"
     skip_locked = " FOR UPDATE SKIP LOCKED"
+    # lock the row read, so a worker in another process cannot change it before our update
+    for_update = " FOR UPDATE"
+    begin = "BEGIN"
     single_process = False
+
+    def __init__(self, url: str = ""):
+        self.url = url
 
     def sql(self, text: str) -> str:
         return text.replace("?", "%s")
+
+    def connect(self):
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=True)
+
+    def serialise_schema_changes(self, q) -> None:
+        """Workers starting together: one creates or migrates the schema, the others wait."""
+        q("SELECT pg_advisory_xact_lock(4242)")
 
     def table_exists(self, q, table: str) -> bool:
         return q("SELECT to_regclass(?)", (table,)).fetchone()[0] is not None
@@ -221,18 +256,15 @@ class Index:
         self._conns: list[Any] = []
         self._lock = threading.Lock()
         if url.startswith("sqlite:///"):
-            self.dialect: Dialect = Dialect()
-            self.path = Path(url[len("sqlite:///") :])
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.dialect: Dialect = Dialect(url)
         elif url.startswith(("postgresql://", "postgres://")):
-            self.dialect = PostgresDialect()
+            self.dialect = PostgresDialect(url)
         else:
             raise ValueError(
                 f"gateway.database_url {url!r} is not supported: use sqlite:///PATH or postgresql://..."
             )
         with self.tx() as q:
-            if self.dialect.name == "postgresql":  # workers starting together: one creates
-                q("SELECT pg_advisory_xact_lock(4242)")
+            self.dialect.serialise_schema_changes(q)
             version = self._schema_version(q)
             if version == SCHEMA_VERSION:
                 # CREATE INDEX IF NOT EXISTS locks its table even when the index exists, and
@@ -263,20 +295,7 @@ class Index:
     # -- connections and transactions ------------------------------------------------
 
     def _connect(self):
-        if self.dialect.name == "sqlite":
-            conn = sqlite3.connect(
-                self.path, timeout=30, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA journal_mode=WAL")
-            # NORMAL: a commit survives a process crash; after an OS crash the last commits may
-            # roll back, and Gateway.start() re-indexes spool files the index lost (the
-            # fsynced spool is the journal), so an acknowledged instance is never lost
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
-        else:
-            import psycopg
-
-            conn = psycopg.connect(self.url, autocommit=True)
+        conn = self.dialect.connect()
         with self._lock:
             self._conns.append(conn)
         return conn
@@ -298,7 +317,7 @@ class Index:
             cur.execute(self.dialect.sql(sql), params)
             return cur
 
-        cur.execute("BEGIN IMMEDIATE" if self.dialect.name == "sqlite" else "BEGIN")
+        cur.execute(self.dialect.begin)
         try:
             yield q
         except BaseException:
@@ -384,9 +403,8 @@ class Index:
             return False
         # PostgreSQL: lock the study row, so an assembler in another process cannot
         # close the study between this read and the update below
-        for_update = " FOR UPDATE" if self.dialect.name == "postgresql" else ""
         row = q(
-            "SELECT state, generation FROM studies WHERE study_uid = ?" + for_update,
+            "SELECT state, generation FROM studies WHERE study_uid = ?" + self.dialect.for_update,
             (study_uid,),
         ).fetchone()
         if row is None and q(
@@ -396,7 +414,8 @@ class Index:
             (study_uid, calling_ae, quiet_period_s, now, now),
         ).rowcount == 0:  # another listener created it meanwhile
             row = q(
-                "SELECT state, generation FROM studies WHERE study_uid = ?" + for_update,
+                "SELECT state, generation FROM studies WHERE study_uid = ?"
+                + self.dialect.for_update,
                 (study_uid,),
             ).fetchone()
         if row is None:
@@ -564,8 +583,7 @@ class Index:
         with self.tx() as q:
             # still ours? A worker that stalled past its lease lost the job to another (higher
             # attempts): its late results are dropped, so a study's result is recorded once
-            for_update = " FOR UPDATE" if self.dialect.name == "postgresql" else ""
-            row = q("SELECT state, attempts FROM jobs WHERE id = ?" + for_update,
+            row = q("SELECT state, attempts FROM jobs WHERE id = ?" + self.dialect.for_update,
                     (job.id,)).fetchone()
             if row is None or row[0] != "running" or row[1] != job.attempts:
                 return export_ids
