@@ -222,8 +222,9 @@ def build() -> dict[str, int]:
     _join_atc(book, curated, atc_rows, create=False)  # codes of ANSM-only substances
     # Class tags from ATC groups, and the pharmacology memberships (FDA CYP/P-gp table,
     # hyperkalaemia, serotonergic), added to the curated tags.
-    class_map = [(r["atc_prefix"], _split(r["tags"])) for r in _read(KNOWLEDGE / "atc-class-map.csv")]
-    for key, entry in book.rows.items():
+    class_map = [(r["atc_prefix"], _split(r["tags"]))
+                 for r in _read(KNOWLEDGE / "atc-class-map.csv")]
+    for entry in book.rows.values():
         for code in entry["atc_codes"]:
             for prefix, tags in class_map:
                 if code.startswith(prefix):

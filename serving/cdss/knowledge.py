@@ -124,6 +124,33 @@ class PregnancyRule:
     source: str
 
 
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """A class where two members together are a known hazard (two NSAIDs, two RAS
+    blockers...): membership by WHOCC ATC prefix."""
+
+    group: str  # e.g. "M01A"
+    atc_prefixes: tuple[str, ...]
+    name_vi: str
+    name_en: str
+    source: str
+
+
+@dataclass(frozen=True)
+class IntendedCombination:
+    """A pair prescribed together on purpose by guideline (aspirin + P2Y12 inhibitor, PPI +
+    NSAID...): never a duplicate; its interaction severity may be capped where the
+    reference itself gives a lower level for the validated indication."""
+
+    id: str
+    a: str
+    b: str
+    max_interaction_severity: str | None
+    note_vi: str
+    note_en: str
+    source: str
+
+
 @dataclass
 class _Index:
     drugs: dict[str, Drug] = field(default_factory=dict)
@@ -139,6 +166,8 @@ class _Index:
     qd5948_sides: dict[str, tuple[str, ...]] = field(default_factory=dict)
     qd5948_unmapped: list[str] = field(default_factory=list)
     ansm_sides: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    duplicate_groups: list[DuplicateGroup] = field(default_factory=list)
+    intended: dict[tuple[str, str], IntendedCombination] = field(default_factory=dict)
     by_atc: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -194,6 +223,7 @@ class KnowledgeBase:
                    root.parent / "ddi-ansm" / "ansm_thesaurus_ddi_2020_10.csv")
         _load_curated(ix, root / "interactions.csv")
         _load_rules(ix, root)
+        _load_alert_policy(ix, root)
         for inn, drug in ix.drugs.items():
             for code in drug.atc_codes:
                 ix.by_atc.setdefault(code, []).append(inn)
@@ -269,6 +299,20 @@ class KnowledgeBase:
         """WHOCC ATC codes of an ingredient key; () when it has none or is unknown."""
         drug = self._ix.drugs.get(ingredient_key)
         return drug.atc_codes if drug is not None else ()
+
+    def duplicate_group(self, a: Drug, b: Drug) -> DuplicateGroup | None:
+        """The hazard class two different ingredients share, or None."""
+        if a.inn == b.inn:
+            return None
+        for group in self._ix.duplicate_groups:
+            if _in_group(a, group) and _in_group(b, group):
+                return group
+        return None
+
+    def intended(self, a: Drug, b: Drug) -> IntendedCombination | None:
+        """The guideline combination the pair is, or None."""
+        key = (a.inn, b.inn) if a.inn < b.inn else (b.inn, a.inn)
+        return self._ix.intended.get(key)
 
     def ansm_side(self, written: str) -> tuple[str, ...]:
         """Ingredient keys an ANSM side (substance or class, as written) expands to."""
@@ -619,3 +663,28 @@ def _load_rules(ix: _Index, root: Path) -> None:
         )
         for inn in _by_drug(ix, row["drug"], row["_where"]):
             ix.pregnancy.setdefault(inn, rule)
+
+
+def _in_group(drug: Drug, group: DuplicateGroup) -> bool:
+    return any(code.startswith(group.atc_prefixes) for code in drug.atc_codes)
+
+
+def _load_alert_policy(ix: _Index, root: Path) -> None:
+    """Duplicate-therapy hazard classes and the guideline combinations that are never
+    duplicates (both curated, each row with its source)."""
+    for row in _read(root / "duplicate-groups.csv"):
+        ix.duplicate_groups.append(DuplicateGroup(
+            group=row["group"], atc_prefixes=tuple(_split(row["atc_prefixes"])),
+            name_vi=row["name_vi"], name_en=row["name_en"], source=row["source"]))
+    for row in _read(root / "intended-combinations.csv"):
+        cap = row.get("max_interaction_severity") or None
+        if cap is not None and cap not in SEVERITIES:
+            raise KnowledgeError(f"{row['_where']}: max_interaction_severity {cap!r} is not "
+                                 f"one of {SEVERITIES}.")
+        item = IntendedCombination(
+            id=row["id"], a=row["a"], b=row["b"], max_interaction_severity=cap,
+            note_vi=row["note_vi"], note_en=row["note_en"], source=row["source"])
+        for x in _by_drug(ix, row["a"], row["_where"]):
+            for y in _by_drug(ix, row["b"], row["_where"]):
+                if x != y:
+                    ix.intended.setdefault((x, y) if x < y else (y, x), item)
