@@ -128,6 +128,20 @@ class SecuritySettings(_Section):
     rate_limit_burst: int = Field(0, description="requests a caller may burst; 0 = 2 x rate")
 
 
+AlertSeverity = Literal["contraindicated", "major", "moderate", "minor", "info"]
+
+
+class CdssSettings(_Section):
+    """Which alerts each channel shows (severity at or above; `minor` hidden by default)."""
+
+    min_severity_native: AlertSeverity = Field(
+        "moderate", description="lowest alert severity the native API returns"
+    )
+    min_severity_cds_hooks: AlertSeverity = Field(
+        "moderate", description="lowest alert severity returned as CDS Hooks cards"
+    )
+
+
 class Settings(_Section):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     destinations: list[Destination] = Field(default_factory=list)
@@ -136,6 +150,7 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    cdss: CdssSettings = Field(default_factory=CdssSettings)
     language: str = Field("vi", description="default language of clinician-facing text: vi or en")
 
 

@@ -122,6 +122,11 @@ def shown(alerts: Iterable[InteractionAlert], min_severity: str) -> list[Interac
     return [a for a in alerts if SEVERITY_RANK[a.severity] >= floor]
 
 
+def channel_thresholds(cdss) -> dict[str, str]:
+    """The engine's `thresholds` from the `[cdss]` settings section (`CdssSettings`)."""
+    return {"native": cdss.min_severity_native, "cds-hooks": cdss.min_severity_cds_hooks}
+
+
 class CheckEngine:
     """Holds the knowledge base and the ICD-10 helper; `check` is pure and thread-safe."""
 
