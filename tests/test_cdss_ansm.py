@@ -6,6 +6,7 @@ guideline combinations; the classics an independent check found missing now aler
 from __future__ import annotations
 
 import csv
+import json
 from functools import lru_cache
 
 import pytest
@@ -245,6 +246,26 @@ def test_minor_is_hidden_by_channel_threshold():
     assert any(a.severity == "minor" for a in every)
     assert native == [a for a in every if a.severity != "minor"]
     assert hooks == [a for a in every if a.severity in ("major", "contraindicated")]
+
+
+SAMPLES = json.loads((DEFAULT_ROOT.parents[1] / "tests" / "fixtures" / "cdss" /
+                      "prescriptions-outpatient.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("sample", SAMPLES["prescriptions"], ids=lambda p: p["name"][:30])
+def test_sample_prescriptions(sample):
+    """Every real interaction alerted; nothing unrecognised; no duplicate-therapy or
+    indication alert for the guideline combinations."""
+    result = engine().check(Prescription(
+        lines=[DrugLine(text=t) for t in sample["lines"]], diagnoses=sample["diagnoses"],
+        sex=sample["sex"], age_days=sample["age_years"] * 365), channel="native")
+    kinds = [a.kind for a in result.alerts]
+    assert "unrecognised-drug" not in kinds and all(result.recognised)
+    drug_sets = [set(a.drugs) for a in result.alerts if a.kind == "drug-drug"]
+    for expected in sample["expected"]:
+        assert any(set(expected) <= found for found in drug_sets), expected
+    assert len(drug_sets) <= len(sample["expected"])  # nothing beyond the references
+    assert "duplicate" not in kinds and "indication" not in kinds, kinds
 
 
 # ---------------------------------------------------------------------- dictionary

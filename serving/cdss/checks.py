@@ -75,12 +75,13 @@ class PairFacts:
     severity: str | None  # its severity, capped for a guideline combination
     others: tuple[Interaction, ...]  # every other row on the pair: cited as sources
     group: DuplicateGroup | None  # a duplicate-therapy hazard (never for intended pairs)
+    intended: bool = False  # a guideline combination (aspirin + P2Y12 inhibitor, PPI + NSAID)
     predicted: tuple | None = None  # the learned model's answer; None until asked
 
 
 # A pair's facts when the knowledge has nothing on it and there is no model to ask (most
 # pairs): one identity test skips it. Never modified.
-_QUIET = PairFacts(None, None, (), None, _NOTHING)
+_QUIET = PairFacts(None, None, (), None, False, _NOTHING)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +183,8 @@ class CheckEngine:
                     if item.inn not in seen:
                         seen.add(item.inn)
                         firsts.append(item)
-        to_score = self._pair_pass(alerts, items)
+        intended: set[str] = set()  # ingredients prescribed as part of a guideline pair
+        to_score = self._pair_pass(alerts, items, intended)
         if firsts:
             self._triple_whammy(alerts, items)
         codes, pregnancy_code = self._icd_pass(alerts, rx)
@@ -195,8 +197,8 @@ class CheckEngine:
                 facts = self._drugs.get(key)
                 if facts is None:
                     facts = _remember(self._drugs, key, self._drug_facts(item, codes))
-                if facts.indication is not None:
-                    alerts.append(facts.indication)
+                if facts.indication is not None and item.inn not in intended:
+                    alerts.append(facts.indication)  # (a PPI for gastroprotection: silent)
                 contra.extend(facts.contraindications)
                 drug_facts.append(facts)
             alerts.extend(contra)
@@ -240,10 +242,12 @@ class CheckEngine:
         return wording.dose(drug, index, daily, limit)
 
     # ------------------------------------------------------------------ pairs
-    def _pair_pass(self, alerts: list[InteractionAlert], items: list[Item]) -> list[PairToScore]:
+    def _pair_pass(self, alerts: list[InteractionAlert], items: list[Item],
+                   intended: set[str]) -> list[PairToScore]:
         """Drug-drug interactions and duplicate therapy: one memo look-up per pair, one
-        alert per pair (its worst severity, all its sources). Returns the pairs the
-        knowledge base is silent on that the learned model may still score."""
+        alert per pair (its worst severity, all its sources). Adds to `intended` the
+        ingredients of guideline pairs; returns the pairs the knowledge base is silent on
+        that the learned model may still score."""
         to_score: list[PairToScore] = []
         seen: set[tuple[str, str]] = set()
         scoring = self._scoring()
@@ -266,6 +270,8 @@ class CheckEngine:
                 pair = (x.inn, y.inn) if x.inn < y.inn else (y.inn, x.inn)
                 if facts is None:
                     facts = self._set_pair(pair, self._pair_facts(x.drug, y.drug, scoring))
+                if facts.intended:
+                    intended.update(pair)
                 if pair in seen:
                     continue
                 a, b = (x, y) if x.inn < y.inn else (y, x)
@@ -275,7 +281,7 @@ class CheckEngine:
                     alerts.append(self._alert(
                         ("ddi", pair, *lines), wording.interaction, facts.worst,
                         facts.severity, a.drug, b.drug, lines, facts.others))
-                elif scoring and facts.predicted is not _NOTHING:
+                elif scoring and facts.predicted is not _NOTHING and not facts.intended:
                     to_score.append(PairToScore(pair, a, b, facts))
                 if facts.group is not None and x.line != y.line:
                     seen.add(pair)
@@ -287,15 +293,15 @@ class CheckEngine:
         found = sorted(self.kb.interactions(a, b), key=_strictest_first)
         intended = self.kb.intended(a, b)
         group = None if intended is not None else self.kb.duplicate_group(a, b)
-        if not found and group is None and not scoring:
+        if not found and group is None and intended is None and not scoring:
             return _QUIET
         if not found:
-            return PairFacts(None, None, (), group)
+            return PairFacts(None, None, (), group, intended is not None)
         sev = wording.severity(found[0].severity)
         cap = intended.max_interaction_severity if intended is not None else None
         if cap is not None and SEVERITY_RANK[cap] < SEVERITY_RANK[sev]:
             sev = cap
-        return PairFacts(found[0], sev, tuple(found[1:]), group)
+        return PairFacts(found[0], sev, tuple(found[1:]), group, intended is not None)
 
     def _set_pair(self, pair: tuple[str, str], facts: PairFacts) -> PairFacts:
         """Remember a pair's facts both ways round (bounded: all dropped at _MEMO_MAX)."""
@@ -312,7 +318,8 @@ class CheckEngine:
 
     def _triple_whammy(self, alerts: list[InteractionAlert], items: list[Item]) -> None:
         """NSAID + ACE inhibitor/ARB + diuretic: a risk of the three together, beyond its
-        pairs; alerted when at least one of the three is ordered now."""
+        pairs; alerted when at least one of the three is ordered now. It takes the place of
+        the NSAID's two pair alerts (their sources cited), so the prescriber reads one."""
         found: dict[str, Item] = {}
         for item in items:
             classes = item.drug.classes
@@ -327,9 +334,16 @@ class CheckEngine:
         trio = (found["nsaid"], found["blocker"], found["diuretic"])
         if all(item.current for item in trio):
             return
+        nsaid = trio[0].inn
+        pairs = ({nsaid, trio[1].inn}, {nsaid, trio[2].inn})
+        subsumed = [a for a in alerts if a.kind == "drug-drug" and set(a.drugs) in pairs]
+        for alert in subsumed:
+            alerts.remove(alert)
         lines = sorted({item.line for item in trio})
-        alerts.append(self._alert(("triple", *(i.inn for i in trio), *lines),
-                                  wording.triple_whammy, *(i.drug for i in trio), lines))
+        sources = tuple(a.source for a in subsumed)
+        alerts.append(self._alert(("triple", *(i.inn for i in trio), *lines, sources),
+                                  wording.triple_whammy, *(i.drug for i in trio), lines,
+                                  sources))
 
     def _scoring(self) -> bool:
         """Is there an interaction model to ask about pairs the knowledge base lacks?"""
@@ -441,7 +455,7 @@ class CheckEngine:
                     hit = tuple(p.as_dict() for p in self.learned.predicted_interactions(
                         [it.first.drug, it.second.drug], [0, 1], [False, False]))
                     facts.predicted = hit or _NOTHING
-                    if not hit and facts.group is None:
+                    if not hit and facts.group is None and not facts.intended:
                         self._set_pair(it.pair, _QUIET)
                 if not hit:
                     continue

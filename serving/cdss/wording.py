@@ -88,7 +88,9 @@ def interaction(it: Interaction, sev: str, a: Drug, b: Drug, lines: list[int],
     )
 
 
-def triple_whammy(nsaid: Drug, blocker: Drug, diuretic: Drug, lines: list[int]) -> InteractionAlert:
+def triple_whammy(nsaid: Drug, blocker: Drug, diuretic: Drug, lines: list[int],
+                  pair_sources: Sequence[str] = ()) -> InteractionAlert:
+    """The three-drug alert; `pair_sources` are those of the NSAID pair alerts it replaces."""
     names_vi = f"{nsaid.name_vi} + {blocker.name_vi} + {diuretic.name_vi}"
     return InteractionAlert(
         id=f"ddi:triple-whammy:{nsaid.inn}+{blocker.inn}+{diuretic.inn}",
@@ -106,7 +108,7 @@ def triple_whammy(nsaid: Drug, blocker: Drug, diuretic: Drug, lines: list[int]) 
         "năng thận.",
         management_en="Avoid the three together; if unavoidable, keep the patient hydrated "
         "and monitor renal function.",
-        source=TRIPLE_WHAMMY_SOURCE,
+        source="; ".join([TRIPLE_WHAMMY_SOURCE, *pair_sources]),
     )
 
 
