@@ -548,8 +548,15 @@ def _load_ansm(ix: _Index, names_path: Path, translations_path: Path, list_path:
     """ANSM rows: sides through `ansm-names.csv` (classes expanded by ANSM's own substance
     index at build time), severities mapped, French text carried over: the Vietnamese and
     English are translations marked for pharmacist review, the French is kept as written.
-    The thesaurus lists most pairs under both substances: one interaction per pair and
-    text."""
+    The thesaurus lists most pairs under both substances: the twin row is read once.
+
+    A row with several levels gives each level its condition in `severity_info` (one
+    segment per level). A segment that names members of the row ("avec la rifampicine")
+    applies its level to their pairs only; the other pairs take the general level: the
+    lowest level whose segment names no member ("pour tous les médicaments sédatifs entre
+    eux"), else the row's lowest. So "sedatives + other sedatives" is `minor` for every
+    pair but contraindicated with sodium oxybate, as ANSM writes it.
+    """
     for row in _read(names_path):
         ix.ansm_sides[names.plain(row["name_as_written"])] = tuple(_split(row["ingredients"]))
     if not ix.ansm_sides:
@@ -561,34 +568,94 @@ def _load_ansm(ix: _Index, names_path: Path, translations_path: Path, list_path:
         two = ix.ansm_sides.get(names.plain(row["plus_drug"]), ())
         if not one or not two:
             continue
-        severity = ANSM_SEVERITY.get(names.plain(row["max_severity"]))
-        if severity is None:
-            raise KnowledgeError(f"{row['_where']}: ANSM level {row['max_severity']!r} is "
-                                 f"not one of {sorted(ANSM_SEVERITY)}.")
-        risk, advice = " ".join(row["mechanism"].split()), " ".join(row["severity_info"].split())
-        key = (frozenset((one, two)), severity, risk)
+        risk = " ".join(row["mechanism"].split())
+        key = (frozenset((names.plain(row["main_drug"]), names.plain(row["plus_drug"]))),
+               row["severity_levels"], risk)
         if key in seen:
             continue
         seen.add(key)
-        risk_t, advice_t = _translate(risk, table), _translate(advice, table)
-        level_vi, level_en = ANSM_LEVEL_VI[severity], ANSM_LEVEL_EN[severity]
-        original = f"{row['severity_levels']}. {risk} {advice}".strip()
-        _add_interaction(ix, Interaction(
-            id=f"ansm-{number:04d}",
-            a="/".join(one),
-            b="/".join(two),
-            severity=severity,
-            mechanism_vi="",
-            consequence_vi=(risk_t[0] if risk_t else "Xem nguyên văn tiếng Pháp (ANSM): "
-                            + risk) + f" [{PENDING_REVIEW}]",
-            management_vi=f"{level_vi}. " + (advice_t[0] if advice_t else advice),
-            mechanism_en=None,
-            consequence_en=(risk_t[1] if risk_t else "See the French original (ANSM): "
-                            + risk) + f" [{PENDING_REVIEW}]",
-            management_en=f"{level_en}. " + (advice_t[1] if advice_t else advice),
-            source=f"{ANSM_SOURCE}: {row['main_drug']} + {row['plus_drug']}",
-            original=original,
-        ))
+        levels = [_ansm_severity(level, row["_where"]) for level in
+                  row["severity_levels"].split(" | ")]
+        advice = [" ".join(a.split()) for a in row["severity_info"].split(" | ")]
+        if len(advice) != len(levels):
+            advice = [" ".join(row["severity_info"].split())] * len(levels)
+        pairs = {(x, y) if x < y else (y, x) for x in one for y in two if x != y}
+        by_level = _ansm_levels(ix, levels, advice, pairs)
+        original = f"{row['severity_levels']}. {risk} " + " | ".join(advice)
+        for part, (level, text, level_pairs) in enumerate(by_level):
+            if not level_pairs:
+                continue
+            item = _ansm_interaction(
+                f"ansm-{number:04d}" + (f"-{part}" if part else ""), row, one, two, level,
+                risk, text, table, original.strip())
+            ix.interactions.append(item)
+            for pair in level_pairs:
+                ix.pairs.setdefault(pair, []).append(item)
+
+
+def _ansm_severity(level: str, where: str) -> str:
+    severity = ANSM_SEVERITY.get(names.plain(level))
+    if severity is None:
+        raise KnowledgeError(f"{where}: ANSM level {level!r} is not one of "
+                             f"{sorted(ANSM_SEVERITY)}.")
+    return severity
+
+
+def _ansm_levels(ix: _Index, levels: list[str], advice: list[str],
+                 pairs: set[tuple[str, str]]) -> list[tuple[str, str, set]]:
+    """[(severity, its advice, the pairs it applies to)], the general level first."""
+    if len(levels) == 1:
+        return [(levels[0], advice[0], pairs)]
+    members = {k for pair in pairs for k in pair}
+    named = [{k for k in members if _names_in(ix.drugs[k], advice[i])}
+             for i in range(len(levels))]
+    everywhere = set.intersection(*named)  # named by every segment: it tells none apart
+    named = [n - everywhere for n in named]
+    general_at = [i for i in range(len(levels)) if not named[i]] or list(range(len(levels)))
+    general = max(general_at, key=lambda i: SEVERITIES.index(levels[i]))  # the lowest
+    out = [(levels[general], advice[general], set())]
+    specific: dict[tuple[str, str], int] = {}
+    for i in range(len(levels)):
+        if i == general or not named[i]:
+            continue
+        for pair in pairs:
+            if pair[0] in named[i] or pair[1] in named[i]:
+                have = specific.get(pair)
+                if have is None or SEVERITIES.index(levels[i]) < SEVERITIES.index(levels[have]):
+                    specific[pair] = i
+    for i in range(len(levels)):
+        if i != general:
+            out.append((levels[i], advice[i], {p for p, at in specific.items() if at == i}))
+    out[0][2].update(p for p in pairs if p not in specific)
+    return out
+
+
+def _names_in(drug: Drug, text: str) -> bool:
+    """Does the (French) text name this ingredient, by its French or international name?"""
+    words = f" {names.plain(text)} "
+    return any(f" {names.plain(n)} " in words for n in filter(None, (drug.name_fr, drug.inn)))
+
+
+def _ansm_interaction(id_: str, row: dict, one: tuple, two: tuple, severity: str, risk: str,
+                      advice: str, table: dict, original: str) -> Interaction:
+    risk_t, advice_t = _translate(risk, table), _translate(advice, table)
+    level_vi, level_en = ANSM_LEVEL_VI[severity], ANSM_LEVEL_EN[severity]
+    return Interaction(
+        id=id_,
+        a="/".join(one),
+        b="/".join(two),
+        severity=severity,
+        mechanism_vi="",
+        consequence_vi=(risk_t[0] if risk_t else "Xem nguyên văn tiếng Pháp (ANSM): " + risk)
+        + f" [{PENDING_REVIEW}]",
+        management_vi=f"{level_vi}. " + (advice_t[0] if advice_t else advice),
+        mechanism_en=None,
+        consequence_en=(risk_t[1] if risk_t else "See the French original (ANSM): " + risk)
+        + f" [{PENDING_REVIEW}]",
+        management_en=f"{level_en}. " + (advice_t[1] if advice_t else advice),
+        source=f"{ANSM_SOURCE}: {row['main_drug']} + {row['plus_drug']}",
+        original=original,
+    )
 
 
 def _add_interaction(
