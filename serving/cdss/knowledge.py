@@ -630,6 +630,13 @@ def _ansm_levels(ix: _Index, levels: list[str], advice: list[str],
     return out
 
 
+def _french(text: str, lang: str) -> str:
+    """An untranslated ANSM text, shown as French and saying so."""
+    if not text:
+        return ""
+    return (f"Nguyên văn tiếng Pháp: {text}" if lang == "vi" else f"French original: {text}")
+
+
 def _names_in(drug: Drug, text: str) -> bool:
     """Does the (French) text name this ingredient, by its French or international name?"""
     words = f" {names.plain(text)} "
@@ -648,11 +655,11 @@ def _ansm_interaction(id_: str, row: dict, one: tuple, two: tuple, severity: str
         mechanism_vi="",
         consequence_vi=(risk_t[0] if risk_t else "Xem nguyên văn tiếng Pháp (ANSM): " + risk)
         + f" [{PENDING_REVIEW}]",
-        management_vi=f"{level_vi}. " + (advice_t[0] if advice_t else advice),
+        management_vi=f"{level_vi}. {advice_t[0] if advice_t else _french(advice, 'vi')}".strip(),
         mechanism_en=None,
         consequence_en=(risk_t[1] if risk_t else "See the French original (ANSM): " + risk)
         + f" [{PENDING_REVIEW}]",
-        management_en=f"{level_en}. " + (advice_t[1] if advice_t else advice),
+        management_en=f"{level_en}. {advice_t[1] if advice_t else _french(advice, 'en')}".strip(),
         source=f"{ANSM_SOURCE}: {row['main_drug']} + {row['plus_drug']}",
         original=original,
     )
