@@ -304,12 +304,60 @@ def build() -> dict[str, int]:
     _write(KNOWLEDGE / "dictionary.csv",
            ["inn", "name_vi", "name_en", "name_fr", "atc_codes", "classes", "aliases",
             "source", "review"], out)
+    derived = _pharmacology(book)
     return {"ingredients": len(out), "curated": len(curated), "ansm_sides": len(side_rows),
+            "pharmacology_rows_derived": derived,
             "clashing_spellings_dropped": dropped,
             "ansm_unmapped": sum(1 for r in side_rows if not r["ingredients"])}
 
 
 FRENCH_SALT_WORDS = frozenset("sodique calcique potassique magnesique trometamol de d".split())
+
+
+# Class tag -> pharmacological property of `pharmacology.csv` (the learned model's
+# features), so a property the dictionary's tags state is never missing there.
+TAG_PROPERTIES = {
+    "qt-prolonging": "qt", "serotonergic": "serotonergic", "maoi": "maoi",
+    "strong-cyp3a4-inhibitor": "cyp3a4_inhibitor", "moderate-cyp3a4-inhibitor": "cyp3a4_inhibitor",
+    "strong-cyp3a4-inducer": "cyp3a4_inducer", "cyp3a4-sensitive-substrate": "cyp3a4_substrate",
+    "cyp3a4-moderate-substrate": "cyp3a4_substrate", "strong-cyp2d6-inhibitor": "cyp2d6_inhibitor",
+    "cyp2d6-sensitive-substrate": "cyp2d6_substrate", "strong-cyp2c19-inhibitor":
+    "cyp2c19_inhibitor", "cyp2c19-sensitive-substrate": "cyp2c19_substrate",
+    "strong-cyp1a2-inhibitor": "cyp1a2_inhibitor", "cyp1a2-sensitive-substrate":
+    "cyp1a2_substrate", "moderate-cyp2c9-inhibitor": "cyp2c9_inhibitor",
+    "cyp2c9-sensitive-substrate": "cyp2c9_substrate", "pgp-inhibitor": "pgp_inhibitor",
+    "pgp-substrate": "pgp_substrate",
+}
+
+
+def _pharmacology(book: Dictionary) -> int:
+    """Add to `pharmacology.csv` the properties the class tags state (qt from the ANSM
+    torsadogenic classes, CYP/P-gp from the FDA table): curated rows keep theirs."""
+    path = KNOWLEDGE / "pharmacology.csv"
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = {r["inn"]: r for r in csv.DictReader(handle)}
+    changed = 0
+    for key in sorted(book.rows):
+        tags = sorted(t for t in book.rows[key]["classes"] if t in TAG_PROPERTIES)
+        wanted = {TAG_PROPERTIES[t] for t in tags}
+        row = rows.get(key)
+        have = set(_split(row["properties"])) if row else set()
+        if wanted <= have:
+            continue
+        note = f"derived from class tags in dictionary.csv ({', '.join(tags)})"
+        if row is None:
+            row = rows[key] = {"inn": key, "properties": "", "source": note,
+                               "review": "pharmacist"}
+        elif note not in row["source"]:
+            row["source"] = f"{row['source']}; {note}"
+        row["properties"] = "|".join(sorted(have | wanted))
+        changed += 1
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["inn", "properties", "source", "review"],
+                                lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows.values())  # curated rows in their order, new ones after
+    return changed
 
 
 def _folds(name: str) -> set[str]:
