@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from functools import lru_cache
 
 import pytest
@@ -372,3 +375,13 @@ def test_atc_lookups():
     assert {"atorvastatin", "simvastatin", "rosuvastatin"} <= set(statins)
     assert kb.ingredient_by_atc("c10aa05") == ["atorvastatin"]
     assert kb.ingredient_by_atc("Z99ZZ99") == [] and kb.atc_codes("nope") == ()
+
+
+def test_build_reproduces_the_shipped_dictionary(tmp_path):
+    """The compiled files are exactly what build.py makes from the shipped sources."""
+    root = DEFAULT_ROOT.parents[1]
+    subprocess.run([sys.executable, str(DEFAULT_ROOT / "build.py"), "--out", str(tmp_path)],
+                   check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                   capture_output=True)
+    for name in ("dictionary.csv", "ansm-names.csv", "pharmacology.csv"):
+        assert (tmp_path / name).read_bytes() == (DEFAULT_ROOT / name).read_bytes(), name

@@ -166,7 +166,8 @@ class Dictionary:
         return row
 
 
-def build() -> dict[str, int]:
+def build(folder: Path = KNOWLEDGE) -> dict[str, int]:
+    """Compile into `folder` (the knowledge folder itself by default)."""
     book = Dictionary()
     for row in _read(KNOWLEDGE / "drugs.csv"):
         entry = book.new(row["inn"], name_vi=row["name_vi"],
@@ -262,7 +263,7 @@ def build() -> dict[str, int]:
                           "ingredients": "|".join(keys),
                           "source": f"{SOURCE_ANSM}; class members from its substance index",
                           "review": REVIEW})
-    _write(KNOWLEDGE / "ansm-names.csv",
+    _write(folder / "ansm-names.csv",
            ["name_as_written", "kind", "ingredients", "source", "review"], side_rows)
 
     # A spelling may name one ingredient only (the loader refuses the data otherwise):
@@ -301,10 +302,10 @@ def build() -> dict[str, int]:
                     "source": "; ".join(entry["source"]) +
                     ("; ATC: " + SOURCE_ATC if entry["atc_codes"] else ""),
                     "review": REVIEW})
-    _write(KNOWLEDGE / "dictionary.csv",
+    _write(folder / "dictionary.csv",
            ["inn", "name_vi", "name_en", "name_fr", "atc_codes", "classes", "aliases",
             "source", "review"], out)
-    derived = _pharmacology(book)
+    derived = _pharmacology(book, folder)
     return {"ingredients": len(out), "curated": len(curated), "ansm_sides": len(side_rows),
             "pharmacology_rows_derived": derived,
             "clashing_spellings_dropped": dropped,
@@ -330,11 +331,10 @@ TAG_PROPERTIES = {
 }
 
 
-def _pharmacology(book: Dictionary) -> int:
+def _pharmacology(book: Dictionary, folder: Path) -> int:
     """Add to `pharmacology.csv` the properties the class tags state (qt from the ANSM
     torsadogenic classes, CYP/P-gp from the FDA table): curated rows keep theirs."""
-    path = KNOWLEDGE / "pharmacology.csv"
-    with path.open(encoding="utf-8", newline="") as handle:
+    with (KNOWLEDGE / "pharmacology.csv").open(encoding="utf-8", newline="") as handle:
         rows = {r["inn"]: r for r in csv.DictReader(handle)}
     changed = 0
     for key in sorted(book.rows):
@@ -352,7 +352,7 @@ def _pharmacology(book: Dictionary) -> int:
             row["source"] = f"{row['source']}; {note}"
         row["properties"] = "|".join(sorted(have | wanted))
         changed += 1
-    with path.open("w", encoding="utf-8", newline="") as handle:
+    with (folder / "pharmacology.csv").open("w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["inn", "properties", "source", "review"],
                                 lineterminator="\r\n")
         writer.writeheader()
@@ -400,10 +400,12 @@ def _french_to_english(plain_name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--who-atc", type=Path, help="full WHO ATC table to re-select from")
+    parser.add_argument("--out", type=Path, default=KNOWLEDGE,
+                        help="folder for the compiled files (default: the knowledge folder)")
     args = parser.parse_args(argv)
     if args.who_atc:
         select_atc(args.who_atc)
-    print(build())
+    print(build(args.out))
     return 0
 
 
