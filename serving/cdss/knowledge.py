@@ -580,7 +580,7 @@ def _load_ansm(ix: _Index, names_path: Path, translations_path: Path, list_path:
         if len(advice) != len(levels):
             advice = [" ".join(row["severity_info"].split())] * len(levels)
         pairs = {(x, y) if x < y else (y, x) for x in one for y in two if x != y}
-        by_level = _ansm_levels(ix, levels, advice, pairs)
+        by_level = _ansm_levels(ix, levels, advice, pairs, (one, two))
         original = f"{row['severity_levels']}. {risk} " + " | ".join(advice)
         for part, (level, text, level_pairs) in enumerate(by_level):
             if not level_pairs:
@@ -602,15 +602,19 @@ def _ansm_severity(level: str, where: str) -> str:
 
 
 def _ansm_levels(ix: _Index, levels: list[str], advice: list[str],
-                 pairs: set[tuple[str, str]]) -> list[tuple[str, str, set]]:
+                 pairs: set[tuple[str, str]], sides: tuple[tuple[str, ...], ...]
+                 ) -> list[tuple[str, str, set]]:
     """[(severity, its advice, the pairs it applies to)], the general level first."""
     if len(levels) == 1:
         return [(levels[0], advice[0], pairs)]
     members = {k for pair in pairs for k in pair}
     named = [{k for k in members if _names_in(ix.drugs[k], advice[i])}
              for i in range(len(levels))]
-    everywhere = set.intersection(*named)  # named by every segment: it tells none apart
-    named = [n - everywhere for n in named]
+    # A substance every pair has (a one-substance side: "des doses anti-inflammatoires
+    # d'acide acétylsalicylique"), or one every segment names, tells no pair apart.
+    constant = set.intersection(*named) | {k for side in sides if len(side) == 1
+                                           for k in side}
+    named = [n - constant for n in named]
     general_at = [i for i in range(len(levels)) if not named[i]] or list(range(len(levels)))
     general = max(general_at, key=lambda i: SEVERITIES.index(levels[i]))  # the lowest
     out = [(levels[general], advice[general], set())]
