@@ -54,10 +54,7 @@ class Item:
     line: int
     drug: Drug
     current: bool  # already taken (not ordered now)
-
-    @property
-    def inn(self) -> str:
-        return self.drug.inn
+    inn: str  # drug.inn, read once per pair in the hot loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +222,7 @@ class CheckEngine:
         if not line.current and len(drugs) == 1:
             alert = self._dose_alert(index, line, drugs[0], match.strength_mg)
         return LineFacts("/".join(d.inn for d in drugs),
-                         tuple(Item(index, d, line.current) for d in drugs), alert)
+                         tuple(Item(index, d, line.current, d.inn) for d in drugs), alert)
 
     def _dose_alert(self, index, line, drug: Drug, strength_from_name) -> InteractionAlert | None:
         limit = drug.max_daily_dose_mg
@@ -252,30 +249,32 @@ class CheckEngine:
         seen: set[tuple[str, str]] = set()
         scoring = self._scoring()
         for i, x in enumerate(items):
-            row = self._pairs.get(x.inn)
+            xi = x.inn
+            row = self._pairs.get(xi)
             if row is None:
-                row = self._pairs[x.inn] = {}
+                row = self._pairs[xi] = {}
             for y in items[i + 1:]:
-                facts = row.get(y.inn)
+                yi = y.inn
+                facts = row.get(yi)
                 if facts is _QUIET:
                     continue  # nothing known, nothing predicted: most pairs
                 if x.current and y.current:
                     continue  # both already taken together: not this prescriber's decision
-                if x.inn == y.inn:
+                if xi == yi:
                     if x.line != y.line:
-                        alerts.append(self._alert(("same", x.inn, x.line, y.line),
+                        alerts.append(self._alert(("same", xi, x.line, y.line),
                                                   wording.same_ingredient, x.drug, x.line,
                                                   y.line))
                     continue
-                pair = (x.inn, y.inn) if x.inn < y.inn else (y.inn, x.inn)
+                pair = (xi, yi) if xi < yi else (yi, xi)
                 if facts is None:
                     facts = self._set_pair(pair, self._pair_facts(x.drug, y.drug, scoring))
                 if facts.intended:
                     intended.update(pair)
                 if pair in seen:
                     continue
-                a, b = (x, y) if x.inn < y.inn else (y, x)
-                lines = sorted({a.line, b.line})
+                a, b = (x, y) if xi < yi else (y, x)
+                lines = [a.line] if a.line == b.line else sorted((a.line, b.line))
                 if facts.worst is not None:
                     seen.add(pair)
                     alerts.append(self._alert(
