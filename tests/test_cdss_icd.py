@@ -192,3 +192,23 @@ def test_every_rule_range_is_a_who_code(icd):
                     assert icd.is_valid(end) or end in PRE_2019_CODES, (name, row["id"], rng)
                 low, _, high = rng.partition("-")
                 assert not high or icd.normalise(low) <= icd.normalise(high), (name, rng)
+
+
+def test_validity_is_the_moh_claim_code_set(icd):
+    assert icd.is_valid("M23.02") and icd.is_specific("M23.02")  # MoH fifth character
+    assert not icd.is_specific("M23.0")  # WHO leaf, but the MoH lists subcodes
+    assert not icd.is_valid("U07.2")  # WHO 2019, not in the claim catalogue
+    assert Icd10(moh_catalogue=None).is_valid("U07.2")  # WHO alone would accept it
+
+
+def test_messages_carry_vietnamese_titles():
+    from serving.cdss.checks import CheckEngine
+    from serving.cdss.knowledge import KnowledgeBase
+    from serving.cdss.models import DrugLine, Prescription
+
+    engine = CheckEngine(KnowledgeBase.load(), Icd10())
+    alerts = engine.check(Prescription(lines=[DrugLine(text="Ibuprofen 400mg")],
+                                       diagnoses=["K25.9", "J18"])).alerts
+    by_kind = {a.kind: a for a in alerts}
+    assert "Viêm phổi" in by_kind["icd-specificity"].message_vi
+    assert "K25.9 (Loét dạ dày" in by_kind["contraindication"].message_vi

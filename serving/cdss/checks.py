@@ -427,7 +427,8 @@ class CheckEngine:
             hit = [c for c in codes
                    if any(self._in_range(c, rng) for rng in rule.icd_ranges)]
             if hit:
-                out.append(wording.contraindication(rule, item.drug, item.line, hit))
+                out.append(wording.contraindication(rule, item.drug, item.line, hit,
+                                                    [self.icd.title(c) for c in hit]))
         return tuple(out)
 
     def _pregnancy_pass(self, alerts: list[InteractionAlert], firsts: list[Item]) -> None:

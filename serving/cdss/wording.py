@@ -225,7 +225,9 @@ def indication(drug: Drug, line: int, codes: list[str], rules: Sequence[Indicati
 
 
 def contraindication(rule: DiseaseContraindication, drug: Drug, line: int,
-                     codes: list[str]) -> InteractionAlert:
+                     codes: list[str], titles: Sequence[str | None] = ()) -> InteractionAlert:
+    """`titles`: the codes' Vietnamese titles (MoH catalogue), shown beside them."""
+    named = [_titled(c, t) for c, t in zip(codes, titles, strict=True)] if titles else codes
     return InteractionAlert(
         id=f"contraindication:{rule.id}:{drug.inn}",
         kind="contraindication",
@@ -233,7 +235,7 @@ def contraindication(rule: DiseaseContraindication, drug: Drug, line: int,
         drugs=[drug.inn],
         icd=list(codes),
         lines=[line],
-        message_vi=f"{drug.name_vi} – {', '.join(codes)}: {rule.message_vi}",
+        message_vi=f"{drug.name_vi} – {', '.join(named)}: {rule.message_vi}",
         message_en=f"{drug.inn} – {', '.join(codes)}: {rule.message_en}",
         source=rule.source,
     )
