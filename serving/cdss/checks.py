@@ -19,7 +19,13 @@ from dataclasses import dataclass
 
 from serving.cdss import wording
 from serving.cdss.dose import daily_dose_mg
-from serving.cdss.knowledge import Drug, DuplicateGroup, Interaction, KnowledgeBase
+from serving.cdss.knowledge import (
+    Drug,
+    DuplicateGroup,
+    IntendedCombination,
+    Interaction,
+    KnowledgeBase,
+)
 from serving.cdss.models import SEVERITY_RANK, InteractionAlert, Prescription
 
 log = logging.getLogger("haidang.cdss")
@@ -74,11 +80,12 @@ class PairFacts:
     group: DuplicateGroup | None  # a duplicate-therapy hazard (never for intended pairs)
     intended: bool = False  # a guideline combination (aspirin + P2Y12 inhibitor, PPI + NSAID)
     predicted: tuple | None = None  # the learned model's answer; None until asked
+    capped_by: IntendedCombination | None = None  # when `severity` was lowered
 
 
 # A pair's facts when the knowledge has nothing on it and there is no model to ask (most
 # pairs): one identity test skips it. Never modified.
-_QUIET = PairFacts(None, None, (), None, False, _NOTHING)
+_QUIET = PairFacts(None, None, (), None, False, _NOTHING, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +286,8 @@ class CheckEngine:
                     seen.add(pair)
                     alerts.append(self._alert(
                         ("ddi", pair, *lines), wording.interaction, facts.worst,
-                        facts.severity, a.drug, b.drug, lines, facts.others))
+                        facts.severity, a.drug, b.drug, lines, facts.others,
+                        facts.capped_by))
                 elif scoring and facts.predicted is not _NOTHING and not facts.intended:
                     to_score.append(PairToScore(pair, a, b, facts))
                 if facts.group is not None and x.line != y.line:
@@ -298,9 +306,11 @@ class CheckEngine:
             return PairFacts(None, None, (), group, intended is not None)
         sev = wording.severity(found[0].severity)
         cap = intended.max_interaction_severity if intended is not None else None
+        capped_by = None
         if cap is not None and SEVERITY_RANK[cap] < SEVERITY_RANK[sev]:
-            sev = cap
-        return PairFacts(found[0], sev, tuple(found[1:]), group, intended is not None)
+            sev, capped_by = cap, intended
+        return PairFacts(found[0], sev, tuple(found[1:]), group, intended is not None,
+                         capped_by=capped_by)
 
     def _set_pair(self, pair: tuple[str, str], facts: PairFacts) -> PairFacts:
         """Remember a pair's facts both ways round (bounded: all dropped at _MEMO_MAX)."""

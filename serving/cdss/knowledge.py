@@ -634,6 +634,11 @@ def _ansm_levels(ix: _Index, levels: list[str], advice: list[str],
     return out
 
 
+def _tidy(text: str) -> str:
+    """Advice as shown: without the thesaurus' list punctuation (": - avec ...")."""
+    return re.sub(r"^[:\-\s]+", "", text)
+
+
 def _french(text: str, lang: str) -> str:
     """An untranslated ANSM text, shown as French and saying so."""
     if not text:
@@ -659,11 +664,13 @@ def _ansm_interaction(id_: str, row: dict, one: tuple, two: tuple, severity: str
         mechanism_vi="",
         consequence_vi=(risk_t[0] if risk_t else "Xem nguyên văn tiếng Pháp (ANSM): " + risk)
         + f" [{PENDING_REVIEW}]",
-        management_vi=f"{level_vi}. {advice_t[0] if advice_t else _french(advice, 'vi')}".strip(),
+        management_vi=f"{level_vi}: {_tidy(advice_t[0] if advice_t else _french(advice, 'vi'))}"
+        .rstrip(": "),
         mechanism_en=None,
         consequence_en=(risk_t[1] if risk_t else "See the French original (ANSM): " + risk)
         + f" [{PENDING_REVIEW}]",
-        management_en=f"{level_en}. {advice_t[1] if advice_t else _french(advice, 'en')}".strip(),
+        management_en=f"{level_en}: {_tidy(advice_t[1] if advice_t else _french(advice, 'en'))}"
+        .rstrip(": "),
         source=f"{ANSM_SOURCE}: {row['main_drug']} + {row['plus_drug']}",
         original=original,
     )

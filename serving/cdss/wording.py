@@ -15,6 +15,7 @@ from serving.cdss.knowledge import (
     Drug,
     DuplicateGroup,
     IndicationRule,
+    IntendedCombination,
     Interaction,
     PregnancyRule,
 )
@@ -69,18 +70,26 @@ def unrecognised(index: int, text: str) -> InteractionAlert:
 
 
 def interaction(it: Interaction, sev: str, a: Drug, b: Drug, lines: list[int],
-                others: Sequence[Interaction]) -> InteractionAlert:
-    """One alert for the pair: the worst row's text, every source that knows the pair."""
+                others: Sequence[Interaction],
+                capped_by: IntendedCombination | None = None) -> InteractionAlert:
+    """One alert for the pair: the worst row's text, every source that knows the pair; a
+    guideline combination whose severity was lowered says so and cites the guideline."""
     conseq_en = it.consequence_en or "Details in Vietnamese (see the source)."
     sources = [it.source, *(o.source for o in others if o.source != it.source)]
+    note_vi = note_en = ""
+    if capped_by is not None:
+        sources.append(capped_by.source)
+        note_vi = f" Phối hợp theo khuyến cáo: {capped_by.note_vi}."
+        note_en = f" Guideline combination: {capped_by.note_en}."
     return InteractionAlert(
         id=f"ddi:{it.id}:{a.inn}+{b.inn}",
         kind="drug-drug",
         severity=sev,
         drugs=[a.inn, b.inn],
         lines=lines,
-        message_vi=f"{SEVERITY_VI[sev]}: {a.name_vi} + {b.name_vi}. {it.consequence_vi}".strip(),
-        message_en=f"{SEVERITY_EN[sev]}: {a.inn} + {b.inn}. {conseq_en}",
+        message_vi=f"{SEVERITY_VI[sev]}: {a.name_vi} + {b.name_vi}. {it.consequence_vi}"
+        f"{note_vi}".strip(),
+        message_en=f"{SEVERITY_EN[sev]}: {a.inn} + {b.inn}. {conseq_en}{note_en}",
         management_vi=it.management_vi or None,
         management_en=it.management_en,
         source=it.source if len(sources) == 1 else
