@@ -385,3 +385,22 @@ def test_build_reproduces_the_shipped_dictionary(tmp_path):
                    capture_output=True)
     for name in ("dictionary.csv", "ansm-names.csv", "pharmacology.csv"):
         assert (tmp_path / name).read_bytes() == (DEFAULT_ROOT / name).read_bytes(), name
+
+
+def test_intended_combination_caps_severity_and_cites_its_guideline(tmp_path):
+    import shutil
+
+    from serving.cdss.knowledge import KnowledgeBase
+
+    root = tmp_path / "knowledge"
+    shutil.copytree(DEFAULT_ROOT, root)
+    for name in ("ddi-vn", "ddi-ansm"):
+        shutil.copytree(DEFAULT_ROOT.parent / name, tmp_path / name)
+    with (root / "intended-combinations.csv").open("a", encoding="utf-8") as handle:
+        handle.write("int-999,amiodarone,simvastatin,minor,thử nghiệm,test cap,"
+                     "Test guideline 2026,pending pharmacist review\n")
+    eng = CheckEngine(KnowledgeBase.load(root), Icd10())
+    [alert] = ddi(eng.check(rx("Amiodaron 200mg", "Simvastatin 20mg")), "amiodarone",
+                  "simvastatin")
+    assert alert.severity == "minor"
+    assert "Test guideline 2026" in alert.source and "test cap" in alert.message_en
