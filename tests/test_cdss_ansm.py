@@ -362,6 +362,11 @@ def test_moh_transliteration_rules(english, moh):
     ("CLARITHROMYCINE", ["clarithromycin"]),
     ("kétoconazole", ["ketoconazole"]),
     ("Xylotin 10mg", []),
+    ("Kẽm gluconat 70mg", ["zinc"]),  # kẽm is zinc; kem (no tilde) is a cream
+    ("Kem bôi Hydrocortison 1%", ["hydrocortisone"]),
+    ("Vitamin B1 + B6 + B12", ["thiamine", "pyridoxine", "cyanocobalamin"]),
+    ("Calci carbonat + Vitamin D3", ["calcium carbonate", "colecalciferol"]),
+    ("Clopidogrel bisulfat 75mg", ["clopidogrel"]),
 ])
 def test_resolve_name(text, keys):
     assert real_kb().resolve_name(text) == keys

@@ -86,6 +86,7 @@ FRENCH_SYNONYMS = {
     "dinitrate isosorbide": "isosorbide dinitrate",
     "peg interferon alfa 2a": "peginterferon alfa-2a",
     "vitamine a": "retinol",
+    "ginkgo": "ginkgo folium",
     "millepertuis": "hyperici herba",
     "theine": "caffeine",
     "fer": "iron",
@@ -239,6 +240,13 @@ def build(folder: Path = KNOWLEDGE) -> dict[str, int]:
                                  "ingredient of the dictionary; fix the name.")
             book.rows[key]["classes"].add(row["tag"])
 
+    for row in _read(KNOWLEDGE / "aliases.csv"):
+        key = book.find(row["inn"])
+        if key is None:
+            raise SystemExit(f"aliases.csv: {row['inn']!r} is no ingredient of the dictionary.")
+        book.rows[key]["aliases"].append(row["alias"])
+        book.add_name(key, row["alias"])
+
     # QT: the ANSM torsadogenic classes replace the earlier list (issue 14: not CredibleMeds).
     torsadogenic = {c for c in ansm_classes if "torsade" in c or c.startswith("torsadogenes")}
     for plain_name, classes in ansm_subst.items():
@@ -381,8 +389,10 @@ def _join_atc(book: Dictionary, curated: set[str], rows: list[dict], create: boo
         entry = book.rows[key]
         if code not in entry["atc_codes"] and key not in curated:
             entry["atc_codes"].append(code)
-        if name.lower() != key:
+        if name.lower() != key:  # the salt or ester form: "levothyroxine sodium"
             book.add_name(key, name)
+            if name.lower() not in entry["aliases"]:
+                entry["aliases"].append(name.lower())
 
 
 def _french_to_english(plain_name: str) -> str:

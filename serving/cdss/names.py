@@ -36,6 +36,7 @@ SALT_WORDS = frozenset(
     citrate bromid bromide dihydrat monohydrat trihydrat hydrat clorid chloride
     dipropionat propionat valerat butyrat furoat trometamol arginin lysin axetil
     pivoxil proxetil disoproxil alafenamid dimaleat hemifumarat
+    dihydroclorid dihydrochlorid bisulfat hemihydrat sesquihydrat
     """.split()
 )
 
@@ -67,9 +68,13 @@ _NON_WORD = re.compile(r"[^a-z0-9]+")
 _DOUBLE = re.compile(r"([a-z])\1+")
 
 
+_ZINC = re.compile(r"\bk[ẽẼ]m\b|\bK[ẽẼ]m\b", re.IGNORECASE)
+
+
 def strip_diacritics(text: str) -> str:
-    """`Amiodaron viên nén` -> `Amiodaron vien nen`; `đ` -> `d` (NFD leaves it alone)."""
-    text = text.replace("đ", "d").replace("Đ", "D")
+    """`Amiodaron viên nén` -> `Amiodaron vien nen`; `đ` -> `d` (NFD leaves it alone).
+    `kẽm` (zinc) becomes `zinc` first: without its tilde it would read as `kem` (cream)."""
+    text = _ZINC.sub("zinc", text.replace("đ", "d").replace("Đ", "D"))
     decomposed = unicodedata.normalize("NFD", text)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
