@@ -33,7 +33,7 @@ from haidang.ground.processes import stop_process
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-BODY = ROOT / "tests" / "fixtures" / "cdss" / "bench-10-drugs.json"
+BODY = ROOT / "tests" / "support" / "fixtures" / "cdss" / "bench-10-drugs.json"
 PATH = "/api/v1/prescriptions/check"
 API_KEY = "bench-key-not-secret"
 

@@ -240,6 +240,20 @@ class WorklistSettings(_Section):
     oidc: OidcSettings | None = None
 
 
+AlertSeverity = Literal["contraindicated", "major", "moderate", "minor", "info"]
+
+
+class CdssSettings(_Section):
+    """Which alerts each channel shows (severity at or above; `minor` hidden by default)."""
+
+    min_severity_native: AlertSeverity = Field(
+        "moderate", description="lowest alert severity the native API returns"
+    )
+    min_severity_cds_hooks: AlertSeverity = Field(
+        "moderate", description="lowest alert severity returned as CDS Hooks cards"
+    )
+
+
 class Settings(_Section):
     gateway: GatewaySettings = Field(default_factory=GatewaySettings)
     destinations: list[Destination] = Field(default_factory=list)
@@ -252,6 +266,7 @@ class Settings(_Section):
     learned: LearnedSettings = Field(default_factory=LearnedSettings)
     cds_hooks: CdsHooksSettings = Field(default_factory=CdsHooksSettings)
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)
+    cdss: CdssSettings = Field(default_factory=CdssSettings)
     language: str = Field("vi", description="default language of clinician-facing text: vi or en")
     time_zone: str = Field("Asia/Ho_Chi_Minh", description="the hospital's time zone (IANA name)")
 

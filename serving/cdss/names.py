@@ -36,6 +36,7 @@ SALT_WORDS = frozenset(
     citrate bromid bromide dihydrat monohydrat trihydrat hydrat clorid chloride
     dipropionat propionat valerat butyrat furoat trometamol arginin lysin axetil
     pivoxil proxetil disoproxil alafenamid dimaleat hemifumarat
+    dihydroclorid dihydrochlorid bisulfat hemihydrat sesquihydrat
     """.split()
 )
 
@@ -52,6 +53,7 @@ WORD_EQUIVALENTS = {
     "hydroclorid": "hydrochloride",
     "sulfat": "sulfate",
     "sulphate": "sulfate",
+    "acide": "acid",
 }
 
 STRENGTH = re.compile(
@@ -66,9 +68,13 @@ _NON_WORD = re.compile(r"[^a-z0-9]+")
 _DOUBLE = re.compile(r"([a-z])\1+")
 
 
+_ZINC = re.compile(r"\bk[ẽẼ]m\b|\bK[ẽẼ]m\b", re.IGNORECASE)
+
+
 def strip_diacritics(text: str) -> str:
-    """`Amiodaron viên nén` -> `Amiodaron vien nen`; `đ` -> `d` (NFD leaves it alone)."""
-    text = text.replace("đ", "d").replace("Đ", "D")
+    """`Amiodaron viên nén` -> `Amiodaron vien nen`; `đ` -> `d` (NFD leaves it alone).
+    `kẽm` (zinc) becomes `zinc` first: without its tilde it would read as `kem` (cream)."""
+    text = _ZINC.sub("zinc", text.replace("đ", "d").replace("Đ", "D"))
     decomposed = unicodedata.normalize("NFD", text)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
@@ -131,18 +137,36 @@ def name_part(text: str) -> str:
     return " ".join(words)
 
 
-def candidate_spans(text: str) -> list[str]:
-    """Contiguous word spans of the name part, longest first, leftmost first."""
-    words = name_part(text).split()
-    spans = []
-    for size in range(len(words), 0, -1):
-        for start in range(0, len(words) - size + 1):
-            spans.append(" ".join(words[start : start + size]))
-    return spans
+# English element and salt words -> the Vietnamese word the MoH lists use.
+VIETNAMESE_WORDS = {
+    "sodium": "natri", "potassium": "kali", "calcium": "calci", "magnesium": "magnesi",
+    "chloride": "clorid", "hydrochloride": "hydroclorid", "sulfate": "sulfat",
+    "sulphate": "sulfat", "iron": "sắt",
+}
 
 
-def split_combination(text: str) -> list[str]:
-    """`Amoxicilin + Acid clavulanic 500mg/125mg` -> the two ingredient parts."""
-    stripped = STRENGTH.sub(" ", text)
-    parts = re.split(r"\s*(?:\+|/|;|,|\bvà\b|\bva\b|\band\b|\bwith\b)\s*", stripped)
-    return [p for p in (part.strip() for part in parts) if name_part(p)]
+def _vietnamese_word(word: str) -> str:
+    if word in VIETNAMESE_WORDS:
+        return VIETNAMESE_WORDS[word]
+    word = word.replace("chl", "cl").replace("sulph", "sulf").replace("ae", "e")
+    word = word.replace("ll", "l")
+    # final -e dropped after a consonant other than s: amiodarone -> amiodaron,
+    # furosemide -> furosemid, omeprazole -> omeprazol; glucose and alteplase keep it.
+    if len(word) > 3 and word.endswith("e") and word[-2] not in "aeiouys":
+        word = word[:-1]
+    return word
+
+
+def vietnamese_spelling(inn: str) -> str:
+    """The MoH (Dược thư quốc gia) spelling of an English INN, by its transliteration rules.
+
+    `amiodarone` -> `Amiodaron`, `chlorpromazine` -> `Clorpromazin`, `amoxicillin` ->
+    `Amoxicilin`, `tranexamic acid` -> `Acid tranexamic`, `potassium chloride` -> `Kali
+    clorid`. ph, th and y stay as the MoH lists keep them (`Phenytoin`, `Methotrexat`);
+    the matcher (`fold`) treats ph/f, th/t, y/i, c/k as the same anyway.
+    """
+    words = inn.lower().split()
+    if len(words) > 1 and words[-1] == "acid":
+        words = ["acid", *words[:-1]]
+    out = " ".join(_vietnamese_word(w) for w in words)
+    return out[:1].upper() + out[1:]

@@ -54,9 +54,11 @@ def test_in_range(icd, code, rng, inside):
 
 
 def test_title_falls_back_to_who_english(icd):
-    assert icd.title("J18.9") == "Pneumonia, unspecified"
+    assert icd.title("J18.9") == "Viêm phổi, không đặc hiệu"  # the shipped MoH catalogue
     assert icd.title("J18.9", lang="en") == "Pneumonia, unspecified"
     assert icd.title("Q99.99") is None
+    who_only = Icd10(moh_catalogue=None)
+    assert who_only.title("J18.9") == "Pneumonia, unspecified"
 
 
 def _code_in(rng: str) -> str:
@@ -125,7 +127,7 @@ def test_import_moh_catalogue_csv(tmp_path):
         writer = csv.writer(handle, delimiter=";")
         writer.writerow(["DANH MỤC ICD-10 (QĐ 4469/QĐ-BYT)"])
         writer.writerows(CATALOGUE)
-    icd = Icd10()
+    icd = Icd10(moh_catalogue=None)
     assert icd.title("J18.9") == "Pneumonia, unspecified"
     assert icd.load_moh_catalogue(path) == 3
     assert icd.title("J18.9") == "Viêm phổi, không đặc hiệu"
@@ -161,7 +163,7 @@ def test_import_picks_the_disease_code_column(tmp_path):
     sheet.append([2, "X", "Bệnh hệ hô hấp", "J18", "Viêm phổi, tác nhân không xác định",
                   "J18.9", "J189", "Pneumonia, unspecified", "Viêm phổi, không đặc hiệu"])
     book.save(path)
-    icd = Icd10()
+    icd = Icd10(moh_catalogue=None)
     assert icd.load_moh_catalogue(path) == 2
     assert icd.title("J18.0") == "Viêm phế quản phổi, không đặc hiệu"
     assert icd.title("J18.9") == "Viêm phổi, không đặc hiệu"
@@ -190,3 +192,23 @@ def test_every_rule_range_is_a_who_code(icd):
                     assert icd.is_valid(end) or end in PRE_2019_CODES, (name, row["id"], rng)
                 low, _, high = rng.partition("-")
                 assert not high or icd.normalise(low) <= icd.normalise(high), (name, rng)
+
+
+def test_validity_is_the_moh_claim_code_set(icd):
+    assert icd.is_valid("M23.02") and icd.is_specific("M23.02")  # MoH fifth character
+    assert not icd.is_specific("M23.0")  # WHO leaf, but the MoH lists subcodes
+    assert not icd.is_valid("A92.5")  # WHO 2019 (Zika), not in the claim catalogue
+    assert Icd10(moh_catalogue=None).is_valid("A92.5")  # WHO alone would accept it
+
+
+def test_messages_carry_vietnamese_titles():
+    from serving.cdss.checks import CheckEngine
+    from serving.cdss.knowledge import KnowledgeBase
+    from serving.cdss.models import DrugLine, Prescription
+
+    engine = CheckEngine(KnowledgeBase.load(), Icd10())
+    alerts = engine.check(Prescription(lines=[DrugLine(text="Ibuprofen 400mg")],
+                                       diagnoses=["K25.9", "J18"])).alerts
+    by_kind = {a.kind: a for a in alerts}
+    assert "Viêm phổi" in by_kind["icd-specificity"].message_vi
+    assert "K25.9 (Loét dạ dày" in by_kind["contraindication"].message_vi
