@@ -5,10 +5,8 @@ Registration stays cheap; pynetdicom, uvicorn and the gateway load inside handle
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -17,11 +15,15 @@ from datetime import UTC, datetime
 
 def register(sub) -> None:
     p = sub.add_parser("up", help="gateway and HTTP app in one process (the embedded default)")
-    p.add_argument("--port", type=int, help="HTTP port (default serving.port)")
-    p.add_argument("--host", help="HTTP address (default serving.host)")
+    p.add_argument("--port", type=int, help="HTTP port (default: serving.port, 3000)")
+    p.add_argument("--host", help="HTTP address (default: serving.host)")
+    p.add_argument("--dicom-port", type=int,
+                   help="DICOM listener port (default: gateway.port, 11112)")
     p.set_defaults(handler=cmd_up)
 
     p = sub.add_parser("gateway", help="the DICOM gateway only (analyses served over HTTP)")
+    p.add_argument("--dicom-port", type=int,
+                   help="DICOM listener port (default: gateway.port, 11112)")
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -58,111 +60,111 @@ def register(sub) -> None:
 
 
 def _settings(args):
+    from haidang.logs import set_third_party_level
     from haidang.settings import load_settings
 
-    return load_settings(args.config)
+    settings = load_settings(args.config)
+    set_third_party_level(settings.logging.third_party_level)
+    return settings
 
 
-def _wait_for_signal() -> None:
-    """Block until Ctrl-C or SIGTERM, so both stop the process cleanly."""
-    stop = threading.Event()
+def _dicom_port(args, settings):
+    """The DICOM listener's port: ``--dicom-port`` else ``gateway.port``, named for messages."""
+    from haidang.ports import Port
 
-    def _handler(signum, frame):  # noqa: ARG001
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _handler)
-    signal.signal(signal.SIGINT, _handler)
-    while not stop.wait(1.0):
-        pass
+    if getattr(args, "dicom_port", None):
+        settings.gateway.port = args.dicom_port
+        return Port("--dicom-port", settings.gateway.host, args.dicom_port)
+    return Port("gateway.port", settings.gateway.host, settings.gateway.port)
 
 
-def _warm_up(settings) -> None:
-    """Load the routed models before the first study arrives, so it does not pay for it.
+def warm_up(settings) -> tuple[list[dict], float]:
+    """Load every routed analysis's model and report builders before the listener opens,
+    so the first study does not pay for it; returns the models' identities and the time.
 
-    A failure (serving not up yet in split mode) is only logged: the gateway must still
-    take studies, which wait in the queue until serving answers.
+    An analysis warms up through its module's ``warm_up(settings)`` when it has one. A
+    failure (serving not up yet in split mode) is only logged: the gateway must still take
+    studies, which wait in the queue until serving answers.
     """
-    routed = {name for route in settings.routes for name in route.analyses}
-    if "cxr-pneumonia" not in routed:
-        return
-    try:
-        from dicom_gateway.analyses.cxr_pneumonia import warm_up
+    from dicom_gateway.analyses import load_analysis
 
-        warm_up(settings)
-    except Exception as exc:  # noqa: BLE001 - start anyway; jobs retry
-        logging.getLogger("haidang.gateway").warning(
-            "cxr-pneumonia warm-up failed (%s: %s); studies will wait for serving",
-            type(exc).__name__, exc)
+    t0 = time.perf_counter()
+    models = []
+    routed = sorted({name for route in settings.routes for name in route.analyses})
+    for name in routed:
+        try:
+            warm = getattr(sys.modules[load_analysis(name).__module__], "warm_up", None)
+            if warm is not None:
+                models.append(warm(settings))
+        except Exception as exc:  # noqa: BLE001 - start anyway; jobs retry
+            logging.getLogger("haidang.gateway").warning(
+                "%s warm-up failed (%s: %s); its studies will wait for serving",
+                name, type(exc).__name__, exc)
+    return models, time.perf_counter() - t0
+
+
+def _announce(command: str, settings, gateway, models, warm_s, http=None) -> None:
+    from haidang.logs import startup_line
+
+    g = settings.gateway
+    ports = {"DICOM": f"{g.ae_title}@{g.host}:{gateway.port} (gateway.port)"}
+    if http:
+        ports["HTTP"] = http
+    line = startup_line(command, ports=ports, models=models, database=g.database_url,
+                        warm_up_s=warm_s)
+    logging.getLogger("haidang").info("%s", line)
+    print(f"{line}; Ctrl-C stops", flush=True)
 
 
 def cmd_gateway(args) -> int:
     from dicom_gateway.runtime import Gateway
+    from haidang.ports import Port, ensure_free
+    from haidang.processes import stop_on_signals
 
     settings = _settings(args)
+    ports = [_dicom_port(args, settings)]
     if args.metrics_port:
-        from prometheus_client import start_http_server
+        ports.append(Port("--metrics-port", settings.serving.host, args.metrics_port))
+    ensure_free(ports)
+    gateway = Gateway(settings)
+    with stop_on_signals():
+        try:
+            models, warm_s = warm_up(settings)  # before the listener accepts anything
+            gateway.start()
+            if args.metrics_port:
+                from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr=settings.serving.host)
-    _warm_up(settings)
-    gateway = Gateway(settings).start()
-    print(
-        f"haidang gateway: {settings.gateway.ae_title} listening on "
-        f"{settings.gateway.host}:{gateway.port}; Ctrl-C stops",
-        flush=True,
-    )
-    try:
-        _wait_for_signal()
-    finally:
-        gateway.stop()
+                start_http_server(args.metrics_port, addr=settings.serving.host)
+            _announce("haidang gateway", settings, gateway, models, warm_s)
+            threading.Event().wait()
+        finally:
+            gateway.stop()
     return 0
-
-
-def basic_app(gateway):
-    """/healthz and /metrics, used by ``haidang up`` when no web app is installed."""
-    from fastapi import FastAPI, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    app = FastAPI(title="Hải Đăng gateway")
-
-    @app.get("/healthz")
-    def healthz():
-        counts = gateway.index.counts() if gateway.index else {}
-        return {"status": "ok", "dicom_port": gateway.port, "queue": counts}
-
-    @app.get("/metrics")
-    def prom():
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    return app
 
 
 def cmd_up(args) -> int:
     import uvicorn
 
     from dicom_gateway.runtime import Gateway
+    from haidang.ports import Port, ensure_free
+    from haidang.processes import stop_on_signals
+    from haidang.web import create_app
 
     settings = _settings(args)
-    _warm_up(settings)
-    gateway = Gateway(settings).start()
-    try:
-        web = importlib.import_module("haidang.web")
-        app = web.create_app(settings, gateway)
-    except ModuleNotFoundError as exc:
-        if exc.name != "haidang.web":
-            gateway.stop()
-            raise
-        app = basic_app(gateway)
     host = args.host or settings.serving.host
-    port = args.port or settings.serving.port
-    print(
-        f"haidang up: DICOM {settings.gateway.ae_title} on port {gateway.port}, "
-        f"HTTP on http://{host}:{port}; Ctrl-C stops",
-        flush=True,
-    )
-    try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
-    finally:
-        gateway.stop()
+    http = Port("--port" if args.port else "serving.port", host, args.port or settings.serving.port)
+    ensure_free([_dicom_port(args, settings), http])
+    gateway = Gateway(settings)
+    with stop_on_signals():
+        try:
+            models, warm_s = warm_up(settings)
+            app = create_app(settings, gateway)  # loads the CDSS knowledge and models
+            gateway.start()  # the listener opens last: everything is warm
+            _announce("haidang up", settings, gateway, models, warm_s,
+                      http=f"http://{host}:{http.port} ({http.setting})")
+            uvicorn.run(app, host=host, port=http.port, log_level="warning")
+        finally:
+            gateway.stop()
     return 0
 
 

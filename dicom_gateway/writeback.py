@@ -18,7 +18,7 @@ from pynetdicom.presentation import build_context
 
 from dicom_gateway import metrics
 from dicom_gateway.index import Export, Index
-from dicom_gateway.scp import set_nodelay, tls_context
+from dicom_gateway.network import set_nodelay, tls_context
 from haidang import audit
 from haidang.settings import Destination, Settings
 

@@ -12,7 +12,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -63,8 +63,13 @@ class GatewaySettings(_Section):
     listener_processes: int = Field(
         1, ge=1, description="DICOM listener processes sharing the port (SO_REUSEPORT)"
     )
-    receive_path: Literal["lean", "pynetdicom"] = Field(
-        "lean", description="lean: the gateway's own C-ECHO/C-STORE listener; or pynetdicom's"
+    max_associations: int = Field(
+        64, ge=1, description="associations open at once per listener process; more are "
+        "rejected as transient (the sender retries)"
+    )
+    stop_grace_s: float = Field(
+        20.0, ge=0, description="on stop: time for instances being received and running "
+        "analyses to finish; what is left is taken back at the next start"
     )
 
 
@@ -96,6 +101,9 @@ class ExportSettings(_Section):
 class ServingSettings(_Section):
     host: str = "127.0.0.1"
     port: int = 3000
+    imaging_port: int = Field(
+        3001, description="port of the BentoML imaging service that `haidang serve` starts"
+    )
     url: str | None = Field(None, description="split mode: base URL of the serving service")
     timeout_s: float = 10.0
     retries: int = 3
@@ -103,6 +111,13 @@ class ServingSettings(_Section):
     providers: list[str] = Field(
         default_factory=list,
         description="onnxruntime providers; empty = CUDA when available, else CPU",
+    )
+
+
+class LoggingSettings(_Section):
+    third_party_level: str = Field(
+        "WARNING", description="level of other libraries' loggers (highdicom, pynetdicom, "
+        "uvicorn, bentoml ...); INFO or DEBUG to see them"
     )
 
 
@@ -136,6 +151,7 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
     language: str = Field("vi", description="default language of clinician-facing text: vi or en")
 
 

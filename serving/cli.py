@@ -20,6 +20,9 @@ def register(sub) -> None:
     serve = sub.add_parser("serve", help="run the HTTP service (CDSS API, CDS Hooks, docs)")
     serve.add_argument("--host", default=None, help="default: serving.host")
     serve.add_argument("--port", type=int, default=None, help="default: serving.port (3000)")
+    serve.add_argument("--imaging-port", type=int, default=None,
+                       help="port of the BentoML imaging service: default the port of "
+                       "serving.url, else serving.imaging_port (3001)")
     serve.add_argument("--workers", type=int, default=1,
                        help="uvicorn worker processes (each loads the knowledge base)")
     serve.add_argument("--no-imaging", action="store_true",
@@ -45,27 +48,36 @@ def register(sub) -> None:
 
 
 def _serve(args) -> int:
+    from haidang.logs import set_third_party_level
+    from haidang.ports import Port, ensure_free
+    from haidang.processes import stop_on_signals
     from haidang.settings import load_settings
     from serving.app import run_http
+    from serving.imaging_cli import imaging_port as imaging_port_of
 
     settings = load_settings(args.config)  # fail here, once, on a bad settings file
+    set_third_party_level(settings.logging.third_party_level)
     if args.config:
         os.environ["HAIDANG_CONFIG"] = str(Path(args.config).resolve())
+    host = args.host or settings.serving.host
+    http = Port("--port" if args.port else "serving.port", host,
+                args.port or settings.serving.port)
+    imaging_port = imaging_port_of(settings.serving, args.imaging_port)
+    ensure_free([http] + ([] if args.no_imaging else [imaging_port]))
     imaging = None
-    if not args.no_imaging:
-        # Split mode: the gateway calls this BentoML service (serving.url) for the imaging
-        # models; it runs as a child so `haidang serve` is the one serving command.
-        from serving.imaging_cli import default_address, start_imaging_service
+    with stop_on_signals():
+        try:
+            if not args.no_imaging:
+                # Split mode: the gateway calls this BentoML service (serving.url) for the
+                # imaging models; a child that dies with `haidang serve`, however it stops.
+                from serving.imaging_cli import announce_when_ready, start_imaging_service
 
-        img_host, img_port = default_address(settings.serving)
-        imaging = start_imaging_service(args.config, img_host, img_port)
-        print(f"haidang serve: imaging (BentoML) on http://{img_host}:{img_port}", flush=True)
-    try:
-        run_http("serving.app:app_from_env", args.host or settings.serving.host,
-                 args.port or settings.serving.port, max(1, args.workers))
-    finally:
-        if imaging is not None:
-            stop_process(imaging)
+                imaging = start_imaging_service(args.config, imaging_port.host, imaging_port.port)
+                announce_when_ready(imaging, http, imaging_port)
+            run_http("serving.app:app_from_env", host, http.port, max(1, args.workers))
+        finally:
+            if imaging is not None:
+                stop_process(imaging)
     return 0
 
 

@@ -12,10 +12,8 @@ from tests.gateway_helpers import dataset_hash, gateway_settings, send_as_is, wa
 pytestmark = pytest.mark.orthanc
 
 
-@pytest.mark.parametrize("receive_path", ["lean", "pynetdicom"])
-def test_ingest_assemble_and_write_back(tmp_path, orthanc, receive_path):
+def test_ingest_assemble_and_write_back(tmp_path, orthanc):
     settings = gateway_settings(tmp_path, orthanc)
-    settings.gateway.receive_path = receive_path
     study_uid, files = make_study(list(SAMPLES), tmp_path / "send")
     with Gateway(settings) as gw:
         for res in send_as_is(files, gw.port):
@@ -122,12 +120,14 @@ def test_routing_rules_choose_analyses():
 def test_metrics_and_health_app(tmp_path):
     from fastapi.testclient import TestClient
 
-    from dicom_gateway.cli import basic_app
+    from haidang.web import create_app
 
-    with Gateway(gateway_settings(tmp_path, quiet=30)) as gw:
+    settings = gateway_settings(tmp_path, quiet=30)
+    settings.security.development = True
+    with Gateway(settings) as gw:
         assert send_as_is([fresh_copy("ct", tmp_path / "send")], gw.port)[0].returncode == 0
-        client = TestClient(basic_app(gw))
-        health = client.get("/healthz").json()
+        client = TestClient(create_app(settings, gw))
+        health = client.get("/gateway/status").json()
         assert health["status"] == "ok" and health["queue"]["instances"] == 1
         text = client.get("/metrics").text
         assert 'haidang_instances_received_total{outcome="stored"}' in text

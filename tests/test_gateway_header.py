@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dicom_gateway.scp import Header, Unparsable, header_of, parse_header, quick_header
+from dicom_gateway.header import Header, Unparsable, header_of, parse_header, quick_header
 from tests.dicomdata import SAMPLES, sample_path
 from tests.malformed import build_corpus, good_file
 from tests.test_fuzz_dicom import FUZZ, mutated
