@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 
@@ -127,7 +126,7 @@ def cmd_gateway(args) -> int:
         ports.append(Port("--metrics-port", settings.serving.host, args.metrics_port))
     ensure_free(ports)
     gateway = Gateway(settings)
-    with stop_on_signals():
+    with stop_on_signals() as stop:
         try:
             models, warm_s = warm_up(settings)  # before the listener accepts anything
             gateway.start()
@@ -136,7 +135,7 @@ def cmd_gateway(args) -> int:
 
                 start_http_server(args.metrics_port, addr=settings.serving.host)
             _announce("haidang gateway", settings, gateway, models, warm_s)
-            threading.Event().wait()
+            stop.event.wait()
         finally:
             gateway.stop()
     return 0
@@ -155,14 +154,15 @@ def cmd_up(args) -> int:
     http = Port("--port" if args.port else "serving.port", host, args.port or settings.serving.port)
     ensure_free([_dicom_port(args, settings), http])
     gateway = Gateway(settings)
-    with stop_on_signals():
+    with stop_on_signals() as stop:
         try:
             models, warm_s = warm_up(settings)
             app = create_app(settings, gateway)  # loads the CDSS knowledge and models
             gateway.start()  # the listener opens last: everything is warm
             _announce("haidang up", settings, gateway, models, warm_s,
                       http=f"http://{host}:{http.port} ({http.setting})")
-            uvicorn.run(app, host=host, port=http.port, log_level="warning")
+            with stop.raising():
+                uvicorn.run(app, host=host, port=http.port, log_level="warning")
         finally:
             gateway.stop()
     return 0

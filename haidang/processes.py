@@ -5,8 +5,8 @@ command or test; each one is asked to stop with a signal (SIGTERM unless the chi
 another as its graceful stop), given `grace` seconds, then killed and reaped, so no stop
 leaves a zombie or a port held. A child started with `die_with_parent` as its `preexec_fn`
 is sent SIGTERM by the kernel when its parent dies, even by SIGKILL (Linux
-PR_SET_PDEATHSIG); `stop_on_signals` turns SIGTERM/SIGINT into `SystemExit` so `finally`
-blocks (which stop the children) run before the process goes.
+PR_SET_PDEATHSIG); `stop_on_signals` catches SIGTERM/SIGINT so the command unwinds through
+its `finally` blocks (which stop the children) before the process goes.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,19 +55,47 @@ class Stopped(SystemExit):
         self.signum = signum
 
 
+class StopRequest:
+    """SIGTERM or SIGINT received: `event` is set; within `raising()` `Stopped` is raised.
+
+    Raising from a signal handler at an arbitrary point (inside a thread's start, a lock, a
+    database call) can leave a lock held and hang the stop, so it is done only where the
+    main thread waits on a server that has let go of its own handlers: uvicorn restores
+    the handlers it found and re-raises the signal it caught after its graceful shutdown.
+    Elsewhere the command checks `event` (or waits on it)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signum = signal.SIGTERM
+        self._raise = False
+
+    def handler(self, signum, frame) -> None:  # noqa: ARG002
+        self.signum = signum
+        self.event.set()
+        if self._raise:
+            raise Stopped(signum)
+
+    @contextmanager
+    def raising(self):
+        if self.event.is_set():
+            raise Stopped(self.signum)
+        self._raise = True
+        try:
+            yield
+        finally:
+            self._raise = False
+
+
 @contextmanager
 def stop_on_signals():
-    """Within this block SIGTERM and SIGINT raise `Stopped` in the main thread.
+    """Catch SIGTERM and SIGINT for the block; yields the `StopRequest` they set.
 
-    uvicorn restores the handlers it found and re-raises the signal it caught after its
-    graceful shutdown; with these handlers in place that re-raise unwinds the command
-    instead of killing it where it stands (which left the imaging child running)."""
-    def handler(signum, frame):  # noqa: ARG001
-        raise Stopped(signum)
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    Without this, uvicorn's re-raised signal killed the command where it stood and its
+    `finally` (which stops the imaging child) never ran."""
+    request = StopRequest()
+    previous = {s: signal.signal(s, request.handler) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        yield
+        yield request
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

@@ -65,7 +65,7 @@ def _serve(args) -> int:
     imaging_port = imaging_port_of(settings.serving, args.imaging_port)
     ensure_free([http] + ([] if args.no_imaging else [imaging_port]))
     imaging = None
-    with stop_on_signals():
+    with stop_on_signals() as stop:
         try:
             if not args.no_imaging:
                 # Split mode: the gateway calls this BentoML service (serving.url) for the
@@ -74,7 +74,8 @@ def _serve(args) -> int:
 
                 imaging = start_imaging_service(args.config, imaging_port.host, imaging_port.port)
                 announce_when_ready(imaging, http, imaging_port)
-            run_http("serving.app:app_from_env", host, http.port, max(1, args.workers))
+            with stop.raising():
+                run_http("serving.app:app_from_env", host, http.port, max(1, args.workers))
         finally:
             if imaging is not None:
                 stop_process(imaging)

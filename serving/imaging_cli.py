@@ -114,12 +114,14 @@ def _run(args) -> int:
     if args.port:
         port = Port("--port", port.host, port.port)
     ensure_free([port])
-    with stop_on_signals():
+    with stop_on_signals() as stop:
         proc = start_imaging_service(args.config, port.host, port.port, args.models_dir)
         try:
-            return proc.wait()
+            while proc.poll() is None and not stop.event.wait(0.5):
+                pass
         finally:
             stop_process(proc)
+    return 0 if stop.event.is_set() else proc.returncode
 
 
 def register(sub) -> None:
