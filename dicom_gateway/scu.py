@@ -6,6 +6,7 @@ over one association, with TCP_NODELAY on the socket.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pydicom
@@ -24,14 +25,14 @@ def _describe(assoc) -> str:
 
 
 def echo(
-    host: str, port: int, called_ae: str, calling_ae: str = "HAIDANG_SCU", timeout: float = 30.0
+    host: str, port: int, called_ae: str, calling_ae: str = "HAIDANG_SCU", timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[bool, str]:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(Verification)
-    assoc = ae.associate(
-        host, port, ae_title=called_ae, evt_handlers=NODELAY_HANDLERS
-    )
+    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=NODELAY_HANDLERS,
+                         tls_args=(tls, None) if tls else None)
     if not assoc.is_established:
         return False, f": {_describe(assoc)}"
     try:

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "haidang.audit_cli",  # audit verify
     "dicom_gateway.dataset_cli",  # dataset export
     "haidang.config_cli",  # config reference, config show
+    "haidang.doctor",  # doctor
 )
 
 

@@ -81,6 +81,10 @@ class Destination(_Section):
     host: str
     port: int
     tls: TLSSettings | None = None
+    web_url: str | None = Field(
+        None, description="the PACS's web address (e.g. Orthanc's REST API); `haidang doctor` "
+        "reads the PACS's clock there (DICOM has no time service)"
+    )
 
 
 class Route(_Section):
