@@ -154,3 +154,23 @@ def study_line(log: logging.Logger, study_uid_hash: str, verdict: str,
     log.info("study %s: %s; %s", study_uid_hash, verdict, spent,
              extra={"study": study_uid_hash, "verdict": verdict,
                     **{f"{k}_s": round(t, 4) for k, t in timings.items()}})
+
+
+def quiet_client_disconnects(app) -> None:
+    """A client that drops in the middle of its request body: one INFO line, no traceback.
+
+    Starlette raises ``ClientDisconnect`` from the body read; without a handler of its own
+    it reached the app's last-resort handler and uvicorn's "Exception in ASGI application"
+    traceback. Nobody is left to answer, so the response is never sent."""
+    from starlette.requests import ClientDisconnect
+    from starlette.responses import Response
+
+    http_log = logging.getLogger("haidang.http")
+
+    async def client_gone(request, exc) -> Response:  # noqa: ARG001
+        http_log.info("client %s went away before its %s %s was fully received",
+                      request.client.host if request.client else "?", request.method,
+                      request.url.path)
+        return Response(status_code=400)
+
+    app.add_exception_handler(ClientDisconnect, client_gone)
