@@ -148,6 +148,7 @@ def cmd_up(args) -> int:
     from haidang.ports import Port, ensure_free
     from haidang.processes import stop_on_signals
     from haidang.web import create_app
+    from serving.cli import cdss_models
 
     settings = _settings(args)
     host = args.host or settings.serving.host
@@ -159,7 +160,7 @@ def cmd_up(args) -> int:
             models, warm_s = warm_up(settings)
             app = create_app(settings, gateway)  # loads the CDSS knowledge and models
             gateway.start()  # the listener opens last: everything is warm
-            _announce("haidang up", settings, gateway, models, warm_s,
+            _announce("haidang up", settings, gateway, models + cdss_models(settings), warm_s,
                       http=f"http://{host}:{http.port} ({http.setting})")
             with stop.raising():
                 uvicorn.run(app, host=host, port=http.port, log_level="warning")

@@ -73,13 +73,31 @@ def _serve(args) -> int:
                 from serving.imaging_cli import announce_when_ready, start_imaging_service
 
                 imaging = start_imaging_service(args.config, imaging_port.host, imaging_port.port)
-                announce_when_ready(imaging, http, imaging_port)
+                announce_when_ready(imaging, http, imaging_port, cdss_models(settings))
             with stop.raising():
                 run_http("serving.app:app_from_env", host, http.port, max(1, args.workers))
         finally:
             if imaging is not None:
                 stop_process(imaging)
     return 0
+
+
+def cdss_models(settings) -> list[dict]:
+    """The CDSS's learned models, as the start-up line names them (``serving.cdss.learned``
+    runs them on onnxruntime's CPU provider)."""
+    from serving.cdss.learned import INTERACTION_MODEL, PROTOCOL_MODEL
+    from serving.registry import ModelRegistry, RegistryError
+
+    registry = ModelRegistry(settings.serving.models_dir)
+    out = []
+    for name in (INTERACTION_MODEL, PROTOCOL_MODEL):
+        try:
+            mv = registry.current(name, verify=False)
+        except RegistryError:
+            continue  # the CDSS runs without it and says so at start
+        out.append({"model": mv.name, "version": mv.version, "sha256": mv.sha256,
+                    "provider": "CPUExecutionProvider"})
+    return out
 
 
 def _check(args) -> int:

@@ -44,10 +44,11 @@ def start_imaging_service(config: str | None, host: str, port: int,
                             preexec_fn=die_with_parent, **popen)
 
 
-def announce_when_ready(imaging: subprocess.Popen, http, imaging_port,
+def announce_when_ready(imaging: subprocess.Popen, http, imaging_port, models: list[dict],
                         timeout: float = 300.0) -> threading.Thread:
     """Log the start-up line once the imaging service answers ``/info`` (its model, version,
-    sha256 and execution provider, as loaded), from a thread: the HTTP app starts meanwhile."""
+    sha256 and execution provider, as loaded, after its warm-up), with the other ``models``,
+    from a thread: the HTTP app starts meanwhile."""
     import httpx
 
     from haidang.logs import startup_line
@@ -62,7 +63,7 @@ def announce_when_ready(imaging: subprocess.Popen, http, imaging_port,
                 info = httpx.post(url, json={}, timeout=5)
                 if info.status_code == 200:
                     line = startup_line(
-                        "haidang serve", models=[info.json()],
+                        "haidang serve", models=[info.json(), *models],
                         ports={"HTTP": f"http://{http.host}:{http.port} ({http.setting})",
                                "imaging": f"http://{imaging_port.host}:{imaging_port.port} "
                                           f"({imaging_port.setting})"})
