@@ -56,14 +56,17 @@ def announce_when_ready(imaging: subprocess.Popen, http, imaging_port, models: l
     host = "127.0.0.1" if imaging_port.host in ("0.0.0.0", "::", "") else imaging_port.host
     url = f"http://{host}:{imaging_port.port}/info"
 
+    started = time.monotonic()
+
     def wait() -> None:
-        deadline = time.monotonic() + timeout
+        deadline = started + timeout
         while time.monotonic() < deadline and imaging.poll() is None:
             try:
                 info = httpx.post(url, json={}, timeout=5)
                 if info.status_code == 200:
                     line = startup_line(
                         "haidang serve", models=[info.json(), *models],
+                        warm_up_s=time.monotonic() - started,  # started, loaded, run once
                         ports={"HTTP": f"http://{http.host}:{http.port} ({http.setting})",
                                "imaging": f"http://{imaging_port.host}:{imaging_port.port} "
                                           f"({imaging_port.setting})"})

@@ -101,9 +101,10 @@ def _listening(port: int) -> bool:
     return False
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
-                         ids=["SIGTERM", "SIGINT", "SIGKILL"])
-def test_no_child_and_no_port_outlives_haidang_serve(tmp_path, sig):
+@pytest.mark.parametrize("sig, workers", [(signal.SIGTERM, 1), (signal.SIGINT, 1),
+                                          (signal.SIGKILL, 1), (signal.SIGKILL, 2)],
+                         ids=["SIGTERM", "SIGINT", "SIGKILL", "SIGKILL-2-http-workers"])
+def test_no_child_and_no_port_outlives_haidang_serve(tmp_path, sig, workers):
     cdss_port, imaging_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("HAIDANG_")}
     env.update(HAIDANG_SERVING__IMAGING_PORT=str(imaging_port),
@@ -113,13 +114,15 @@ def test_no_child_and_no_port_outlives_haidang_serve(tmp_path, sig):
     log = tmp_path / "serve.log"  # a file, not a pipe: an orphan would hold a pipe open
     proc = subprocess.Popen(
         [sys.executable, "-m", "haidang", "serve", "--host", "127.0.0.1", "--port",
-         str(cdss_port)], cwd=tmp_path, env=env, stdout=open(log, "wb"),  # noqa: SIM115
+         str(cdss_port), "--workers", str(workers)], cwd=tmp_path, env=env,
+        stdout=open(log, "wb"),  # noqa: SIM115
         stderr=subprocess.STDOUT)
     try:
         _wait(f"http://127.0.0.1:{cdss_port}/readyz", proc)
         _wait(f"http://127.0.0.1:{imaging_port}/readyz", proc)
         children = _descendants(proc.pid)
-        assert children, "the imaging service should run as a child"
+        # the imaging service, and the HTTP workers when there are several
+        assert len(children) >= (1 if workers == 1 else 1 + workers), children
         assert _listening(cdss_port) and _listening(imaging_port)
         proc.send_signal(sig)
         proc.wait(60)
@@ -164,3 +167,4 @@ def test_start_up_line_names_models_and_ports(tmp_path):
     assert f"HTTP http://127.0.0.1:{cdss_port} (--port)" in line, line
     assert f"imaging http://127.0.0.1:{imaging_port} (--imaging-port)" in line, line
     assert "cxr-pneumonia 1.0.0 sha256 " in line and " on CPUExecutionProvider" in line, line
+    assert "interaction-risk 1.0.0 sha256 " in line and "| warm-up " in line, line
