@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from dicom_gateway.index import Index  # noqa: E402
 from dicom_gateway.header import ROUTING_KEYS, parse_header  # noqa: E402
+from dicom_gateway.index import Index  # noqa: E402
 from dicom_gateway.spool import Spool  # noqa: E402
 from tests.gateway_helpers import settings_env  # noqa: E402
 from tests.imaging_e2e import CXR_ROUTES, cxr_studies, model_registry  # noqa: E402
