@@ -198,3 +198,42 @@ def test_start_up_line_warm_up_and_quiet_info(tmp_path):
         " INFO " in ln and ln.split()[3].split(".")[0] not in ("haidang", "serving",
                                                                  "dicom_gateway"))]
     assert third_party == [], third_party
+
+
+def test_a_job_running_past_the_grace_period_is_left_for_the_next_start(tmp_path,
+                                                                          monkeypatch):
+    """stop(grace) does not wait for ever on an analysis; the next start takes the job back
+    and runs it. (The analysis is held on purpose: that is the precondition, not the part
+    under test.)"""
+    import threading
+
+    from dicom_gateway import runtime
+    from dicom_gateway.runtime import Gateway
+    from dicom_gateway.worker import process_job
+    from tests.gateway_helpers import gateway_settings
+    from tests.pacs import storescu
+
+    held, release = threading.Event(), threading.Event()
+
+    def held_job(*args):
+        held.set()
+        release.wait(60)
+        return []
+
+    settings = gateway_settings(tmp_path, quiet=0.3)
+    f = fresh_copy("ct", tmp_path / "send")
+    study_uid = str(pydicom.dcmread(f, stop_before_pixels=True).StudyInstanceUID)
+    monkeypatch.setattr(runtime, "process_job", held_job)
+    gw = Gateway(settings).start()
+    try:
+        assert storescu([f], gw.port, "HAIDANG").returncode == 0
+        assert held.wait(30), "the job never started"
+        gw.stop(grace=0.5)
+        assert not release.is_set()  # stop returned while the analysis still ran
+        assert gw.index.counts().get("jobs.running") == 1
+    finally:
+        monkeypatch.setattr(runtime, "process_job", process_job)
+        release.set()
+    with Gateway(settings) as again:  # the lock was released; the job is taken back
+        wait_until(lambda: (again.index.study(study_uid) or {}).get("state") == "processed",
+                   timeout=60, what="job taken back and processed")
