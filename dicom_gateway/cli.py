@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 
 
 def register(sub) -> None:
     p = sub.add_parser("gateway", help="the DICOM gateway only (analyses served over HTTP)")
+    p.add_argument("--dicom-port", type=int,
+                   help="DICOM listener port (default: gateway.port, 11112)")
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -56,59 +56,80 @@ def register(sub) -> None:
 
 
 def settings_of(args):
+    from haidang.ground.logs import set_third_party_level
     from haidang.ground.settings import load_settings
 
-    return load_settings(args.config)
+    settings = load_settings(args.config)
+    set_third_party_level(settings.logging.third_party_level)
+    return settings
 
 
-def wait_for_signal() -> None:
-    """Block until Ctrl-C or SIGTERM, so both stop the process cleanly."""
-    stop = threading.Event()
+def dicom_port(args, settings):
+    """The DICOM listener's port: ``--dicom-port`` else ``gateway.port``, named for messages."""
+    from haidang.ground.ports import Port
 
-    def _handler(signum, frame):  # noqa: ARG001
-        stop.set()
-
-    signal.signal(signal.SIGTERM, _handler)
-    signal.signal(signal.SIGINT, _handler)
-    while not stop.wait(1.0):
-        pass
+    if getattr(args, "dicom_port", None):
+        settings.gateway.port = args.dicom_port
+        return Port("--dicom-port", settings.gateway.host, args.dicom_port)
+    return Port("gateway.port", settings.gateway.host, settings.gateway.port)
 
 
-def warm_up(settings) -> None:
-    """Load the routed models before the first study arrives, so it does not pay for it.
+def warm_up(settings) -> tuple[list[dict], float]:
+    """Load every routed analysis's model and report builders before the listener opens,
+    so the first study does not pay for it; returns the models' identities and the time.
 
     A failure (serving not up yet in split mode) is only logged: the gateway must still
     take studies, which wait in the queue until serving answers.
     """
     from dicom_gateway.analyses import warm_up_routed
 
+    t0 = time.perf_counter()
     try:
-        warm_up_routed(settings)
+        models = list(warm_up_routed(settings).values())
     except Exception as exc:  # noqa: BLE001 - start anyway; jobs retry
         logging.getLogger("haidang.gateway").warning(
             "analysis warm-up failed (%s: %s); studies will wait for serving",
             type(exc).__name__, exc)
+        models = []
+    return models, time.perf_counter() - t0
+
+
+def announce(command: str, settings, gateway, models, warm_s, http=None) -> None:
+    from haidang.ground.logs import startup_line
+
+    g = settings.gateway
+    ports = {"DICOM": f"{g.ae_title}@{g.host}:{gateway.port} (gateway.port)"}
+    if http:
+        ports["HTTP"] = http
+    line = startup_line(command, ports=ports, models=models, database=g.database_url,
+                        warm_up_s=warm_s)
+    logging.getLogger("haidang").info("%s", line)
+    print(f"{line}; Ctrl-C stops", flush=True)
 
 
 def cmd_gateway(args) -> int:
     from dicom_gateway.runtime import Gateway
+    from haidang.ground.ports import Port, ensure_free
+    from haidang.ground.processes import stop_on_signals
 
     settings = settings_of(args)
+    ports = [dicom_port(args, settings)]
     if args.metrics_port:
-        from prometheus_client import start_http_server
+        ports.append(Port("--metrics-port", settings.serving.host, args.metrics_port))
+    ensure_free(ports)
+    gateway = Gateway(settings)
+    with stop_on_signals() as stop:
+        try:
+            models, warm_s = warm_up(settings)  # before the listener accepts anything
+            gateway.start()
+            if args.metrics_port:
+                from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr=settings.serving.host)
-    warm_up(settings)
-    gateway = Gateway(settings).start()
-    print(
-        f"haidang gateway: {settings.gateway.ae_title} listening on "
-        f"{settings.gateway.host}:{gateway.port}; Ctrl-C stops",
-        flush=True,
-    )
-    try:
-        wait_for_signal()
-    finally:
-        gateway.stop()
+                start_http_server(args.metrics_port, addr=settings.serving.host)
+            announce("haidang gateway", settings, gateway, models, warm_s)
+            stop.event.wait()
+        finally:
+            gateway.stop()
     return 0
 
 

@@ -808,7 +808,7 @@ class Index:
 
     def recent_studies(self, limit: int) -> list[StudyView]:
         """The newest studies, each with the header of its first instance (patient, accession,
-        description: recorded at ingest, see ``scp.STUDY_KEYS``)."""
+        description: recorded at ingest, see ``header.STUDY_KEYS``)."""
         first = ("(SELECT i.{} FROM instances i WHERE i.study_uid = s.study_uid "
                  "ORDER BY i.received_at LIMIT 1)")
         rows = self.query(
@@ -986,7 +986,7 @@ class StudyView:
     first_arrival: float
     last_arrival: float
     quiet_period_s: float
-    header: dict  # the first instance's indexed attributes (scp.INDEXED_KEYS)
+    header: dict  # the first instance's indexed attributes (header.INDEXED_KEYS)
     series_uid: str  # the first instance's series
 
 

@@ -1,14 +1,19 @@
-"""The lean listener: one thread per association, reading PDUs straight off the socket.
+"""The gateway's DICOM listener: one thread per association, reading PDUs off the socket.
 
-pynetdicom runs two threads per association and builds pydicom objects for every
-command and response; on a small, busy host that costs several ms of CPU per
-C-STORE. The gateway's listener only ever answers C-ECHO and C-STORE, so this module
-speaks just that much of the DICOM upper layer (PS3.8) itself, reusing pynetdicom's
-encoders for association negotiation (A-ASSOCIATE-RQ/AC, presentation contexts), and
-hands each data set, as received, to :meth:`StorageSCP.store`.
+pynetdicom's association server runs two threads per association and builds pydicom
+objects for every command and response; on a small, busy host that costs several ms of
+CPU per C-STORE. The gateway only ever answers C-ECHO and C-STORE, so this module runs
+the DICOM upper layer (PS3.8) for just that much. Every PDU it sends is encoded by
+pynetdicom's PDU classes (``pynetdicom.pdu``, from ``pdu_primitives``); so is the
+A-ASSOCIATE-RQ it reads, and the presentation contexts are negotiated by pynetdicom.
+P-DATA-TF PDUs alone are read item by item, so that data set fragments go from the
+socket straight into one buffer, and each data set is handed, as received, to
+:meth:`StorageSCP.store`.
 
-Chosen with ``gateway.receive_path = "lean"`` (default); ``"pynetdicom"`` uses
-pynetdicom's own association server with the same handlers.
+Stopping (:meth:`LeanServer.shutdown`): the listening socket closes first; an instance
+being received may finish within the grace period and get its answer; then every
+association still open is aborted (A-ABORT). An instance cut off is never answered, so
+its sender knows to send it again; nothing half-received reaches the spool.
 """
 
 from __future__ import annotations
@@ -17,10 +22,21 @@ import logging
 import socket
 import struct
 import threading
+import time
 
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ
+from pynetdicom.pdu import (
+    A_ABORT_RQ,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    A_ASSOCIATE_RQ,
+    A_RELEASE_RP,
+    P_DATA_TF,
+)
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
+    A_P_ABORT,
+    A_RELEASE,
+    P_DATA,
     ImplementationClassUIDNotification,
     ImplementationVersionNameNotification,
     MaximumLengthNotification,
@@ -36,7 +52,6 @@ APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
 IMPLEMENTATION_UID = "1.2.826.0.1.3680043.10.1471.1"  # Haidang gateway
 IMPLEMENTATION_VERSION = "HAIDANG_01"
 MAX_PDU_RECEIVE = 1 << 20  # we accept P-DATA PDUs up to 1 MiB
-MAX_ASSOCIATIONS = 64  # at once per listener process; more are rejected as transient
 C_STORE_RQ, C_ECHO_RQ = 0x0001, 0x0030
 C_STORE_RSP, C_ECHO_RSP = 0x8001, 0x8030
 INITIAL_BUFFER = 1 << 20  # per association; grows for larger data sets
@@ -109,9 +124,18 @@ def _uid_value(uid: str) -> bytes:
     return raw + b"\x00" if len(raw) % 2 else raw
 
 
+def _encode(pdu_class, primitive) -> bytes:
+    pdu = pdu_class()
+    pdu.from_primitive(primitive)
+    return pdu.encode()
+
+
 def response(context_id: int, command_field: int, message_id: int, sop_class: str,
              status: int, sop_instance: str | None = None) -> bytes:
-    """A P-DATA-TF PDU carrying one C-STORE-RSP or C-ECHO-RSP command set."""
+    """A P-DATA-TF PDU carrying one C-STORE-RSP or C-ECHO-RSP command set.
+
+    The command set (group 0000, implicit VR little endian) is packed here: building it
+    through pydicom would cost more than the rest of the answer."""
     body = _elem(0x0002, _uid_value(sop_class)) + _elem(0x0100, struct.pack("<H", command_field))
     body += _elem(0x0120, struct.pack("<H", message_id))
     body += _elem(0x0800, struct.pack("<H", 0x0101))  # no data set follows
@@ -119,13 +143,32 @@ def response(context_id: int, command_field: int, message_id: int, sop_class: st
     if sop_instance:
         body += _elem(0x1000, _uid_value(sop_instance))
     command = _elem(0x0000, struct.pack("<I", len(body))) + body
-    pdv = struct.pack(">IBB", len(command) + 2, context_id, 0x03) + command
-    return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
+    data = P_DATA()
+    data.presentation_data_value_list = [[context_id, b"\x03" + command]]  # last command fragment
+    return _encode(P_DATA_TF, data)
 
 
-def _abort(sock, reason: int = 0x00) -> None:
+def reject(result: int, source: int, diagnostic: int) -> bytes:
+    """An A-ASSOCIATE-RJ PDU (PS3.8 9.3.4: result 1 permanent, 2 transient)."""
+    primitive = A_ASSOCIATE()
+    primitive.result, primitive.result_source, primitive.diagnostic = result, source, diagnostic
+    return _encode(A_ASSOCIATE_RJ, primitive)
+
+
+def abort(reason: int = 0x00) -> bytes:
+    """An A-ABORT PDU from the service provider (PS3.8 9.3.8) with ``reason``."""
+    primitive = A_P_ABORT()
+    primitive.provider_reason = reason
+    return _encode(A_ABORT_RQ, primitive)
+
+
+RELEASE_RP = _encode(A_RELEASE_RP, A_RELEASE())
+UNEXPECTED_PDU = 0x02  # A-ABORT reason: unexpected PDU
+
+
+def _send_abort(sock, reason: int = 0x00) -> None:
     try:
-        sock.sendall(struct.pack(">BBIBBBB", 0x07, 0, 4, 0, 0, 0x02, reason))
+        sock.sendall(abort(reason))
     except OSError:
         pass
 
@@ -133,13 +176,32 @@ def _abort(sock, reason: int = 0x00) -> None:
 class Association:
     """One accepted connection: negotiate, then serve C-ECHO and C-STORE until release."""
 
-    def __init__(self, scp, sock, address):
-        self.scp = scp
+    def __init__(self, server, sock, address):
+        self.scp = server.scp
+        self.server = server
         self.sock = sock
         self.host = address[0]
         self.calling_ae = ""
         self.contexts: dict[int, tuple[str, str]] = {}  # id -> (abstract syntax, transfer syntax)
         self.spare = None  # a temporary file made ahead for the next instance (Spool.spare)
+        self.idle = True  # between messages: may be aborted at once when the listener stops
+        self._send_lock = threading.Lock()
+
+    def send(self, pdu: bytes) -> None:
+        with self._send_lock:
+            self.sock.sendall(pdu)
+
+    def cut(self) -> None:
+        """Abort from another thread (the listener stops): A-ABORT, then close the socket."""
+        try:
+            with self._send_lock:
+                self.sock.sendall(abort(0x00))
+        except OSError:
+            pass
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def run(self) -> None:
         try:
@@ -148,12 +210,13 @@ class Association:
         except PeerGone:
             pass
         except (OSError, TimeoutError) as exc:
-            log.info("association with %s from %s ended: %s", self.calling_ae or "?", self.host,
-                     exc)
+            if not self.server.stopping:
+                log.info("association with %s from %s ended: %s", self.calling_ae or "?",
+                         self.host, exc)
         except Exception as exc:  # noqa: BLE001 - a broken peer must not take the listener down
             log.warning("association with %s from %s aborted: %s: %s", self.calling_ae or "?",
                         self.host, type(exc).__name__, exc)
-            _abort(self.sock, 0x02)
+            _send_abort(self.sock, UNEXPECTED_PDU)
         finally:
             if self.spare is not None:
                 self.spare.discard()
@@ -166,7 +229,7 @@ class Association:
     def _negotiate(self) -> bool:
         pdu_type, data = _read_pdu(self.sock)
         if pdu_type != 0x01:
-            _abort(self.sock, 0x01)
+            _send_abort(self.sock, UNEXPECTED_PDU)
             return False
         rq = A_ASSOCIATE_RQ()
         rq.decode(bytes(struct.pack(">BBI", 0x01, 0, len(data)) + data))
@@ -176,14 +239,19 @@ class Association:
             log.warning("association rejected: calling AE %s from %s is not in "
                         "gateway.allowed_sources", self.calling_ae, self.host)
             metrics.INSTANCES.labels("association_rejected").inc()
-            # A-ASSOCIATE-RJ: rejected permanent, service user, calling AE title not recognised
-            self.sock.sendall(struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 0x01, 0x01, 0x03))
+            # rejected permanent, service user, calling AE title not recognised
+            self.send(reject(0x01, 0x01, 0x03))
             return False
         results, _roles = negotiate_unrestricted(
             primitive.presentation_context_definition_list, [build_context(VERIFICATION)], {})
         for cx in results:
             if cx.result == 0x00:
                 self.contexts[cx.context_id] = (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+        if not self.contexts:  # accepted, each context refused with its reason (PS3.8 7.1.1.13)
+            log.warning("association from %s at %s: no presentation context acceptable "
+                        "(only Verification and storage SOP classes are); proposed %s",
+                        self.calling_ae, self.host,
+                        ", ".join(sorted({str(cx.abstract_syntax) for cx in results})))
         ac = A_ASSOCIATE()
         ac.application_context_name = APPLICATION_CONTEXT
         ac.calling_ae_title = primitive.calling_ae_title
@@ -198,9 +266,7 @@ class Association:
         impl_version = ImplementationVersionNameNotification()
         impl_version.implementation_version_name = IMPLEMENTATION_VERSION
         ac.user_information = [max_length, impl_uid, impl_version]
-        pdu = A_ASSOCIATE_AC()
-        pdu.from_primitive(ac)
-        self.sock.sendall(pdu.encode())
+        self.send(_encode(A_ASSOCIATE_AC, ac))
         return True
 
     def _serve(self) -> None:
@@ -215,18 +281,27 @@ class Association:
         used = 0  # bytes of the current data set in buf
         cmd: dict[int, bytes] | None = None
         while True:
+            self.idle = cmd is None and not used and not command
+            if self.idle and self.server.stopping:  # the last instance was answered: stop here
+                self.cut()
+                return
             _fill(sock, head_view)
+            self.idle = False
             pdu_type, remaining = head[0], _U32(head, 2)[0]
             if pdu_type != 0x04:
                 if remaining > 65536:
                     raise ValueError(f"PDU of type {pdu_type:#04x} claims {remaining} bytes")
                 _recv_exact(sock, remaining)
                 if pdu_type == 0x05:  # A-RELEASE-RQ
-                    sock.sendall(struct.pack(">BBII", 0x06, 0, 4, 0))
+                    self.send(RELEASE_RP)
                     return
-                if pdu_type == 0x07:  # A-ABORT
+                if pdu_type == 0x07:  # A-ABORT: whatever was being received is dropped
+                    if not self.idle:
+                        log.info("association with %s from %s aborted by the peer during a "
+                                 "transfer; the instance was not stored", self.calling_ae,
+                                 self.host)
                     return
-                _abort(sock, 0x02)  # unexpected PDU
+                _send_abort(sock, UNEXPECTED_PDU)
                 return
             if remaining > MAX_PDU_RECEIVE + 6:
                 raise ValueError(f"P-DATA PDU of {remaining} bytes exceeds our maximum "
@@ -271,7 +346,7 @@ class Association:
         if context_id not in self.contexts:
             raise ValueError(f"message on presentation context {context_id}, not accepted")
         if field == C_ECHO_RQ:
-            self.sock.sendall(response(context_id, C_ECHO_RSP, message_id, sop_class, 0x0000))
+            self.send(response(context_id, C_ECHO_RSP, message_id, sop_class, 0x0000))
         elif field == C_STORE_RQ and stream is not None:
             sop_instance = _uid(cmd.get(0x1000))
             transfer_syntax = self.contexts[context_id][1]
@@ -282,11 +357,11 @@ class Association:
             finally:
                 if spare is not None:
                     spare.discard()  # unused (duplicate, refused); a used one is gone already
-            self.sock.sendall(response(context_id, C_STORE_RSP, message_id, sop_class, status,
-                                       sop_instance))
+            self.send(response(context_id, C_STORE_RSP, message_id, sop_class, status,
+                               sop_instance))
             # while the sender prepares its next instance: the next temporary file
             spool = getattr(self.scp, "spool", None)
-            if spool is not None:
+            if spool is not None and not self.server.stopping:
                 self.spare = spool.spare()
         else:
             raise ValueError(f"unsupported DIMSE command 0x{field:04X} (only C-ECHO, C-STORE)")
@@ -296,29 +371,36 @@ class LeanServer:
     """Accepts connections and runs each association on its own thread."""
 
     def __init__(self, scp, host: str, port: int, ssl_context=None, reuse_port: bool = False,
-                 network_timeout: float = 60.0):
+                 network_timeout: float = 60.0, max_associations: int = 64):
         self.scp = scp
         self.ssl_context = ssl_context
         self.network_timeout = network_timeout
+        self.max_associations = max_associations
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self.socket.bind((host, port))
+        try:
+            self.socket.bind((host, port))
+        except OSError:
+            self.socket.close()
+            raise
         self.socket.listen(128)
         self.server_address = self.socket.getsockname()
-        self._stop = threading.Event()
-        self._slots = threading.BoundedSemaphore(MAX_ASSOCIATIONS)
+        self.stopping = False
+        self._open: set[Association] = set()
+        self._open_lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max_associations)
         self._thread = threading.Thread(target=self._accept_loop, name="haidang-listener",
                                         daemon=True)
         self._thread.start()
 
     def _accept_loop(self) -> None:
-        while not self._stop.is_set():
+        while not self.stopping:
             try:
                 conn, address = self.socket.accept()
             except OSError:
-                if self._stop.is_set():
+                if self.stopping:
                     return
                 continue
             threading.Thread(target=self._handle, args=(conn, address), daemon=True,
@@ -327,12 +409,13 @@ class LeanServer:
     def _handle(self, conn, address) -> None:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn.settimeout(self.network_timeout)
-        if not self._slots.acquire(blocking=False):
-            log.warning("association from %s refused: %s associations already open",
-                        address[0], MAX_ASSOCIATIONS)
-            try:  # A-ASSOCIATE-RJ: transient, service provider (presentation), local limit
+        if self.stopping or not self._slots.acquire(blocking=False):
+            if not self.stopping:
+                log.warning("association from %s refused: %s associations already open "
+                            "(gateway.max_associations)", address[0], self.max_associations)
+            try:  # rejected transient, service provider (presentation), local limit exceeded
                 _read_pdu(conn)
-                conn.sendall(struct.pack(">BBIBBBB", 0x03, 0, 4, 0, 0x02, 0x03, 0x02))
+                conn.sendall(reject(0x02, 0x03, 0x02))
             except (OSError, PeerGone, ValueError):
                 pass
             conn.close()
@@ -350,13 +433,39 @@ class LeanServer:
                 log.warning("TLS handshake with %s failed: %s", address[0], exc)
                 conn.close()
                 return
-        Association(self.scp, conn, address).run()
+        assoc = Association(self, conn, address)
+        with self._open_lock:
+            self._open.add(assoc)
+        try:
+            assoc.run()
+        finally:
+            with self._open_lock:
+                self._open.discard(assoc)
 
-    def shutdown(self) -> None:
-        self._stop.set()
+    def shutdown(self, grace: float = 10.0) -> None:
+        """Stop accepting; give instances being received ``grace`` seconds to be stored and
+        answered; then abort every association still open."""
+        self.stopping = True
         try:
             self.socket.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self.socket.close()
         self._thread.join(timeout=5)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with self._open_lock:
+                busy = [a for a in self._open if not a.idle]
+            if not busy:
+                break
+            time.sleep(0.05)
+        with self._open_lock:
+            still_open = list(self._open)
+        for assoc in still_open:
+            assoc.cut()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            with self._open_lock:
+                if not self._open:
+                    return
+            time.sleep(0.02)

@@ -1,25 +1,37 @@
 """The running gateway: listener, study assembler, job worker and exporter threads.
 
 ``Gateway(settings).start()`` is what ``haidang gateway`` / ``haidang up`` run and
-what tests use in-process. On start it takes back the work a crashed process held:
-assembled-but-unprocessed studies and unfinished exports.
+what tests use in-process. On start it first makes sure no other live process owns the
+same work (SQLite: an exclusive lock file beside the spool, ``<spool_dir>.lock``;
+PostgreSQL: the job and export
+leases), then takes back the work a crashed process held: assembled-but-unprocessed
+studies and unfinished exports.
+
+``stop()`` is graceful: the listener stops accepting and lets instances being received
+finish (``gateway.stop_grace_s``), running analyses get what is left of the grace period
+(else their leases lapse and the next start takes them back), and the audit writer is
+flushed.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 from dicom_gateway import metrics
+from dicom_gateway.header import Unparsable, header_of, parse_header
 from dicom_gateway.index import Index
-from dicom_gateway.scp import StorageSCP
 from dicom_gateway.spool import Spool
+from dicom_gateway.store import StorageSCP
 from dicom_gateway.worker import RetryLater, process_job
 from dicom_gateway.writeback import Exporter
 from haidang.ground import audit
+from haidang.ground.processes import OwnerLock
 from haidang.ground.settings import Settings
 
 log = logging.getLogger("haidang.gateway")
@@ -41,11 +53,16 @@ class Gateway:
         self._tick = threading.Event()  # the assembler just polls
         self._threads: list[threading.Thread] = []
         self._listeners: list = []
+        self._lock: OwnerLock | None = None
 
     # -- life cycle -------------------------------------------------------------------
 
     def start(self) -> Gateway:
         g = self.settings.gateway
+        if g.database_url.startswith("sqlite"):  # before any recovery: is the work ours?
+            spool = Path(g.spool_dir).resolve()
+            self._lock = OwnerLock.take(spool.with_name(spool.name + ".lock"),
+                                        f"the spool {g.spool_dir} and database {g.database_url}")
         audit.record_settings(self.settings, "gateway")
         self.spool = Spool(g.spool_dir, g.min_free_bytes, g.fsync)
         swept = self.spool.sweep_temporaries()
@@ -53,7 +70,9 @@ class Gateway:
         reindexed = self.reindex_spool()
         resumed = self.index.resume()
         counts = self.index.counts()
-        log.info(
+        recovered = resumed["jobs"] or resumed["exports"] or reindexed or swept
+        log.log(
+            logging.INFO if recovered else logging.DEBUG,
             "gateway starting: %s instances indexed, %s studies waiting, %s jobs pending, "
             "%s exports pending; took back %s jobs and %s exports; re-indexed %s spool files; "
             "swept %s temporaries",
@@ -108,17 +127,10 @@ class Gateway:
 
     def reindex_spool(self) -> int:
         """Index spool files the index does not know (its last commits lost in an OS crash)."""
-        from dicom_gateway.scp import Unparsable, header_of, parse_header
-
         instances = self.spool.root / "instances"
         if not instances.is_dir():
             return 0
         known = self.index.indexed_paths()
-        quiet = {
-            a.ae_title.strip(): a.quiet_period_s
-            for a in self.settings.gateway.allowed_sources
-            if a.quiet_period_s is not None
-        }
         n = 0
         for path in instances.rglob("*.dcm"):
             rel = str(path.relative_to(self.spool.root))
@@ -132,39 +144,54 @@ class Gateway:
                 continue
             meta = ds.file_meta
             ae = str(meta.get("SourceApplicationEntityTitle", "") or "").strip()
-            attrs = header_of(ds).attrs
+            header = header_of(ds)
             self.index.record_instance(
-                sop_uid=str(ds.SOPInstanceUID).strip(),
-                study_uid=str(ds.StudyInstanceUID).strip(),
-                series_uid=str(ds.SeriesInstanceUID).strip(),
-                sop_class_uid=str(ds.SOPClassUID),
+                sop_uid=header.sop_uid,
+                study_uid=header.study_uid,
+                series_uid=header.series_uid,
+                sop_class_uid=header.sop_class_uid,
                 transfer_syntax=str(meta.TransferSyntaxUID),
                 path=rel,
                 size=path.stat().st_size,
                 calling_ae=ae,
-                attrs=attrs,
-                quiet_period_s=quiet.get(ae, self.settings.gateway.quiet_period_s),
+                attrs=header.attrs,
+                quiet_period_s=self.settings.gateway.quiet_period(ae),
                 now=path.stat().st_mtime,
             )
             n += 1
         return n
 
-    def stop(self) -> None:
+    def stop(self, grace: float | None = None) -> None:
+        """Stop gracefully within ``grace`` seconds (default ``gateway.stop_grace_s``)."""
+        grace = self.settings.gateway.stop_grace_s if grace is None else grace
+        deadline = time.monotonic() + grace
+        for proc in self._listeners:  # they answer what they are receiving, then stop
+            proc.terminate()
+        if self.scp:
+            self.scp.stop(grace)
+        for proc in self._listeners:
+            proc.join(max(1.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        self._listeners.clear()
         self._stop.set()
         for ev in (self._jobs_ready, self._exports_ready, self._tick):
             ev.set()
-        if self.scp:
-            self.scp.stop()
-        for proc in self._listeners:
-            proc.terminate()
-            proc.join(10)
-        self._listeners.clear()
         for t in self._threads:
-            t.join(timeout=30)
+            t.join(timeout=max(0.1, deadline - time.monotonic()))
+        unfinished = [t.name for t in self._threads if t.is_alive()]
         self._threads.clear()
-        if self.index:
+        if unfinished:  # their leases lapse; the next start (or another worker) takes them
+            log.warning("stopped with %s still running after %.0f s (gateway.stop_grace_s); "
+                        "its work is taken back at the next start", ", ".join(unfinished), grace)
+        elif self.index:
             self.index.close()
-        log.info("gateway stopped")
+        audit.close_all()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        log.debug("gateway stopped")
 
     def __enter__(self) -> Gateway:
         return self.start()
@@ -199,7 +226,7 @@ class Gateway:
             done = self.index.assemble_due()
             for study_uid, generation in done:
                 metrics.STUDIES_ASSEMBLED.inc()
-                log.info(
+                log.debug(
                     "study %s complete (generation %s)", metrics.uid_hash(study_uid), generation
                 )
             if done:
@@ -273,11 +300,13 @@ def run_listener(settings_json: str, parent_pid: int, ready=None) -> None:
     scp = StorageSCP(g, spool, index)
     scp.reuse_port = True
     scp.start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # the gateway stops: answer, then go
     if ready is not None:
         ready.set()
     try:
-        while os.getppid() == parent_pid:  # the gateway died (even kill -9): stop listening
-            time.sleep(0.5)
+        while os.getppid() == parent_pid and not stop.wait(0.5):  # parent gone (even kill -9)
+            pass
     finally:
-        scp.stop()
+        scp.stop(g.stop_grace_s)
         index.close()

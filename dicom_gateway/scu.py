@@ -6,21 +6,17 @@ over one association, with TCP_NODELAY on the socket.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pydicom
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
-from dicom_gateway.scp import set_nodelay
+from dicom_gateway.network import NODELAY_HANDLERS
 
 MAX_CONTEXTS = 128
-
-
-def _nodelay(event) -> None:
-    set_nodelay(event.assoc.dul.socket.socket)
-
 
 def _describe(assoc) -> str:
     if assoc.is_rejected:
@@ -29,14 +25,14 @@ def _describe(assoc) -> str:
 
 
 def echo(
-    host: str, port: int, called_ae: str, calling_ae: str = "HAIDANG_SCU", timeout: float = 30.0
+    host: str, port: int, called_ae: str, calling_ae: str = "HAIDANG_SCU", timeout: float = 30.0,
+    tls: ssl.SSLContext | None = None,
 ) -> tuple[bool, str]:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(Verification)
-    assoc = ae.associate(
-        host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
-    )
+    assoc = ae.associate(host, port, ae_title=called_ae, evt_handlers=NODELAY_HANDLERS,
+                         tls_args=(tls, None) if tls else None)
     if not assoc.is_established:
         return False, f": {_describe(assoc)}"
     try:
@@ -90,7 +86,7 @@ def _send_batch(host, port, called_ae, calling_ae, batch, contexts, timeout):
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.requested_contexts = [build_context(sop, [ts]) for sop, ts in contexts]
     assoc = ae.associate(
-        host, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
+        host, port, ae_title=called_ae, evt_handlers=NODELAY_HANDLERS
     )
     if not assoc.is_established:
         return [(f, _describe(assoc)) for f, _, _ in batch]

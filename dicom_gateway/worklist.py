@@ -7,7 +7,7 @@ app of ``haidang up`` mounts it. Everything that shows or changes patient data g
 :class:`dicom_gateway.signin.SignIn` (session or API key, CSRF on changes, audited).
 
 Patient name, ID, accession number, age, sex, description, study date and time come from
-the header the gateway records at ingest (``scp.STUDY_KEYS``). Times are shown in the
+the header the gateway records at ingest (``header.STUDY_KEYS``). Times are shown in the
 hospital's time zone (``worklist.time_zone``) as dd/mm/yyyy HH:MM. The viewer link fills
 ``worklist.viewer_url``. Time to flag = result in PACS (or, with no PACS configured, result
 ready) − last instance received − the quiet period the study waited.

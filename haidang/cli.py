@@ -15,7 +15,7 @@ from dicom_gateway import (
     dataset_cli,  # dataset export
     users_cli,  # users add/disable/enable
 )
-from haidang import audit_cli, config_cli, demo, up  # audit verify; config; demo; up
+from haidang import audit_cli, config_cli, demo, doctor, up  # audit; config; demo; doctor; up
 from haidang.ground.logs import FORMATS, configure
 from haidang.ground.settings import SettingsError
 from serving import cli as serving_cli  # serve, cdss
@@ -23,7 +23,7 @@ from training import cli as training_cli  # train, evaluate, models
 from training import learned_cli  # xml130-synth
 
 COMMAND_MODULES = (up, gateway_cli, serving_cli, training_cli, learned_cli, demo, audit_cli,
-                   dataset_cli, users_cli, config_cli)
+                   dataset_cli, users_cli, config_cli, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,9 @@ def register(sub) -> None:
     serve = sub.add_parser("serve", help="run the HTTP service (CDSS API, CDS Hooks, docs)")
     serve.add_argument("--host", default=None, help="default: serving.host")
     serve.add_argument("--port", type=int, default=None, help="default: serving.port (3000)")
+    serve.add_argument("--imaging-port", type=int, default=None,
+                       help="port of the BentoML imaging service: default the port of "
+                       "serving.url, else serving.imaging_port (3001)")
     serve.add_argument("--workers", type=int, default=1,
                        help="uvicorn worker processes (each loads the knowledge base)")
     serve.add_argument("--no-imaging", action="store_true",
@@ -55,28 +58,56 @@ def register(sub) -> None:
 
 
 def _serve(args) -> int:
+    from haidang.ground.logs import set_third_party_level
+    from haidang.ground.ports import Port, ensure_free
+    from haidang.ground.processes import stop_on_signals
     from haidang.ground.settings import load_settings
     from serving.cdss.app import run_http
+    from serving.imaging_cli import imaging_port as imaging_port_of
 
     settings = load_settings(args.config)  # fail here, once, on a bad settings file
+    set_third_party_level(settings.logging.third_party_level)
     if args.config:
         os.environ["HAIDANG_CONFIG"] = str(Path(args.config).resolve())
+    host = args.host or settings.serving.host
+    http = Port("--port" if args.port else "serving.port", host,
+                args.port or settings.serving.port)
+    imaging_port = imaging_port_of(settings.serving, args.imaging_port)
+    ensure_free([http] + ([] if args.no_imaging else [imaging_port]))
     imaging = None
-    if not args.no_imaging:
-        # Split mode: the gateway calls this BentoML service (serving.url) for the imaging
-        # models; it runs as a child so `haidang serve` is the one serving command.
-        from serving.imaging_cli import default_address, start_imaging_service
+    with stop_on_signals() as stop:
+        try:
+            if not args.no_imaging:
+                # Split mode: the gateway calls this BentoML service (serving.url) for the
+                # imaging models; a child that dies with `haidang serve`, however it stops.
+                from serving.imaging_cli import announce_when_ready, start_imaging_service
 
-        img_host, img_port = default_address(settings.serving)
-        imaging = start_imaging_service(args.config, img_host, img_port)
-        print(f"haidang serve: imaging (BentoML) on http://{img_host}:{img_port}", flush=True)
-    try:
-        run_http("serving.cdss.app:app_from_env", args.host or settings.serving.host,
-                 args.port or settings.serving.port, max(1, args.workers))
-    finally:
-        if imaging is not None:
-            stop_process(imaging)
+                imaging = start_imaging_service(args.config, imaging_port.host, imaging_port.port)
+                announce_when_ready(imaging, http, imaging_port, cdss_models(settings))
+            with stop.raising():
+                run_http("serving.cdss.app:app_from_env", host, http.port, max(1, args.workers))
+        finally:
+            if imaging is not None:
+                stop_process(imaging)
     return 0
+
+
+def cdss_models(settings) -> list[dict]:
+    """The CDSS's learned models, as the start-up line names them (``serving.cdss.learned``
+    runs them on onnxruntime's CPU provider)."""
+    from serving.cdss.learned import INTERACTION_MODEL, PROTOCOL_MODEL
+    from serving.registry import ModelRegistry, RegistryError
+
+    registry = ModelRegistry(settings.serving.models_dir)
+    out = []
+    for name in (INTERACTION_MODEL, PROTOCOL_MODEL):
+        try:
+            mv = registry.current(name, verify=False)
+        except RegistryError:
+            continue  # the CDSS runs without it and says so at start
+        out.append({"model": mv.name, "version": mv.version, "sha256": mv.sha256,
+                    "provider": "CPUExecutionProvider"})
+    return out
 
 
 def _check(args) -> int:

@@ -28,8 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dicom_gateway.header import ROUTING_KEYS, parse_header
 from dicom_gateway.index import Index
-from dicom_gateway.scp import ROUTING_KEYS, parse_header
 from dicom_gateway.spool import Spool
 from haidang.ground.settings import settings_env
 from haidang.testbed.orthanc import free_port

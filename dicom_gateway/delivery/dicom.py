@@ -6,17 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pydicom
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.presentation import build_context
 
 from dicom_gateway.delivery import Failure
 from dicom_gateway.index import Export
-from dicom_gateway.scp import set_nodelay, tls_context
+from dicom_gateway.network import NODELAY_HANDLERS, tls_context
 from haidang.ground.settings import Destination, Settings
-
-
-def _nodelay(event) -> None:
-    set_nodelay(event.assoc.dul.socket.socket)
 
 
 def store_files(
@@ -37,7 +33,7 @@ def store_files(
                 sop_class, sorted(syntaxes | {"1.2.840.10008.1.2.1", "1.2.840.10008.1.2"})
             )
         )
-    kwargs = {"ae_title": dest.ae_title, "evt_handlers": [(evt.EVT_CONN_OPEN, _nodelay)]}
+    kwargs = {"ae_title": dest.ae_title, "evt_handlers": NODELAY_HANDLERS}
     if dest.tls:
         kwargs["tls_args"] = (tls_context(dest.tls, server=False), None)
     assoc = ae.associate(dest.host, dest.port, **kwargs)

@@ -63,9 +63,23 @@ class GatewaySettings(_Section):
     listener_processes: int = Field(
         1, ge=1, description="DICOM listener processes sharing the port (SO_REUSEPORT)"
     )
-    receive_path: Literal["lean", "pynetdicom"] = Field(
-        "lean", description="lean: the gateway's own C-ECHO/C-STORE listener; or pynetdicom's"
+    max_associations: int = Field(
+        64, ge=1, description="associations open at once per listener process; more are "
+        "rejected as transient (the sender retries)"
     )
+    stop_grace_s: float = Field(
+        20.0, ge=0, description="on stop: time for instances being received and running "
+        "analyses to finish; what is left is taken back at the next start"
+    )
+
+    def quiet_period(self, ae_title: str) -> float:
+        """How long a study from this source must be quiet to be complete: the source's own
+        ``quiet_period_s`` (modalities that pause between series), else the default."""
+        ae_title = ae_title.strip()
+        for source in self.allowed_sources:
+            if source.ae_title.strip() == ae_title and source.quiet_period_s is not None:
+                return source.quiet_period_s
+        return self.quiet_period_s
 
 
 class Destination(_Section):
@@ -76,6 +90,10 @@ class Destination(_Section):
     host: str
     port: int
     tls: TLSSettings | None = None
+    web_url: str | None = Field(
+        None, description="the PACS's web address (e.g. Orthanc's REST API); `haidang doctor` "
+        "reads the PACS's clock there (DICOM has no time service)"
+    )
 
 
 class Route(_Section):
@@ -102,6 +120,9 @@ class ExportSettings(_Section):
 class ServingSettings(_Section):
     host: str = "127.0.0.1"
     port: int = 3000
+    imaging_port: int = Field(
+        3001, description="port of the BentoML imaging service that `haidang serve` starts"
+    )
     url: str | None = Field(None, description="split mode: base URL of the serving service")
     timeout_s: float = 10.0
     retries: int = 3
@@ -114,6 +135,13 @@ class ServingSettings(_Section):
         Path("var/drug-catalog.json"),
         description="the hospital's drug catalogue (MA_THUOC, brands -> ingredients) as stored "
         "by `haidang cdss import-catalog`; loaded at start when present",
+    )
+
+
+class LoggingSettings(_Section):
+    third_party_level: str = Field(
+        "WARNING", description="level of other libraries' loggers (highdicom, pynetdicom, "
+        "uvicorn, bentoml ...); INFO or DEBUG to see them"
     )
 
 
@@ -267,6 +295,7 @@ class Settings(_Section):
     cds_hooks: CdsHooksSettings = Field(default_factory=CdsHooksSettings)
     worklist: WorklistSettings = Field(default_factory=WorklistSettings)
     cdss: CdssSettings = Field(default_factory=CdssSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
     language: str = Field("vi", description="default language of clinician-facing text: vi or en")
     time_zone: str = Field("Asia/Ho_Chi_Minh", description="the hospital's time zone (IANA name)")
 

@@ -19,7 +19,9 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
+from haidang.ground.logs import quiet_client_disconnects
 from serving.ratelimit import install_rate_limit
 
 log = logging.getLogger("haidang.serving")
@@ -81,13 +83,16 @@ def create_app(settings, kb=None, learned: bool = True, **router_options) -> Fas
         yield
         state.close()
 
-    app = FastAPI(
+    # /docs and /redoc with their scripts served by the app (fastapi-offline), not a CDN: a
+    # hospital network often has no internet, and the page was blank there
+    app = FastAPIOffline(
         title="Hải Đăng CDSS",
         description="Prescription checks for Vietnamese HIS: native QĐ 130 JSON/XML API and "
         "HL7 CDS Hooks (order-select, order-sign). Knowledge pending pharmacist review.",
         version="0.1.0",
         lifespan=lifespan,
     )
+    quiet_client_disconnects(app)
     # The CDSS routes go on the app's own router (no included router: one route match).
     state = cdss_router(settings, kb, engine=engine, router=app.router, **router_options).cdss
     app.state.cdss = state

@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicom_gateway import lean, scp
+from dicom_gateway import lean, store
 from dicom_gateway.reports.wording import series_description
 from haidang.ground.settings import ExportSettings, GatewaySettings
 from haidang.testbed.studies import SAMPLES, sample_path
@@ -20,7 +20,8 @@ DOC = (ROOT / "docs" / "dicom-conformance-statement.md").read_text(encoding="utf
 
 def test_association_constants_match_the_code():
     for value in (lean.APPLICATION_CONTEXT, lean.IMPLEMENTATION_UID, lean.IMPLEMENTATION_VERSION,
-                  str(lean.MAX_PDU_RECEIVE), str(lean.MAX_ASSOCIATIONS), lean.VERIFICATION):
+                  str(lean.MAX_PDU_RECEIVE), str(GatewaySettings().max_associations),
+                  lean.VERIFICATION):
         assert value in DOC, value
     assert f"default `{GatewaySettings().ae_title}`" in DOC
     assert f"(default `{ExportSettings().calling_ae_title}`)" in DOC
@@ -28,8 +29,8 @@ def test_association_constants_match_the_code():
 
 
 def test_status_codes_match_the_code():
-    for status in (scp.SUCCESS, scp.OUT_OF_RESOURCES, scp.CANNOT_UNDERSTAND,
-                   scp.PROCESSING_FAILURE):
+    for status in (store.SUCCESS, store.OUT_OF_RESOURCES, store.CANNOT_UNDERSTAND,
+                   store.PROCESSING_FAILURE):
         assert f"| 0x{status:04X} |" in DOC, hex(status)
 
 

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
+from dicom_gateway.header import Unparsable, parse_header
 from dicom_gateway.runtime import Gateway
-from dicom_gateway.scp import Unparsable, parse_header
 from dicom_gateway.scu import echo
 from dicom_gateway.wellformed import Malformed, check_complete
 from haidang.testbed.studies import sample_path

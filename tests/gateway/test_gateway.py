@@ -12,10 +12,8 @@ from tests.support.gateway_helpers import dataset_hash, gateway_settings, send_a
 pytestmark = pytest.mark.orthanc
 
 
-@pytest.mark.parametrize("receive_path", ["lean", "pynetdicom"])
-def test_ingest_assemble_and_write_back(tmp_path, orthanc, receive_path):
+def test_ingest_assemble_and_write_back(tmp_path, orthanc):
     settings = gateway_settings(tmp_path, orthanc)
-    settings.gateway.receive_path = receive_path
     study_uid, files = make_study(list(SAMPLES), tmp_path / "send")
     with Gateway(settings) as gw:
         for res in send_as_is(files, gw.port):
@@ -129,6 +127,7 @@ def test_metrics_and_health_app(tmp_path):
     from haidang.web import create_app
 
     settings = gateway_settings(tmp_path, quiet=30)
+    settings.security.development = True
     with Gateway(settings) as gw:
         assert send_as_is([fresh_copy("ct", tmp_path / "send")], gw.port)[0].returncode == 0
         client = TestClient(create_app(settings, gw))

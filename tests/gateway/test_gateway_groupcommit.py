@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from dicom_gateway.groupcommit import GroupCommit
 from dicom_gateway.index import Index
-from dicom_gateway.scp import GroupCommit
 
 
 def _record(n: int, study: str = "1.2.4.1", **extra) -> dict:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dicom_gateway.scp import Header, Unparsable, header_of, parse_header, quick_header
+from dicom_gateway.header import Header, Unparsable, header_of, parse_header, quick_header
 from haidang.testbed.studies import SAMPLES, sample_path
 from tests.gateway.test_fuzz_dicom import FUZZ, mutated
 from tests.support.malformed import build_corpus, good_file

@@ -13,8 +13,8 @@ import pydicom
 import pytest
 from pydicom.errors import InvalidDicomError
 
+from dicom_gateway.header import Unparsable, parse_header
 from dicom_gateway.runtime import Gateway
-from dicom_gateway.scp import Unparsable, parse_header
 from dicom_gateway.scu import echo, send_files
 from tests.support.gateway_helpers import gateway_settings, settings_data, settings_env
 from tests.support.malformed import EXPECTED, build_corpus, good_file
