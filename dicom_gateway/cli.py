@@ -179,7 +179,7 @@ def _ts(t) -> str:
 
 def cmd_exports_list(args) -> int:
     from dicom_gateway.index import Index
-    from dicom_gateway.metrics import uid_hash
+    from haidang.ground.logs import uid_hash
 
     index = Index(settings_of(args).gateway.database_url)
     rows = index.list_exports(dead_only=args.dead)

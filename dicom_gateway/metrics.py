@@ -1,8 +1,6 @@
-"""Prometheus metrics and patient-free log helpers for the gateway."""
+"""Prometheus metrics of the gateway."""
 
 from __future__ import annotations
-
-import hashlib
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -35,8 +33,3 @@ EXPORT_SECONDS = Histogram(
     ["channel"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-
-
-def uid_hash(uid: str) -> str:
-    """A short stable stand-in for a UID in logs (UIDs can be traced back to a patient)."""
-    return hashlib.sha256(str(uid).encode()).hexdigest()[:12]

@@ -31,6 +31,7 @@ from dicom_gateway.store import StorageSCP
 from dicom_gateway.worker import RetryLater, process_job
 from dicom_gateway.writeback import Exporter
 from haidang.ground import audit
+from haidang.ground.logs import uid_hash
 from haidang.ground.processes import OwnerLock
 from haidang.ground.settings import Settings
 
@@ -227,7 +228,7 @@ class Gateway:
             for study_uid, generation in done:
                 metrics.STUDIES_ASSEMBLED.inc()
                 log.debug(
-                    "study %s complete (generation %s)", metrics.uid_hash(study_uid), generation
+                    "study %s complete (generation %s)", uid_hash(study_uid), generation
                 )
             if done:
                 self._jobs_ready.set()
@@ -272,7 +273,7 @@ class Gateway:
                 delay = min(RETRY_MAX_DELAY_S, 2.0 ** min(job.attempts, 6))
                 self.index.defer_job(job.id, delay)
                 metrics.JOBS.labels("deferred").inc()
-                log.warning("study %s waits %.0f s (attempt %s): %s", metrics.uid_hash(
+                log.warning("study %s waits %.0f s (attempt %s): %s", uid_hash(
                     job.study_uid), delay, job.attempts, retry)
                 return False
             return True

@@ -21,6 +21,7 @@ from dicom_gateway.index import Index
 from dicom_gateway.lean import LeanServer
 from dicom_gateway.network import tls_context
 from dicom_gateway.spool import OutOfSpace, SpareFile, Spool
+from haidang.ground.logs import uid_hash
 from haidang.ground.settings import GatewaySettings
 
 log = logging.getLogger("haidang.gateway.store")
@@ -122,7 +123,7 @@ class StorageSCP:
                 metrics.INSTANCES.labels("duplicate").inc()
                 log.debug(
                     "duplicate instance %s from %s: already stored",
-                    metrics.uid_hash(sop_uid),
+                    uid_hash(sop_uid),
                     calling_ae,
                 )
                 return SUCCESS
@@ -147,7 +148,7 @@ class StorageSCP:
         except Exception:  # noqa: BLE001 - never Success unless stored and indexed
             log.exception(
                 "C-STORE of instance %s failed; answered 0x0110 so the sender retries",
-                metrics.uid_hash(sop_uid),
+                uid_hash(sop_uid),
             )
             metrics.INSTANCES.labels("failed").inc()
             return PROCESSING_FAILURE
@@ -157,8 +158,8 @@ class StorageSCP:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "stored instance %s of study %s from %s",
-                    metrics.uid_hash(sop_uid),
-                    metrics.uid_hash(study_uid),
+                    uid_hash(sop_uid),
+                    uid_hash(study_uid),
                     calling_ae,
                 )
             if self.on_stored:

@@ -30,6 +30,7 @@ from dicom_gateway.analyses import TRACE_ANALYSIS, AnalysisOutput, StudyInput, l
 from dicom_gateway.index import Index, Job
 from dicom_gateway.routing import route_study
 from dicom_gateway.spool import Spool, write_atomic
+from haidang.ground.logs import study_line, uid_hash
 from haidang.ground.settings import Settings
 
 log = logging.getLogger("haidang.gateway.worker")
@@ -141,7 +142,7 @@ def process_job(job: Job, index: Index, spool: Spool, settings: Settings) -> lis
             log.error(
                 "%s (study %s)\n%s",
                 msg,
-                metrics.uid_hash(job.study_uid),
+                uid_hash(job.study_uid),
                 traceback.format_exc(limit=5),
             )
             failures.append(msg)
@@ -158,16 +159,24 @@ def process_job(job: Job, index: Index, spool: Spool, settings: Settings) -> lis
     asked = len(names) + (TRACE_ANALYSIS in routed)  # the job failed if all of these did
     error = "; ".join(failures) if failures and len(failures) >= asked else None
     if not routed:
-        log.info("study %s matched no route: trace only", metrics.uid_hash(job.study_uid))
+        log.debug("study %s matched no route: trace only", uid_hash(job.study_uid))
     export_ids = index.complete_job(job, results, error=error)
     metrics.JOBS.labels("failed" if error else "done").inc()
     metrics.JOB_SECONDS.observe(time.perf_counter() - t0)
     if study.get("last_arrival"):
         metrics.TIME_TO_RESULT.observe(max(0.0, time.time() - study["last_arrival"]))
-    log.info(
-        "study %s processed (generation %s): %s",
-        metrics.uid_hash(job.study_uid),
-        job.generation,
-        ", ".join(f"{r['analysis']}={r['state']}" for r in results) or "-",
-    )
+    timings = {"analysis": time.perf_counter() - t0}
+    if study.get("last_arrival"):
+        timings["since_last_image"] = max(0.0, time.time() - study["last_arrival"])
+    study_line(log, uid_hash(job.study_uid), _verdict(results, job.generation), timings)
     return export_ids
+
+
+def _verdict(results: list[dict], generation: int) -> str:
+    """What the study's line says: each analysis with its verdict (or state) and priority."""
+    parts = []
+    for r in results:
+        summary = r.get("summary") or {}
+        said = summary.get("verdict") or summary.get("not_analysed") or r["state"]
+        parts.append(f"{r['analysis']}={said} {r.get('priority', 'ROUTINE')}")
+    return f"generation {generation}: " + (", ".join(parts) or "-")

@@ -23,6 +23,7 @@ from dicom_gateway.delivery import hl7 as hl7_target
 from dicom_gateway.delivery import webhook as webhook_target
 from dicom_gateway.index import Export, Index
 from haidang.ground import audit
+from haidang.ground.logs import uid_hash
 from haidang.ground.settings import Settings
 
 log = logging.getLogger("haidang.gateway.writeback")
@@ -71,8 +72,8 @@ class Exporter:
             if failure is None:
                 self.index.export_done(exp.id)
                 metrics.EXPORTS.labels(channel, "delivered").inc()
-                log.info("export %s (%s) of study %s delivered to %s", exp.id, channel,
-                         metrics.uid_hash(exp.study_uid), destination)
+                log.debug("export %s (%s) of study %s delivered to %s", exp.id, channel,
+                         uid_hash(exp.study_uid), destination)
                 continue
             tries = cfg.rejected_max_attempts if failure.refused else cfg.max_attempts
             state = self.index.export_failed(

@@ -139,7 +139,7 @@ def analyse(study: StudyInput) -> AnalysisOutput:
                        "total": round(1000 * (time.perf_counter() - t0), 1)},
     }
     urgent = bool(best.finding)
-    log.info("cxr-pneumonia: %s", json.dumps({k: summary[k] for k in
+    log.debug("cxr-pneumonia: %s", json.dumps({k: summary[k] for k in
                                                ("verdict", "probability", "timings_ms")}))
     return AnalysisOutput(
         analysis=NAME, objects=objects, summary=summary,

@@ -13,6 +13,7 @@ pynetdicom, uvicorn, bentoml ...) pass only from `logging.third_party_level` (WA
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -174,3 +175,8 @@ def quiet_client_disconnects(app) -> None:
         return Response(status_code=400)
 
     app.add_exception_handler(ClientDisconnect, client_gone)
+
+
+def uid_hash(uid: str) -> str:
+    """A short stable stand-in for a UID in logs (UIDs can be traced back to a patient)."""
+    return hashlib.sha256(str(uid).encode()).hexdigest()[:12]

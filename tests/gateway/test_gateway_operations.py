@@ -21,6 +21,7 @@ import yaml
 from pydicom.uid import generate_uid
 
 from dicom_gateway.index import Index
+from haidang.ground.logs import uid_hash
 from haidang.testbed.studies import fresh_copy
 from tests.support.gateway_helpers import dataset_hash, settings_data, settings_env, wait_until
 from tests.support.imaging_e2e import cxr_studies
@@ -189,11 +190,10 @@ def test_start_up_line_warm_up_and_quiet_info(tmp_path):
         assert gw.wait(60) == 0
     steady = log.read_text().splitlines()[started:]
     info = [ln for ln in steady if " INFO " in ln]
-    # per study, only the worker's and the analysis's lines (H6's files; they become the one
-    # `haidang.ground.logs.study_line` when the worker calls it): nothing from listener, store,
-    # assembler, exporter or HTTP
-    assert info and all(ln.split()[3] in ("haidang.gateway.worker", "haidang.analysis.cxr")
-                        for ln in info), info
+    # exactly one line for the one study, the worker's (`haidang.ground.logs.study_line`):
+    # nothing from listener, store, assembler, analysis, exporter or HTTP
+    assert len(info) == 1 and info[0].split()[3] == "haidang.gateway.worker", info
+    assert f"study {uid_hash(study_uid)}: generation 1: " in info[0] and "analysis=" in info[0]
     third_party = [ln for ln in steady if " DEBUG " in ln or (
         " INFO " in ln and ln.split()[3].split(".")[0] not in ("haidang", "serving",
                                                                  "dicom_gateway"))]
