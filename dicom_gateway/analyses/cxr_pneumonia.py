@@ -1,10 +1,15 @@
-"""Chest X-ray pneumonia triage: model → TID 1500 SR + visual summary + FHIR report.
+"""Chest X-ray pneumonia triage: gate → model → TID 1500 SR + visual summary + FHIR report.
 
-Runs on the radiographs the route picked (the instances whose first matching
-``[[routes]]`` rule lists this analysis, and that are single-frame greyscale images).
-Each image is scored; the study's verdict is the most suspicious image, explained by an
+Runs on the images the route picked (the instances whose first matching ``[[routes]]``
+rule lists this analysis). Each image first passes the intended-use gate (its header
+against the model card's ``population``, see ``intended_use``); only accepted images are
+scored. The study's verdict is the most suspicious accepted image, explained by an
 occlusion map. Above the model card's threshold the study is URGENT (worklist first,
 webhook when ``notify.webhook_url`` is set).
+
+A study with no accepted image is never scored and never flagged: it gets the
+study-summary SR stating, in Vietnamese and English, "not analysed: outside the model's
+intended use: <reason>", and the same reason in the worklist summary.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import numpy as np
 import pydicom
 
 from dicom_gateway.analyses.base import AnalysisOutput, StudyInput
-from dicom_gateway.reports.wording import verdict_en, verdict_vi
+from dicom_gateway.analyses.intended_use import HeaderVerdict, Population, judge_header
+from dicom_gateway.reports.wording import not_analysed, verdict_en, verdict_vi
 
 NAME = "cxr-pneumonia"
 MODEL = "cxr-pneumonia"
@@ -63,9 +69,36 @@ def _applies(ds: pydicom.Dataset, routes, calling_ae: str) -> bool:
     return not routes  # no routes configured: the caller asked for us explicitly
 
 
-def _is_radiograph(ds: pydicom.Dataset) -> bool:
-    return (str(ds.get("PhotometricInterpretation", "")).startswith("MONOCHROME")
-            and int(ds.get("NumberOfFrames", 1) or 1) == 1)
+def model_card(settings) -> dict:
+    """The card of the model version serving uses: its ``population`` drives the gate."""
+    from serving.registry import ModelRegistry
+
+    return ModelRegistry(settings.serving.models_dir).current(MODEL, verify=False).card
+
+
+def _refused(study: StudyInput, headers: list[pydicom.Dataset],
+             verdicts: list[HeaderVerdict], card: dict, warnings: list[str]) -> AnalysisOutput:
+    """No image is what the model was made for: a PACS-visible reason, never a score."""
+    from dicom_gateway.analyses.study_summary import build_summary_sr
+
+    reasons: dict[str, HeaderVerdict] = {}
+    for verdict in verdicts:
+        reasons.setdefault(verdict.reason_en, verdict)
+    reason_vi = "; ".join(v.reason_vi for v in reasons.values())
+    reason_en = "; ".join(v.reason_en for v in reasons.values())
+    statement = not_analysed(reason_vi, reason_en)
+    sr = build_summary_sr(headers, [statement])
+    summary = {
+        "analysis": NAME, "verdict": "not-analysed", "finding": None, "probability": None,
+        "reason": ",".join(dict.fromkeys(v.reason for v in verdicts)),
+        "reason_vi": reason_vi, "reason_en": reason_en, "statement": statement,
+        "model": str(card.get("name", MODEL)), "version": str(card.get("version", "")),
+        "modality": str(headers[0].get("Modality", "")), "images": 0,
+        "refused_images": len(verdicts), "header_warnings": warnings,
+        "sr_sop_uid": str(sr.SOPInstanceUID),
+    }
+    log.info("cxr-pneumonia: not analysed (%s)", summary["reason"])
+    return AnalysisOutput(analysis=NAME, objects=[sr], summary=summary, priority="ROUTINE")
 
 
 def analyse(study: StudyInput) -> AnalysisOutput:
@@ -80,14 +113,31 @@ def analyse(study: StudyInput) -> AnalysisOutput:
 
     t0 = time.perf_counter()
     settings = study.settings
-    images = []
+    routed = []
     for path in study.instance_paths:
         header = pydicom.dcmread(path, stop_before_pixels=True)
-        if _applies(header, settings.routes, study.calling_ae) and _is_radiograph(header):
-            images.append(pydicom.dcmread(path))
-    if not images:
+        if _applies(header, settings.routes, study.calling_ae):
+            routed.append((path, header))
+    if not routed:
         return AnalysisOutput(analysis=NAME, summary={
-            "verdict": "not-applicable", "note": "no single-frame greyscale radiograph in study"})
+            "verdict": "not-applicable", "note": "no instance of the study is routed here"})
+    card = model_card(settings)
+    population = Population.from_card(card)
+    images, refused, warnings = [], [], []
+    for path, header in routed:
+        verdict = judge_header(header, population)
+        warnings += [w for w in verdict.warnings if w not in warnings]
+        if verdict.analysed:
+            images.append(pydicom.dcmread(path))
+        else:
+            refused.append(verdict)
+    if warnings:
+        from dicom_gateway.metrics import uid_hash
+
+        log.warning("study %s: impossible header values ignored by the gate: %s",
+                    uid_hash(study.study_uid), "; ".join(warnings))
+    if not images:
+        return _refused(study, [h for _, h in routed], refused, card, warnings)
 
     client = imaging_client(settings)
     spec = client.input_spec()
@@ -130,6 +180,7 @@ def analyse(study: StudyInput) -> AnalysisOutput:
         "modality": str(source.get("Modality", "")),
         "images": len(images),
         "image_probabilities": [round(p.probability, 6) for p in predictions],
+        "refused_images": len(refused), "header_warnings": warnings,
         "sr_sop_uid": str(sr.SOPInstanceUID), "sc_sop_uid": str(sc.SOPInstanceUID),
         "thumbnail": thumb.name, "fhir": fhir_path.name, "fhir_posted": fhir_posted,
         "timings_ms": {"preprocess": round(1000 * (t_pre - t0), 1),
@@ -172,10 +223,10 @@ def warm_up(settings) -> dict:
         ds.update({"Modality": "CR", "BodyPartExamined": "CHEST", "PatientID": "WARMUP",
                    "PatientName": "WARM^UP", "PatientBirthDate": "", "PatientSex": "",
                    "StudyDate": "", "StudyTime": "", "AccessionNumber": "", "StudyID": "",
-                   "ReferringPhysicianName": "", "Rows": 64, "Columns": 64,
+                   "ReferringPhysicianName": "", "Rows": 256, "Columns": 256,
                    "SamplesPerPixel": 1, "BitsAllocated": 8, "BitsStored": 8, "HighBit": 7,
                    "PixelRepresentation": 0, "PhotometricInterpretation": "MONOCHROME2"})
-        ds.PixelData = np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1)).tobytes()
+        ds.PixelData = np.tile(np.arange(256, dtype=np.uint8), (256, 1)).tobytes()
         path = Path(tmp) / "warmup.dcm"
         ds.save_as(path, enforce_file_format=True)
         quiet = settings.model_copy(update={

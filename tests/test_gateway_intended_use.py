@@ -1,0 +1,264 @@
+"""The intended-use gate: header rules, the refusal SR, and refusals through the real gateway.
+
+The end-to-end part sends real DICOM with dcmtk storescu to the gateway, which writes
+back to a real Orthanc: each refused study must never be URGENT, never carry a TID 1500
+result, and must show its reason in the study-summary SR read back from the PACS (and in
+the result the worklist reads). An adult frontal chest radiograph in the same run must
+still be analysed, so the gate cannot pass these tests by refusing everything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+import yaml
+from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
+
+from dicom_gateway.analyses.cxr_pneumonia import MODEL
+from dicom_gateway.analyses.intended_use import CHEST_RADIOGRAPH, Population, judge_header
+from dicom_gateway.analyses.study_summary import build_summary_sr, read_text
+from dicom_gateway.reports.wording import NOT_ANALYSED_EN, NOT_ANALYSED_VI, not_analysed
+from tests.dicomdata import sample_path
+from tests.imaging_e2e import SAMPLES, imaging_settings, model_registry
+from tests.sr_validation import dciodvfy_errors, pixelmed_sr_report
+
+TODAY = dt.date(2026, 6, 1)
+ADULT = Population(age_min=18)
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
+TID1500_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+def header(**attrs) -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    base = {"Modality": "CR", "BodyPartExamined": "CHEST", "ViewPosition": "PA",
+            "PhotometricInterpretation": "MONOCHROME2", "Rows": 1024, "Columns": 1024,
+            "StudyDate": "20260115", "PatientAge": "045Y"}
+    for key, value in {**base, **attrs}.items():
+        if isinstance(value, bytes):  # as read from a malformed file: converted on access
+            tag = pydicom.datadict.tag_for_keyword(key)
+            ds[tag] = pydicom.dataelem.RawDataElement(
+                pydicom.tag.Tag(tag), pydicom.datadict.dictionary_VR(tag), len(value), value, 0,
+                True, True)
+        elif value is not None:
+            setattr(ds, key, value)
+    return ds
+
+
+# --- header rules ----------------------------------------------------------------------------
+
+def test_adult_frontal_chest_radiograph_is_accepted():
+    verdict = judge_header(header(), ADULT, today=TODAY)
+    assert verdict.analysed and verdict.reason == "" and not verdict.warnings
+
+
+@pytest.mark.parametrize("attrs, reason, words", [
+    ({"ViewPosition": "LL"}, "lateral", "lateral view"),
+    ({"ViewPosition": "LATERAL"}, "lateral", "lateral view"),
+    ({"ViewPosition": "OBL"}, "view", "view OBL"),
+    ({"Modality": "CT"}, "modality", "CT image"),
+    ({"BodyPartExamined": "HAND"}, "not_chest", "body part HAND"),
+    ({"PhotometricInterpretation": "RGB"}, "photometric", "RGB image"),
+    ({"Rows": 28, "Columns": 28}, "image_size", "28x28"),
+    ({"PatientAge": "009Y"}, "age", "aged 9 years"),
+    ({"PatientAge": "018M"}, "age", "aged 18 months"),
+    ({"PatientAge": None, "PatientBirthDate": "20180301"}, "age", "aged 7 years"),
+])
+def test_header_outside_the_population_is_refused_with_its_reason(attrs, reason, words):
+    verdict = judge_header(header(**attrs), ADULT, today=TODAY)
+    assert not verdict.analysed and verdict.reason == reason
+    assert words in verdict.reason_en and verdict.reason_vi and verdict.reason_vi != verdict.reason_en
+
+
+def test_missing_values_defer_to_the_image_check():
+    empty = header(BodyPartExamined=None, ViewPosition="", PatientAge=None, Modality=None)
+    verdict = judge_header(empty, ADULT, today=TODAY)
+    assert verdict.analysed
+    assert set(verdict.deferred) == {"Modality", "BodyPartExamined", "ViewPosition", "PatientAge"}
+
+
+@pytest.mark.parametrize("attrs, warning", [
+    ({"PatientAge": "62"}, "PatientAge is not nnnD"),
+    ({"PatientAge": "045X"}, "PatientAge is not nnnD"),
+    ({"PatientAge": "150Y"}, "over 130 years"),
+    ({"PatientAge": None, "StudyDate": "20990101", "PatientBirthDate": "19700101"},
+     "StudyDate is in the future"),
+    ({"PatientAge": None, "PatientBirthDate": "20990101"}, "PatientBirthDate is in the future"),
+    ({"PatientAge": None, "StudyDate": "20000101", "PatientBirthDate": "20100101"},
+     "PatientBirthDate is after StudyDate"),
+    ({"PatientAge": None, "PatientBirthDate": "18500101"}, "age over 130"),
+    ({"PatientAge": None, "PatientBirthDate": "1970-01-01"}, "not a valid YYYYMMDD"),
+    ({"PixelSpacing": [0, 0]}, "PixelSpacing is not two values"),
+    ({"PixelSpacing": [25.0, 25.0]}, "PixelSpacing is not two values"),
+    ({"ImagerPixelSpacing": b"x\\y"}, "ImagerPixelSpacing is not numeric"),
+])
+def test_impossible_header_values_are_named_never_trusted(attrs, warning):
+    verdict = judge_header(header(**attrs), ADULT, today=TODAY)
+    assert verdict.analysed, "an impossible value defers to the image check, it does not refuse"
+    assert any(warning in w for w in verdict.warnings), verdict.warnings
+    if "PatientAge" in attrs or "PatientBirthDate" in attrs:
+        assert "PatientAge" in verdict.deferred  # no age was assumed
+
+
+def test_malformed_patient_age_falls_back_to_the_birth_date():
+    verdict = judge_header(header(PatientAge="9", PatientBirthDate="20170101"), ADULT,
+                           today=TODAY)
+    assert not verdict.analysed and verdict.reason == "age"
+    assert any("PatientAge" in w for w in verdict.warnings)
+
+
+def test_population_comes_from_the_card():
+    card = {"population": {"age_min": 18, "views": ["PA", "AP"], "modalities": ["CR", "DX"],
+                           "photometric": ["MONOCHROME1", "MONOCHROME2"],
+                           "body_parts": ["chest"]}}
+    population = Population.from_card(card)
+    assert population.age_min == 18 and population.body_parts == ("CHEST",)
+    assert Population.from_card({}) == CHEST_RADIOGRAPH and CHEST_RADIOGRAPH.age_min is None
+    assert judge_header(header(PatientAge="009Y"), CHEST_RADIOGRAPH, today=TODAY).analysed
+    assert not judge_header(header(ViewPosition="RL"), CHEST_RADIOGRAPH, today=TODAY).analysed
+
+
+# --- the refusal SR --------------------------------------------------------------------------
+
+def test_refusal_sr_passes_both_validators_and_states_the_reason(tmp_path):
+    source = pydicom.dcmread(sample_path("ct"), stop_before_pixels=True)
+    statement = not_analysed("phim nghiêng", "lateral view")
+    path = tmp_path / "refusal-sr.dcm"
+    build_summary_sr([source], [statement]).save_as(path, enforce_file_format=True)
+    assert_valid_summary_sr(path)
+    assert statement in read_text(pydicom.dcmread(path))
+
+
+def assert_valid_summary_sr(path: Path) -> None:
+    assert not dciodvfy_errors(path)
+    report = pixelmed_sr_report(path)
+    assert "Found Root Template TID_2000 (BasicDiagnosticImagingReport)" in report, report
+    bad = [line for line in report.splitlines() if line.startswith("Error")]
+    assert not bad, bad
+
+
+# --- through the real gateway ----------------------------------------------------------------
+
+def adult_registry(tmp: Path) -> Path:
+    """The served model's registry; its card gains an adult population if it has none."""
+    source = model_registry(tmp)
+    card_path = source / MODEL / (source / MODEL / "current").read_text().strip() / "card.yaml"
+    card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
+    if (card.get("population") or {}).get("age_min"):
+        return source
+    root = tmp / "models-adult"
+    shutil.copytree(source / MODEL, root / MODEL)
+    copied = root / MODEL / card_path.parent.name / "card.yaml"
+    card["population"] = {"age_min": 18, "views": ["PA", "AP"], "modalities": ["CR", "DX"],
+                          "photometric": ["MONOCHROME1", "MONOCHROME2"], "body_parts": ["CHEST"]}
+    copied.write_text(yaml.safe_dump(card, allow_unicode=True), encoding="utf-8")
+    return root
+
+
+def chest_source() -> Path:
+    return SAMPLES / "real-cr-chest-rg1.dcm"
+
+
+def _study(ds: pydicom.Dataset, folder: Path, **attrs) -> tuple[str, Path]:
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return str(ds.StudyInstanceUID), path
+
+
+def refusal_cases(dest: Path) -> dict[str, tuple[str, Path]]:
+    chest = lambda: pydicom.dcmread(chest_source())  # noqa: E731 - a fresh copy per case
+    return {
+        "adult": _study(chest(), dest / "adult", PatientAge="045Y", PatientBirthDate=""),
+        "lateral": _study(chest(), dest / "lateral", Modality="DX", ViewPosition="LL",
+                          SOPClassUID=DigitalXRayImageStorageForPresentation,
+                          PatientAge="052Y", PatientBirthDate=""),
+        "age": _study(chest(), dest / "child", PatientAge="009Y", PatientBirthDate="20170110"),
+        "modality": _study(pydicom.dcmread(sample_path("ct")), dest / "ct",
+                           PatientAge="060Y"),
+    }
+
+
+EXPECTED = {"lateral": ("phim nghiêng", "lateral view"),
+            "age": ("9 tuổi", "aged 9 years"),
+            "modality": ("ảnh CT", "CT image")}
+
+
+@pytest.fixture(scope="module")
+def gated_run(tmp_path_factory):
+    """One PACS, one gateway, every case sent once; each test below checks one case."""
+    from dicom_gateway.runtime import Gateway
+    from dicom_gateway.worklist import worklist_rows
+    from tests.gateway_helpers import send_as_is, wait_until
+    from tests.pacs import Orthanc
+
+    tmp = tmp_path_factory.mktemp("gate")
+    pacs = Orthanc(tmp / "orthanc")
+    pacs.start()
+    try:
+        settings = imaging_settings(tmp, pacs, models_dir=str(adult_registry(tmp)))
+        data = settings.model_dump(mode="json")
+        data["routes"] = [{"name": "all-images", "match": {}, "analyses": ["cxr-pneumonia"]}]
+        settings = type(settings).model_validate(data)
+        cases = refusal_cases(tmp / "in")
+        with Gateway(settings) as gw:
+            for _uid, path in cases.values():
+                for run in send_as_is([path], gw.port):
+                    assert run.returncode == 0, run.stderr
+            uids = {uid for uid, _ in cases.values()}
+            rows = wait_until(
+                lambda: {r["study_uid"]: r for r in worklist_rows(gw.index)
+                         if r["study_uid"] in uids and r["status"] in ("in-pacs", "failed")}
+                if len([r for r in worklist_rows(gw.index) if r["study_uid"] in uids
+                        and r["status"] in ("in-pacs", "failed")]) == len(uids) else None,
+                timeout=180, what="every case's result in the PACS")
+            summaries = {uid: json.loads(gw.index.query(
+                "SELECT summary FROM results WHERE study_uid = ? AND state = 'current'",
+                (uid,))[0][0]) for uid in uids}
+        yield {"cases": cases, "rows": rows, "summaries": summaries, "pacs": pacs, "tmp": tmp}
+    finally:
+        pacs.stop()
+
+
+def _pacs_srs(pacs, study_uid: str) -> list[pydicom.Dataset]:
+    found = pacs.find_instances(StudyInstanceUID=study_uid, Modality="SR")
+    return [pydicom.dcmread(io.BytesIO(pacs.instance_file(e["ID"]))) for e in found]
+
+
+@pytest.mark.orthanc
+def test_adult_frontal_chest_is_analysed_in_the_same_run(gated_run):
+    uid, _ = gated_run["cases"]["adult"]
+    assert gated_run["summaries"][uid]["verdict"] in ("pneumonia", "normal")
+    assert [sr.SOPClassUID for sr in _pacs_srs(gated_run["pacs"], uid)] == [TID1500_SR]
+
+
+@pytest.mark.orthanc
+@pytest.mark.parametrize("kind", ["lateral", "age", "modality"])
+def test_refused_study_is_not_flagged_and_says_why_in_pacs(gated_run, kind, tmp_path):
+    uid, _ = gated_run["cases"][kind]
+    row, summary = gated_run["rows"][uid], gated_run["summaries"][uid]
+    vi, en = EXPECTED[kind]
+    assert row["priority"] == "ROUTINE" and row["status"] == "in-pacs"
+    assert summary["verdict"] == "not-analysed" and summary["reason"] == kind
+    assert summary["probability"] is None and en in summary["reason_en"]
+    assert f"{NOT_ANALYSED_EN}: " in summary["statement"]
+
+    srs = _pacs_srs(gated_run["pacs"], uid)
+    assert [sr.SOPClassUID for sr in srs] == [COMPREHENSIVE_SR], "no TID 1500 result"
+    text = "\n".join(read_text(srs[0]))
+    assert f"{NOT_ANALYSED_VI}: " in text and vi in text
+    assert f"{NOT_ANALYSED_EN}: " in text and en in text
+    if kind == "lateral":  # one full validation of an SR as the PACS holds it
+        path = tmp_path / "from-pacs.dcm"
+        srs[0].save_as(path, enforce_file_format=True)
+        assert_valid_summary_sr(path)
