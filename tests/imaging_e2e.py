@@ -1,20 +1,24 @@
 """Set-up shared by the imaging end-to-end, worklist and demo tests.
 
 Uses the committed model (``models/cxr-pneumonia``) when the registry has it, else the
-small real ONNX test model; chest X-ray studies are the shipped samples when present,
-else real CR files from pydicom-data with fresh UIDs.
+small real ONNX test model; chest X-ray studies are the shipped demo radiographs the
+intended-use gate accepts (``datasets/samples/demo/manifest.csv``), else real CR files
+from pydicom-data with fresh UIDs.
 """
 
 from __future__ import annotations
 
+import csv
 import shutil
 import threading
 import time
 from pathlib import Path
 
 import pydicom
+import yaml
 from pydicom.uid import generate_uid
 
+from dicom_gateway.analyses.cxr_pneumonia import MODEL
 from haidang.settings import Settings
 from tests.dicomdata import make_study
 from tests.gateway_helpers import gateway_settings
@@ -23,6 +27,7 @@ from tests.imaging_model import build_registry
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "models"
 SAMPLES = ROOT / "datasets" / "samples"
+DEMO = SAMPLES / "demo"
 CXR_ROUTES = [{"name": "chest-xray", "match": {"Modality": ["CR", "DX"]},
                "analyses": ["cxr-pneumonia"]},
               {"name": "other", "match": {}, "analyses": ["study-summary"]}]
@@ -34,6 +39,22 @@ def model_registry(tmp: Path) -> Path:
     return build_registry(tmp / "models")
 
 
+def adult_registry(tmp: Path) -> Path:
+    """The served model's registry; its card gains an adult population if it has none."""
+    source = model_registry(tmp)
+    card_path = source / MODEL / (source / MODEL / "current").read_text().strip() / "card.yaml"
+    card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
+    if (card.get("population") or {}).get("age_min"):
+        return source
+    root = tmp / "models-adult"
+    shutil.copytree(source / MODEL, root / MODEL)
+    copied = root / MODEL / card_path.parent.name / "card.yaml"
+    card["population"] = {"age_min": 18, "views": ["PA", "AP"], "modalities": ["CR", "DX"],
+                          "photometric": ["MONOCHROME1", "MONOCHROME2"], "body_parts": ["CHEST"]}
+    copied.write_text(yaml.safe_dump(card, allow_unicode=True), encoding="utf-8")
+    return root
+
+
 def imaging_settings(tmp: Path, orthanc=None, quiet: float = 0.5, **serving) -> Settings:
     base = gateway_settings(tmp, orthanc, quiet=quiet)
     data = base.model_dump(mode="json")
@@ -42,8 +63,17 @@ def imaging_settings(tmp: Path, orthanc=None, quiet: float = 0.5, **serving) -> 
     return Settings.model_validate(data)
 
 
+def demo_manifest() -> list[dict[str, str]]:
+    """One row per demo study: ``path``, ``expected`` (analysed / refused), ``reason`` ..."""
+    with open(DEMO / "manifest.csv", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
 def sample_files() -> list[Path]:
-    return sorted(SAMPLES.rglob("*.dcm")) if SAMPLES.is_dir() else []
+    """The demo's adult frontal chest radiographs: what the model is made for."""
+    if not (DEMO / "manifest.csv").is_file():
+        return []
+    return [DEMO / r["path"] for r in demo_manifest() if r["expected"] == "analysed"]
 
 
 def cxr_studies(dest: Path, count: int) -> list[tuple[str, list[Path]]]:

@@ -12,20 +12,17 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pydicom
 import pytest
-import yaml
 from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
 
-from dicom_gateway.analyses.cxr_pneumonia import MODEL
 from dicom_gateway.analyses.intended_use import CHEST_RADIOGRAPH, Population, judge_header
 from dicom_gateway.analyses.study_summary import build_summary_sr, read_text
 from dicom_gateway.reports.wording import NOT_ANALYSED_EN, NOT_ANALYSED_VI, not_analysed
 from tests.dicomdata import sample_path
-from tests.imaging_e2e import SAMPLES, imaging_settings, model_registry
+from tests.imaging_e2e import DEMO, adult_registry, imaging_settings
 from tests.sr_validation import dciodvfy_errors, pixelmed_sr_report
 
 TODAY = dt.date(2026, 6, 1)
@@ -145,24 +142,9 @@ def assert_valid_summary_sr(path: Path) -> None:
 
 # --- through the real gateway ----------------------------------------------------------------
 
-def adult_registry(tmp: Path) -> Path:
-    """The served model's registry; its card gains an adult population if it has none."""
-    source = model_registry(tmp)
-    card_path = source / MODEL / (source / MODEL / "current").read_text().strip() / "card.yaml"
-    card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
-    if (card.get("population") or {}).get("age_min"):
-        return source
-    root = tmp / "models-adult"
-    shutil.copytree(source / MODEL, root / MODEL)
-    copied = root / MODEL / card_path.parent.name / "card.yaml"
-    card["population"] = {"age_min": 18, "views": ["PA", "AP"], "modalities": ["CR", "DX"],
-                          "photometric": ["MONOCHROME1", "MONOCHROME2"], "body_parts": ["CHEST"]}
-    copied.write_text(yaml.safe_dump(card, allow_unicode=True), encoding="utf-8")
-    return root
-
-
 def chest_source() -> Path:
-    return SAMPLES / "real-cr-chest-rg1.dcm"
+    """A real adult frontal chest radiograph (NIH, PA, DX) from the demo set."""
+    return DEMO / "nih-07-pa-normal.dcm"
 
 
 def _study(ds: pydicom.Dataset, folder: Path, **attrs) -> tuple[str, Path]:

@@ -1,8 +1,9 @@
-"""The cxr-pneumonia analysis called the way the gateway calls it, on the sample studies.
+"""The cxr-pneumonia analysis called the way the gateway calls it, on the demo studies.
 
 Checks routing (the hand radiograph is not a chest), URGENT exactly above the card's
 threshold, valid SR + SC in the same study, the FHIR report posted to an HIS endpoint
-and the webhook sent for urgent studies only, without patient identifiers.
+and the webhook sent for urgent studies only, without patient identifiers; a study the
+intended-use gate refuses is never scored, posted or flagged and carries its reason.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import pytest
 
 from dicom_gateway.analyses import StudyInput, load_analysis
 from dicom_gateway.analyses.cxr_pneumonia import warm_up
+from dicom_gateway.analyses.study_summary import read_text
 from dicom_gateway.reports.sr import read_finding
 from haidang.settings import Settings
-from tests.imaging_e2e import SAMPLES, model_registry
+from tests.imaging_e2e import DEMO, SAMPLES, model_registry
 from tests.sr_validation import assert_valid_sr
 
 
@@ -56,13 +58,21 @@ def test_analysis_on_samples_urgent_webhook_fhir(tmp_path, receiver):
         "notify": {"webhook_url": f"{url}/hook", "fhir_url": f"{url}/fhir"}})
     info = warm_up(settings)
     analyse = load_analysis("cxr-pneumonia")
-    urgent = 0
-    for path in sorted(SAMPLES.glob("*.dcm")):
+    urgent, validated = 0, False
+    for path in [*sorted(DEMO.glob("*.dcm")), SAMPLES / "real-cr-hand-rg3.dcm"]:
         source = pydicom.dcmread(path)
         before = len(received)
         out = analyse(StudyInput(str(source.StudyInstanceUID), "STORESCU", [path], settings))
-        if source.BodyPartExamined != "CHEST":
+        if (source.Modality not in ("CR", "DX")
+                or source.get("BodyPartExamined", "") not in ("CHEST", "")):  # not routed
             assert out.summary["verdict"] == "not-applicable" and not out.objects
+            continue
+        if out.summary["verdict"] == "not-analysed":
+            assert out.priority == "ROUTINE" and out.summary["probability"] is None
+            assert received[before:] == []  # nothing posted, nothing flagged
+            (summary_sr,) = out.objects
+            assert summary_sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+            assert out.summary["reason_en"] in "".join(read_text(summary_sr))
             continue
         sr, sc = out.objects
         assert {sr.StudyInstanceUID, sc.StudyInstanceUID} == {source.StudyInstanceUID}
@@ -82,10 +92,11 @@ def test_analysis_on_samples_urgent_webhook_fhir(tmp_path, receiver):
             assert hook["priority"] == "URGENT" and hook["unverified_ai_output"] is True
             text = json.dumps(hook, ensure_ascii=False)
             assert str(source.PatientName) not in text and str(source.PatientID) not in text
-        if path.name == "cxr-01-pneumonia.dcm":
+        if not validated:
             sr_path = tmp_path / "sr.dcm"
             sr.save_as(sr_path, enforce_file_format=True)
             assert_valid_sr(sr_path)
+            validated = True
     assert urgent >= 1 and urgent == len([p for p, _ in received if p == "/hook"])
 
 
