@@ -245,3 +245,25 @@ def test_refused_study_is_not_flagged_and_says_why_in_pacs(gated_run, kind, tmp_
         path = tmp_path / "from-pacs.dcm"
         srs[0].save_as(path, enforce_file_format=True)
         assert_valid_summary_sr(path)
+
+
+def test_a_lateral_beside_a_frontal_film_is_left_out_the_frontal_is_scored(tmp_path):
+    """PA + lateral in one study: the model scores the PA only; the lateral is counted."""
+    from dicom_gateway.analyses.base import StudyInput
+    from dicom_gateway.analyses.cxr_pneumonia import analyse
+
+    settings = imaging_settings(tmp_path, models_dir=str(adult_registry(tmp_path)))
+    study_uid, frontal = _study(pydicom.dcmread(chest_source()), tmp_path / "pa")
+    lateral = pydicom.dcmread(chest_source())
+    _, lateral_path = _study(lateral, tmp_path / "ll", ViewPosition="LL")
+    moved = pydicom.dcmread(lateral_path)
+    moved.StudyInstanceUID = study_uid
+    moved.save_as(lateral_path, enforce_file_format=True)
+    out = analyse(StudyInput(study_uid, "PACS", [frontal, lateral_path], settings))
+    assert out.summary["verdict"] != "not-analysed"
+    assert out.summary["images"] == 1 and out.summary["refused_images"] == 1
+    sr = out.objects[0]
+    evidence = [item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+                for series in sr.CurrentRequestedProcedureEvidenceSequence
+                for item in series.ReferencedSeriesSequence]
+    assert evidence == [pydicom.dcmread(frontal).SOPInstanceUID]
