@@ -19,6 +19,7 @@ import yaml
 from pydicom.uid import generate_uid
 
 from dicom_gateway.analyses.cxr_pneumonia import MODEL
+from dicom_gateway.analyses.intended_use import Population
 from haidang.settings import Settings
 from tests.dicomdata import make_study
 from tests.gateway_helpers import gateway_settings
@@ -44,7 +45,7 @@ def adult_registry(tmp: Path) -> Path:
     source = model_registry(tmp)
     card_path = source / MODEL / (source / MODEL / "current").read_text().strip() / "card.yaml"
     card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
-    if (card.get("population") or {}).get("age_min"):
+    if Population.from_card(card).age_min:
         return source
     root = tmp / "models-adult"
     shutil.copytree(source / MODEL, root / MODEL)

@@ -116,6 +116,8 @@ def test_population_comes_from_the_card():
                            "body_parts": ["chest"]}}
     population = Population.from_card(card)
     assert population.age_min == 18 and population.body_parts == ("CHEST",)
+    assert Population.from_card({"population": {"age_min_years": 18, "body_part": "CHEST"}}) == \
+        Population(age_min=18, body_parts=("CHEST",))
     assert Population.from_card({}) == CHEST_RADIOGRAPH and CHEST_RADIOGRAPH.age_min is None
     assert judge_header(header(PatientAge="009Y"), CHEST_RADIOGRAPH, today=TODAY).analysed
     assert not judge_header(header(ViewPosition="RL"), CHEST_RADIOGRAPH, today=TODAY).analysed

@@ -56,28 +56,34 @@ class Population:
 
     @classmethod
     def from_card(cls, card: Mapping[str, Any]) -> Population:
+        """Read ``population``; each key may be plural or singular (``body_part``), and the
+        ages may say their unit (``age_min_years``)."""
         data = card.get("population")
         if not isinstance(data, Mapping):
             return CHEST_RADIOGRAPH
 
+        def value(*keys: str) -> Any:
+            return next((data[k] for k in keys if data.get(k) is not None), None)
+
         def codes(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
-            value = data.get(key)
-            if value is None:
+            found = value(key, key.removesuffix("s"))
+            if found is None:
                 return default
-            values = [value] if isinstance(value, str) else list(value)
+            values = [found] if isinstance(found, str) else list(found)
             return tuple(str(v).strip().upper() for v in values)
 
-        def number(key: str) -> float | None:
-            return None if data.get(key) is None else float(data[key])
+        def years(key: str) -> float | None:
+            found = value(key, f"{key}_years")
+            return None if found is None else float(found)
 
         return cls(
             modalities=codes("modalities", cls.modalities),
             body_parts=codes("body_parts", cls.body_parts),
             views=codes("views", cls.views),
             photometric=codes("photometric", cls.photometric),
-            age_min=number("age_min"),
-            age_max=number("age_max"),
-            min_size=int(data.get("min_size", cls.min_size)),
+            age_min=years("age_min"),
+            age_max=years("age_max"),
+            min_size=int(value("min_size") or cls.min_size),
         )
 
 
