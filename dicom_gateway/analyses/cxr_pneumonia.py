@@ -2,9 +2,10 @@
 
 Runs on the radiographs the route picked (the instances whose first matching
 ``[[routes]]`` rule lists this analysis, and that are single-frame greyscale images).
-Each image is scored; the study's verdict is the most suspicious image, explained by an
-occlusion map. Above the model card's threshold the study is URGENT (worklist first,
-webhook when ``notify.webhook_url`` is set).
+Each image is scored by the ``cxr-triage`` model; the study's verdict is the most suspicious
+image, explained by the class activation map that came with its scores (no second model
+run). Above the model card's threshold the study is URGENT (worklist first, webhook when
+``notify.webhook_url`` is set).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dicom_gateway.analyses.base import AnalysisOutput, StudyInput
 from dicom_gateway.reports.wording import verdict_en, verdict_vi
 
 NAME = "cxr-pneumonia"
-MODEL = "cxr-pneumonia"
+MODEL = "cxr-triage"  # the adult model (issue 18); cxr-pneumonia is retired from routing
 log = logging.getLogger("haidang.analysis.cxr")
 
 _CLIENTS: dict[str, object] = {}
@@ -76,6 +77,7 @@ def analyse(study: StudyInput) -> AnalysisOutput:
         render_summary,
         save_thumbnail,
     )
+    from serving.imaging.explain import heat_of
     from serving.imaging.preprocess import center_square_np, dicom_to_unit, unit_to_model_input
 
     t0 = time.perf_counter()
@@ -98,7 +100,9 @@ def analyse(study: StudyInput) -> AnalysisOutput:
     t_pred = time.perf_counter()
     top = int(np.argmax([p.probability for p in predictions]))
     best, source = predictions[top], images[top]
-    heat = client.explain(inputs[top])
+    heat = heat_of(best)
+    if heat is None:  # a model without activation maps: show the image without a heat map
+        heat = np.zeros((8, 8), np.float32)
     t_explain = time.perf_counter()
 
     sr = build_sr(images, best)
@@ -130,6 +134,8 @@ def analyse(study: StudyInput) -> AnalysisOutput:
         "modality": str(source.get("Modality", "")),
         "images": len(images),
         "image_probabilities": [round(p.probability, 6) for p in predictions],
+        "probabilities": {k: round(v, 6) for k, v in best.probabilities.items()},
+        "findings": best.findings,
         "sr_sop_uid": str(sr.SOPInstanceUID), "sc_sop_uid": str(sc.SOPInstanceUID),
         "thumbnail": thumb.name, "fhir": fhir_path.name, "fhir_posted": fhir_posted,
         "timings_ms": {"preprocess": round(1000 * (t_pre - t0), 1),
