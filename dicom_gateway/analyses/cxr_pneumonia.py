@@ -1,10 +1,12 @@
 """Chest X-ray pneumonia triage: gate → model → TID 1500 SR + visual summary + FHIR report.
 
 Runs on the images the route picked (the instances whose first matching ``[[routes]]``
-rule lists this analysis). Each image first passes the intended-use gate (its header
-against the model card's ``population``, see ``intended_use``); only accepted images are
-scored. The study's verdict is the most suspicious accepted image, explained by an
-occlusion map. Above the model card's threshold the study is URGENT (worklist first,
+rule lists this analysis). Each image first passes the intended-use gate: its header
+against the model card's ``population`` (``intended_use``), then its pixels
+(``serving.imaging.gate``, the same check ``haidang evaluate`` applies). Only accepted
+images are scored, by the ``cxr-triage`` model; the study's verdict is the most suspicious
+accepted image, explained by the class activation map that came with its scores (no
+second model run). Above the model card's threshold the study is URGENT (worklist first,
 webhook when ``notify.webhook_url`` is set).
 
 A study with no accepted image is never scored and never flagged: it gets the
@@ -18,6 +20,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +29,10 @@ import pydicom
 from dicom_gateway.analyses.base import AnalysisOutput, StudyInput
 from dicom_gateway.analyses.intended_use import HeaderVerdict, Population, judge_header
 from dicom_gateway.reports.wording import not_analysed, verdict_en, verdict_vi
+from serving.imaging.gate import GateVerdict, ImageGate
 
 NAME = "cxr-pneumonia"
-MODEL = "cxr-pneumonia"
+MODEL = "cxr-triage"  # the adult model (issue 18); cxr-pneumonia is retired from routing
 log = logging.getLogger("haidang.analysis.cxr")
 
 _CLIENTS: dict[str, object] = {}
@@ -69,19 +73,75 @@ def _applies(ds: pydicom.Dataset, routes, calling_ae: str) -> bool:
     return not routes  # no routes configured: the caller asked for us explicitly
 
 
-def model_card(settings) -> dict:
-    """The card of the model version serving uses: its ``population`` drives the gate."""
+@dataclass(frozen=True)
+class IntendedUse:
+    """The served model's gate: its card's population (header) and its image check."""
+
+    card: dict
+    population: Population
+    image_gate: ImageGate
+
+
+_GATES: dict[Path, IntendedUse] = {}
+
+
+def intended_use(settings) -> IntendedUse:
+    """The gate of the model version serving uses, loaded once per version."""
     from serving.registry import ModelRegistry
 
-    return ModelRegistry(settings.serving.models_dir).current(MODEL, verify=False).card
+    version = ModelRegistry(settings.serving.models_dir).current(MODEL, verify=False)
+    with _CLIENTS_LOCK:
+        if version.path not in _GATES:
+            _GATES[version.path] = IntendedUse(version.card, Population.from_card(version.card),
+                                               ImageGate.from_model_dir(version.path))
+        return _GATES[version.path]
 
 
-def _refused(study: StudyInput, headers: list[pydicom.Dataset],
-             verdicts: list[HeaderVerdict], card: dict, warnings: list[str]) -> AnalysisOutput:
+@dataclass
+class Admitted:
+    """What the gate let through (decoded once: model input and picture) and what it refused."""
+
+    images: list[pydicom.Dataset] = field(default_factory=list)
+    units: list[np.ndarray] = field(default_factory=list)
+    refused: list[HeaderVerdict | GateVerdict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def admit(study: StudyInput, routed: list[tuple[Path, pydicom.Dataset]],
+          gate: IntendedUse) -> Admitted:
+    """Header first (cheap, no pixels), then the pixels of what the header allowed."""
+    from serving.imaging.preprocess import dicom_to_unit
+
+    admitted = Admitted()
+    for path, header in routed:
+        verdict = judge_header(header, gate.population)
+        admitted.warnings += [w for w in verdict.warnings if w not in admitted.warnings]
+        if not verdict.analysed:
+            admitted.refused.append(verdict)
+            continue
+        ds = pydicom.dcmread(path)
+        unit = dicom_to_unit(ds)  # as displayed (MONOCHROME1 inverted), as evaluate judges it
+        judged = gate.image_gate.judge(unit, "MONOCHROME2")
+        if judged.analysed:
+            admitted.images.append(ds)
+            admitted.units.append(unit)
+        else:
+            admitted.refused.append(judged)
+    if admitted.warnings:
+        from dicom_gateway.metrics import uid_hash
+
+        log.warning("study %s: impossible header values ignored by the gate: %s",
+                    uid_hash(study.study_uid), "; ".join(admitted.warnings))
+    return admitted
+
+
+def _refused(study: StudyInput, headers: list[pydicom.Dataset], admitted: Admitted,
+             card: dict) -> AnalysisOutput:
     """No image is what the model was made for: a PACS-visible reason, never a score."""
     from dicom_gateway.analyses.study_summary import build_summary_sr
 
-    reasons: dict[str, HeaderVerdict] = {}
+    verdicts = admitted.refused
+    reasons: dict[str, HeaderVerdict | GateVerdict] = {}
     for verdict in verdicts:
         reasons.setdefault(verdict.reason_en, verdict)
     reason_vi = "; ".join(v.reason_vi for v in reasons.values())
@@ -94,7 +154,7 @@ def _refused(study: StudyInput, headers: list[pydicom.Dataset],
         "reason_vi": reason_vi, "reason_en": reason_en, "statement": statement,
         "model": str(card.get("name", MODEL)), "version": str(card.get("version", "")),
         "modality": str(headers[0].get("Modality", "")), "images": 0,
-        "refused_images": len(verdicts), "header_warnings": warnings,
+        "refused_images": len(verdicts), "header_warnings": admitted.warnings,
         "sr_sop_uid": str(sr.SOPInstanceUID),
     }
     log.info("cxr-pneumonia: not analysed (%s)", summary["reason"])
@@ -102,15 +162,6 @@ def _refused(study: StudyInput, headers: list[pydicom.Dataset],
 
 
 def analyse(study: StudyInput) -> AnalysisOutput:
-    from dicom_gateway.reports.fhir import build_diagnostic_report, post_report, store_report
-    from dicom_gateway.reports.sr import build_sr
-    from dicom_gateway.reports.summary_image import (
-        build_sc,
-        render_summary,
-        save_thumbnail,
-    )
-    from serving.imaging.preprocess import center_square_np, dicom_to_unit, unit_to_model_input
-
     t0 = time.perf_counter()
     settings = study.settings
     routed = []
@@ -121,34 +172,38 @@ def analyse(study: StudyInput) -> AnalysisOutput:
     if not routed:
         return AnalysisOutput(analysis=NAME, summary={
             "verdict": "not-applicable", "note": "no instance of the study is routed here"})
-    card = model_card(settings)
-    population = Population.from_card(card)
-    images, refused, warnings = [], [], []
-    for path, header in routed:
-        verdict = judge_header(header, population)
-        warnings += [w for w in verdict.warnings if w not in warnings]
-        if verdict.analysed:
-            images.append(pydicom.dcmread(path))
-        else:
-            refused.append(verdict)
-    if warnings:
-        from dicom_gateway.metrics import uid_hash
+    gate = intended_use(settings)
+    admitted = admit(study, routed, gate)
+    if not admitted.images:
+        return _refused(study, [h for _, h in routed], admitted, gate.card)
+    return score(study, admitted, t0)
 
-        log.warning("study %s: impossible header values ignored by the gate: %s",
-                    uid_hash(study.study_uid), "; ".join(warnings))
-    if not images:
-        return _refused(study, [h for _, h in routed], refused, card, warnings)
 
+def score(study: StudyInput, admitted: Admitted, t0: float) -> AnalysisOutput:
+    """Model, report objects, FHIR and webhook for the images the gate admitted."""
+    from dicom_gateway.reports.fhir import build_diagnostic_report, post_report, store_report
+    from dicom_gateway.reports.sr import build_sr
+    from dicom_gateway.reports.summary_image import (
+        build_sc,
+        render_summary,
+        save_thumbnail,
+    )
+    from serving.imaging.explain import heat_of
+    from serving.imaging.preprocess import center_square_np, unit_to_model_input
+
+    settings = study.settings
+    images, units = admitted.images, admitted.units
     client = imaging_client(settings)
     spec = client.input_spec()
-    units = [dicom_to_unit(ds) for ds in images]  # decode + window once: model input and picture
     inputs = np.stack([unit_to_model_input(u, spec) for u in units])
     t_pre = time.perf_counter()
     predictions = client.predict(inputs)
     t_pred = time.perf_counter()
     top = int(np.argmax([p.probability for p in predictions]))
     best, source = predictions[top], images[top]
-    heat = client.explain(inputs[top])
+    heat = heat_of(best)
+    if heat is None:  # a model without activation maps: show the image without a heat map
+        heat = np.zeros((8, 8), np.float32)
     t_explain = time.perf_counter()
 
     sr = build_sr(images, best)
@@ -180,7 +235,9 @@ def analyse(study: StudyInput) -> AnalysisOutput:
         "modality": str(source.get("Modality", "")),
         "images": len(images),
         "image_probabilities": [round(p.probability, 6) for p in predictions],
-        "refused_images": len(refused), "header_warnings": warnings,
+        "probabilities": {k: round(v, 6) for k, v in best.probabilities.items()},
+        "findings": best.findings,
+        "refused_images": len(admitted.refused), "header_warnings": admitted.warnings,
         "sr_sop_uid": str(sr.SOPInstanceUID), "sc_sop_uid": str(sc.SOPInstanceUID),
         "thumbnail": thumb.name, "fhir": fhir_path.name, "fhir_posted": fhir_posted,
         "timings_ms": {"preprocess": round(1000 * (t_pre - t0), 1),
@@ -201,16 +258,21 @@ def analyse(study: StudyInput) -> AnalysisOutput:
 
 
 def warm_up(settings) -> dict:
-    """Run the whole analysis once on a synthetic radiograph, before the first real study.
+    """Run the whole analysis once on a synthetic image, before the first real study.
 
-    Loading the model, fonts, highdicom, FHIR models and image codecs costs ~0.5-1 s the
-    first time; ``haidang up``, the demo and the benchmark call this at start so the first
-    patient does not pay it. Nothing is sent or kept (temporary folder, notifications off).
+    Loading the model, the gate, fonts, highdicom, FHIR models and image codecs costs
+    ~0.5-1 s the first time; ``haidang up``, the demo and the benchmark call this at start
+    so the first patient does not pay it. The synthetic image goes through the gate (which
+    rightly refuses it: the refusal path is warmed) and is then scored as if admitted (the
+    model and report path are warmed). Nothing is sent or kept (temporary folder,
+    notifications off).
     """
     import tempfile
 
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from serving.imaging.preprocess import dicom_to_unit
 
     info = imaging_client(settings).info()
     with tempfile.TemporaryDirectory(prefix="haidang-warmup-") as tmp:
@@ -233,10 +295,12 @@ def warm_up(settings) -> dict:
             "gateway": settings.gateway.model_copy(update={"spool_dir": Path(tmp)}),
             "notify": settings.notify.model_copy(update={"webhook_url": None, "fhir_url": None}),
             "routes": []})
-        output = analyse(StudyInput(str(ds.StudyInstanceUID), "WARMUP", [path], quiet))
+        study = StudyInput(str(ds.StudyInstanceUID), "WARMUP", [path], quiet)
+        gated = analyse(study)
+        scored = score(study, Admitted([ds], [dicom_to_unit(ds)]), time.perf_counter())
         from dicom_gateway.worker import encode
 
-        for obj in output.objects:
+        for obj in [*gated.objects, *scored.objects]:
             encode(obj)
     return info
 

@@ -192,6 +192,43 @@ def dicom_to_unit(ds) -> np.ndarray:
     return unit
 
 
+def picture_to_unit(path) -> np.ndarray:
+    """A PNG or JPEG file -> float32 2-D in [0, 1] (8- or 16-bit greyscale; colour is averaged).
+
+    A picture has no photometric interpretation: bright means dense, as displayed.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float64)
+            top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+            return np.clip(arr / top, 0.0, 1.0).astype(np.float32)
+        return (np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255)).astype(np.float32)
+
+
+def file_to_unit(path) -> tuple[np.ndarray, str]:
+    """Any supported image file -> (float32 2-D in [0, 1] as displayed, photometric).
+
+    DICOM goes through ``dicom_to_unit`` (so MONOCHROME1 comes back already inverted);
+    PNG/JPEG count as MONOCHROME2.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        return picture_to_unit(path), "MONOCHROME2"
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises several types
+        raise PreprocessError(
+            f"{path.name} is neither PNG/JPEG nor readable DICOM ({exc}); send one of those"
+        ) from exc
+    return dicom_to_unit(ds), str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+
+
 def dicom_to_model_input(ds, spec: Mapping[str, Any] | None = None) -> np.ndarray:
     """``pydicom.Dataset`` -> float32 [1, H, W] model input (numpy only, no torch)."""
     return unit_to_model_input(dicom_to_unit(ds), spec)
