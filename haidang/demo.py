@@ -259,6 +259,7 @@ def _report(studies, rows, sent_at, settings, pacs, archive, web, send_errors, g
             "analysed": summary.get("verdict") != "not-analysed",
             "reason": summary.get("reason", ""), "reason_vi": summary.get("reason_vi", ""),
             "reason_en": summary.get("reason_en", ""),
+            "probabilities": summary.get("probabilities") or {},
             "priority": row.get("priority"), "status": row.get("status"),
             "time_to_flag_ms": ms,
         })
@@ -310,7 +311,8 @@ def _shown(r: dict) -> str:
     if not r["analysed"]:
         return f"not analysed: {r['reason_en']} / không phân tích: {r['reason_vi']}"
     verdict = r["verdict"] or "-"
-    return f"{verdict} / {VERDICT_VI.get(verdict, verdict)}"
+    outputs = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["probabilities"].items())
+    return f"{verdict} / {VERDICT_VI.get(verdict, verdict)}" + (f" ({outputs})" if outputs else "")
 
 
 def _print_table(report: dict) -> None:
