@@ -1,6 +1,6 @@
 """Set-up shared by the imaging end-to-end, worklist and demo tests.
 
-Uses the committed model (``models/cxr-pneumonia``) when the registry has it, else the
+Uses the committed model (``models/cxr-triage``) when the registry has it, else the
 small real ONNX test model; chest X-ray studies are the shipped demo radiographs the
 intended-use gate accepts (``datasets/samples/demo/manifest.csv``), else real CR files
 from pydicom-data with fresh UIDs.
@@ -35,7 +35,7 @@ CXR_ROUTES = [{"name": "chest-xray", "match": {"Modality": ["CR", "DX"]},
 
 
 def model_registry(tmp: Path) -> Path:
-    if (MODELS / "cxr-pneumonia" / "current").is_file():
+    if (MODELS / "cxr-triage" / "current").is_file():
         return MODELS
     return build_registry(tmp / "models")
 

@@ -47,7 +47,7 @@ def test_serve_starts_cdss_and_imaging_and_stops_both(tmp_path):
         _wait(f"http://127.0.0.1:{imaging_port}/readyz", proc)
         info = httpx.post(f"http://127.0.0.1:{imaging_port}/info", json={}, timeout=10)
         assert info.status_code == 200, info.text
-        assert "cxr-pneumonia" in info.text
+        assert "cxr-triage" in info.text
     finally:
         stop_process(proc, 30, signal.SIGINT)
     # the imaging child went with its parent

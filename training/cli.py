@@ -259,7 +259,7 @@ def _models_list(args) -> int:
         for version in reg.versions(name):
             try:
                 mv = reg.version(name, version)
-                m = (mv.card.get("metrics") or {}).get("validation") or {}
+                m = headline_metrics(mv.card)
                 status = "ok"
             except RegistryError as exc:
                 m, status = {}, f"INVALID: {exc}"
@@ -273,7 +273,7 @@ def _models_list(args) -> int:
                     "accuracy": m.get("accuracy"),
                     "sensitivity": m.get("sensitivity"),
                     "specificity": m.get("specificity"),
-                    "threshold": mv.card.get("threshold") if mv else None,
+                    "threshold": m.get("threshold") if mv else None,
                     "created": mv.card.get("created") if mv else None,
                     "status": status,
                 }
@@ -301,6 +301,18 @@ def _models_list(args) -> int:
             f"{'' if r['status'] == 'ok' else r['status']}"
         )
     return 0
+
+
+def headline_metrics(card: dict) -> dict:
+    """Validation metrics to list: the card's own, or its first urgent output's."""
+    validation = (card.get("metrics") or {}).get("validation") or {}
+    outputs = card.get("outputs")
+    if not outputs:
+        return {**validation, "threshold": card.get("threshold")}
+    name = (card.get("urgent") or [outputs[0]["name"]])[0]
+    m = dict(validation.get(name) or {})
+    m["auc"] = ((m.get("auc_by_stratum") or {}).get("all") or {}).get("auc", m.get("auc"))
+    return m
 
 
 def _models_promote(args) -> int:

@@ -132,7 +132,7 @@ def patient_split(data: CxrSet, val_fraction: float, seed: int) -> tuple[np.ndar
 @dataclass
 class TriageConfig:
     epochs: int = 20
-    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(default_factory=lambda: [0])
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 5e-4

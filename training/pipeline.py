@@ -18,7 +18,7 @@ import logging
 import platform
 import shlex
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -81,7 +81,7 @@ class RunOptions:
     plots: bool = True
     promote: bool = False
     resume_fit: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    checkpoint_dir: Path = Path("var/train")
 
 
 def platt(logit: np.ndarray, label: np.ndarray) -> dict[str, float]:
@@ -139,7 +139,7 @@ def run(recipe: Recipe, out: Path, options: RunOptions) -> dict[str, Any]:
     if (out / ONNX_FILE).exists():
         raise FileExistsError(f"{out} already holds a model: choose a new version folder")
     train, val = recipe.load()
-    checkpoint = Path("var/train") / f"{recipe.name}-{out.name}.pt"
+    checkpoint = Path(options.checkpoint_dir) / f"{recipe.name}-{out.name}.pt"
     if options.resume_fit:
         fitted = recipe_resume(recipe, torch.load(options.resume_fit, weights_only=False))
         log.info("fit resumed from %s", options.resume_fit)

@@ -103,12 +103,22 @@ def gate_input(unit: np.ndarray, size: int = GATE_SIZE) -> np.ndarray:
     return ((small - 0.5) / 0.25)[None].astype(np.float32)
 
 
-def rule_check(unit: np.ndarray | None, card_rules: dict[str, float]) -> str:
-    """'blank', 'noise' or '' from the rules alone."""
+def rule_check(unit: np.ndarray | None, card_rules: dict[str, float],
+               raw: np.ndarray | None = None) -> str:
+    """'blank', 'noise' or '' from the rules alone.
+
+    ``raw`` (the values before scaling) tells a flat image with sensor noise (a tiny spread
+    around a large level: blank) from noise filling the whole range.
+    """
     from serving.imaging.preprocess import area_resize_np
 
     if unit is None:
         return "blank"
+    if raw is not None:
+        level = float(np.abs(np.mean(raw)))
+        raw_spread = float(np.percentile(raw, 99) - np.percentile(raw, 1))
+        if level > 0 and raw_spread < card_rules.get("min_relative_spread", 0.02) * level:
+            return "blank"
     spread = float(np.percentile(unit, 99) - np.percentile(unit, 1))
     if spread < card_rules.get("min_spread", 0.04):
         return "blank"
@@ -175,7 +185,7 @@ class ImageGate:
     def judge(self, image: np.ndarray, photometric: str = "MONOCHROME2") -> GateVerdict:
         """``image``: 2-D array after modality/VOI LUT, before inversion."""
         unit = displayed_unit(image, photometric)
-        rule = rule_check(unit, self.rules)
+        rule = rule_check(unit, self.rules, np.asarray(image, np.float64))
         if rule:
             return refused(rule)
         prob, distance = self.scores([gate_input(unit)])
