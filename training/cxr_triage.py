@@ -33,7 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from serving.imaging.preprocess import _spec, area_resize_np, center_square_np, file_to_unit
+from serving.imaging.preprocess import _spec, file_to_unit
+from training.data import unit_at_model_size
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,7 @@ SPEC: dict[str, Any] = {
     "channels": 1,
     "dtype": "float32",
     "crop": "center_square",
+    "inner_crop": 0.8,  # drop the outer 10% each side: view markers live there
     "resize": "area",
     "scale": [0, 255],
     "mean": 0.5,
@@ -80,13 +82,6 @@ def findings_targets(findings: str) -> list[float]:
     return [float(abnormal)] + [float(label in names) for label in TRAINED[1:]]
 
 
-def at_model_size(unit2d: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
-    """Crop + resize of the shared chain, without normalisation (augmentation comes between)."""
-    s = _spec(spec)
-    img = center_square_np(unit2d) if s.get("crop") == "center_square" else unit2d
-    return area_resize_np(img, s["size"])
-
-
 def load_labelled_folder(folder: Path, spec: Mapping[str, Any] = SPEC, limit: int = 0) -> CxrSet:
     """``folder/labels.csv`` + ``folder/images/`` (PNG, JPEG or DICOM) -> ``CxrSet``."""
     from tqdm import tqdm
@@ -100,7 +95,7 @@ def load_labelled_folder(folder: Path, spec: Mapping[str, Any] = SPEC, limit: in
     images = np.empty((len(rows), 1, *_spec(spec)["size"]), np.float16)
     for i, row in enumerate(tqdm(rows, desc="images", unit="img", mininterval=5)):
         unit, _ = file_to_unit(folder / "images" / row["image"])
-        images[i, 0] = at_model_size(unit, spec)
+        images[i, 0] = unit_at_model_size(unit, spec)
     targets = np.asarray([findings_targets(r.get("findings", "")) for r in rows], np.float32)
     return CxrSet(images, targets, rows)
 
@@ -131,7 +126,7 @@ def patient_split(data: CxrSet, val_fraction: float, seed: int) -> tuple[np.ndar
 
 @dataclass
 class TriageConfig:
-    epochs: int = 20
+    epochs: int = 30
     seeds: list[int] = field(default_factory=lambda: [0])
     batch_size: int = 32
     lr: float = 2e-3
@@ -446,6 +441,7 @@ class TriageRecipe:
                     for s, m in strata.items()
                 }
             result[name] = section
+        self.measured = result
         return result
 
     def card(self, val, fitted) -> dict[str, Any]:
@@ -473,7 +469,8 @@ class TriageRecipe:
                 "other body parts and other modalities are outside the intended use",
             },
             "preprocessing": "serving.imaging.preprocess: DICOM modality LUT -> VOI LUT / "
-            "window -> [0,1] -> MONOCHROME1 inverted -> centre square crop -> area resize to "
+            "window -> [0,1] -> MONOCHROME1 inverted -> centre square crop -> its central 80% "
+            "(input.inner_crop: the outer margin carries view markers) -> area resize to "
             "224 -> (x - 0.5) / 0.25; PNG/JPEG: /255 then the same chain. Training uses the equal "
             "MONAI chain (eval_transforms) after MONAI augmentation.",
             "model": {
@@ -525,12 +522,37 @@ class TriageRecipe:
         (cam-examples.png) and where their activation lies (``cam_check``)."""
         path, cams = cam_examples(out / "cam-examples.png", val, session)
         check = {name: cam_border_share(cams[:, k]) for k, name in enumerate(OUTPUTS)}
-        return [path], {"cam_check": {
-            "measured_on": f"{len(cams)} validation films",
-            "meaning": "mean share of positive activation on the outer ring of the feature "
-            "grid and on its 4 corner cells, against those cells' share of the area",
-            **check,
-        }}
+        return [path], {
+            "cam_check": {
+                "measured_on": f"{len(cams)} validation films",
+                "meaning": "mean share of positive activation on the outer ring of the feature "
+                "grid and on its 4 corner cells, against those cells' share of the area",
+                **check,
+            },
+            "known_failure_modes": failure_modes(getattr(self, "measured", {}), check),
+        }
+
+
+def failure_modes(measured: dict[str, Any], cam: dict[str, dict[str, float]]) -> list[str]:
+    """Statements drawn from the measured validation figures only: strata whose AUC falls
+    0.08 or more below the output's overall AUC, and activation maps that favour the border."""
+    modes = []
+    for name, section in measured.items():
+        by = section.get("auc_by_stratum", {})
+        overall = (by.get("all") or {}).get("auc")
+        for stratum, m in by.items():
+            if overall is None or m.get("auc") is None or stratum == "all":
+                continue
+            if m["auc"] <= overall - 0.08:
+                modes.append(f"{name}: validation AUC {m['auc']} in '{stratum}' (n={m['n']}, "
+                             f"{m['n_positive']} positive, 95% CI {m.get('ci95')}) against "
+                             f"{overall} overall")
+    for name, c in cam.items():
+        if c["ring_share"] > c["ring_area_share"] + 0.1:
+            modes.append(f"{name}: {c['ring_share']:.0%} of the activation map lies on the outer "
+                         f"ring of the grid ({c['ring_area_share']:.0%} of its area): the map "
+                         "often points beside the lungs, not at a lesion")
+    return modes
 
 
 def cam_examples(path: Path, val, session, count: int = 8) -> tuple[Path, np.ndarray]:

@@ -207,7 +207,8 @@ def score(study: StudyInput, admitted: Admitted, t0: float) -> AnalysisOutput:
     t_explain = time.perf_counter()
 
     sr = build_sr(images, best)
-    rgb = render_summary(center_square_np(units[top]), heat, best)
+    view = center_square_np(units[top], float(spec.get("inner_crop", 1.0)))  # what the CAM covers
+    rgb = render_summary(view, heat, best)
     sc = build_sc(source, rgb, best)
     folder = results_dir(settings)
     key = study_key(study.study_uid)
