@@ -291,3 +291,21 @@ def test_a_lateral_beside_a_frontal_film_is_left_out_the_frontal_is_scored(tmp_p
                 for series in sr.CurrentRequestedProcedureEvidenceSequence
                 for item in series.ReferencedSeriesSequence]
     assert evidence == [pydicom.dcmread(frontal).SOPInstanceUID]
+
+
+def test_impossible_header_values_reach_the_result_and_the_log(tmp_path, caplog):
+    """A future StudyDate and a malformed PatientAge: scored on the pixels, and said so."""
+    from dicom_gateway.analyses.base import StudyInput
+    from dicom_gateway.analyses.cxr_pneumonia import analyse
+
+    settings = imaging_settings(tmp_path, models_dir=str(adult_registry(tmp_path)))
+    source = pydicom.dcmread(chest_source())
+    source.PatientAge = "45"
+    study_uid, path = _study(source, tmp_path / "odd", StudyDate="20991231")
+    with caplog.at_level("WARNING", logger="haidang.analysis.cxr"):
+        out = analyse(StudyInput(study_uid, "PACS", [path], settings))
+    warnings = out.summary["header_warnings"]
+    assert any("StudyDate is in the future" in w for w in warnings)
+    assert any("PatientAge is not nnnD" in w for w in warnings)
+    assert out.summary["verdict"] != "not-analysed"  # the pixels are an adult frontal film
+    assert "impossible header values" in caplog.text and "20991231" not in caplog.text

@@ -24,15 +24,12 @@ X-ray analysis (frontal CR/DX chest, greyscale), with no age limit.
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydicom
-
-log = logging.getLogger("haidang.analysis.gate")
 
 LATERAL_VIEWS = frozenset({"LL", "RL", "LATERAL", "LAT", "LLD", "RLD"})
 MAX_AGE_YEARS = 130.0
