@@ -200,6 +200,9 @@ def run(recipe: Recipe, out: Path, options: RunOptions) -> dict[str, Any]:
     card["training"] = {
         **card.get("training", {}),
         "command": options.command or f"haidang train {recipe.name}",
+        **({"fit_resumed_from": f"{options.resume_fit} (the weights an earlier `haidang train "
+            f"{recipe.name}` run saved; every step after the fit ran again)"}
+           if options.resume_fit else {}),
         "fit_seconds": round(fitted.seconds, 1),
         "fit": fitted.report,
         "environment": f"python {platform.python_version()}, {platform.machine()}, "
