@@ -78,7 +78,7 @@ NOTES = {
 OTHER_ENV = {
     "HAIDANG_CONFIG": "settings file used when `--config` is not given",
     "HAIDANG_API_KEYS": "comma-separated native-API keys, added to `security.api_keys`",
-    "HAIDANG_IMAGING_MODEL": "model the BentoML imaging service loads (default `cxr-pneumonia`)",
+    "HAIDANG_IMAGING_MODEL": "model the BentoML imaging service loads (default `cxr-triage`)",
     "HAIDANG_IMAGING_MAX_BATCH": "adaptive batching: largest batch (default 32)",
     "HAIDANG_IMAGING_MAX_LATENCY_MS": "adaptive batching: latency budget (default 1000)",
 }

@@ -2,8 +2,10 @@
 
 Starts the embedded stack in this process (gateway + in-process model + worklist page),
 Orthanc as the PACS when it is installed (otherwise results go to a local archive
-folder), sends the sample studies in ``datasets/samples`` with a DICOM client, waits for
-the AI results, and prints one line per study with its verdict and time to flag, plus
+folder), sends the demo studies in ``datasets/samples/demo`` with a DICOM client (real
+adult chest radiographs, and studies the intended-use gate must refuse: a lateral view,
+a child, a CT slice, a blank image), waits for the results, and prints one line per
+study with its verdict, or the reason it was not analysed, and its time to flag, plus
 the worklist URL. ``--json`` prints the same as one JSON object.
 
 Time to flag = result stored in the PACS (the gateway's write-back got Success) minus the
@@ -34,7 +36,8 @@ SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR: the AI re
 def register(sub) -> None:
     p = sub.add_parser("demo", help="send the sample studies through AI triage, show the results")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.add_argument("--samples", help="folder of DICOM studies to send (default datasets/samples)")
+    p.add_argument("--samples", help="folder of DICOM studies to send "
+                                     "(default datasets/samples/demo)")
     p.add_argument("--workdir", help="where the demo keeps its spool, database, PACS and archive "
                                      "(default: a new folder under var/demo)")
     p.add_argument("--keep-running", action="store_true",
@@ -91,12 +94,9 @@ def demo_settings(workdir: Path, models_dir: Path, pacs: Orthanc | None, base=No
     }
     data["destinations"] = [] if pacs is None else [
         {"name": "pacs", "ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}]
-    data["routes"] = [
-        {"name": "chest-xray", "match": {"Modality": ["CR", "DX"],
-                                         "BodyPartExamined": ["CHEST", ""]},
-         "analyses": ["cxr-pneumonia"]},
-        {"name": "everything-else", "match": {}, "analyses": ["study-summary"]},
-    ]
+    # Every image goes to the chest analysis: its intended-use gate, not the route, decides
+    # what the model may score, and every refused study gets its reason in the PACS.
+    data["routes"] = [{"name": "all-images", "match": {}, "analyses": ["cxr-pneumonia"]}]
     data["serving"] = {**data.get("serving", {}), "url": None, "models_dir": str(models_dir),
                        "host": "127.0.0.1", "port": free_port()}
     data["export"] = {**data.get("export", {}), "base_delay_s": 0.5, "max_delay_s": 5.0}
@@ -158,7 +158,7 @@ def run_demo(args) -> int:
     base = load_settings(args.config) if args.config else None
     configured = Path(base.serving.models_dir) if base else Path("models")
     models_dir = _models_dir(configured)
-    samples = Path(args.samples) if args.samples else REPO / "datasets" / "samples"
+    samples = Path(args.samples) if args.samples else REPO / "datasets" / "samples" / "demo"
     studies = _studies(sorted(samples.rglob("*.dcm")))
     if not studies:
         print(f"haidang demo: no DICOM files under {samples}", file=sys.stderr)
@@ -257,20 +257,27 @@ def _report(studies, rows, sent_at, settings, pacs, archive, web, send_errors, g
         ms = round(1000 * max(0.0, flagged_at - sent_at[uid] - quiet), 1) if flagged_at else None
         if ms is not None:
             ttf.append(ms)
+        summary = _summary(gateway.index, uid)
         table.append({
             "study": files[0].stem, "study_uid": uid, "instances": len(files),
             "modality": row.get("modality"), "analysis": row.get("analysis"),
             "verdict": row.get("verdict"), "probability": row.get("probability"),
+            "analysed": summary.get("verdict") != "not-analysed",
+            "reason": summary.get("reason", ""), "reason_vi": summary.get("reason_vi", ""),
+            "reason_en": summary.get("reason_en", ""),
+            "probabilities": summary.get("probabilities") or {},
             "priority": row.get("priority"), "status": row.get("status"),
             "time_to_flag_ms": ms,
         })
     objects = sum(gateway.index.study_delivery(u).done_by_sop_class.get(SR_SOP_CLASS, 0)
                   for u in studies)
     if pacs is None:
-        objects = len([r for r in table if r["verdict"] not in (None, "not-applicable")])
+        objects = len([r for r in table
+                       if r["verdict"] not in (None, "not-applicable", "not-analysed")])
     return {
         "studies_sent": len(studies),
         "studies_analysed": len([r for r in table if r["status"] in ("in-pacs", "done")]),
+        "studies_refused": len([r for r in table if not r["analysed"]]),
         "reports_written": objects,
         "flagged": len([r for r in table if r["priority"] == "URGENT"]),
         "time_to_flag_ms": {"p50": _percentile(ttf, 50), "p95": _percentile(ttf, 95),
@@ -284,6 +291,13 @@ def _report(studies, rows, sent_at, settings, pacs, archive, web, send_errors, g
     }
 
 
+def _summary(index, study_uid: str) -> dict:
+    """The stored result of the chest analysis: its verdict, or why it was not analysed."""
+    found = index.query("SELECT summary FROM results WHERE study_uid = ? AND state = 'current' "
+                        "ORDER BY id DESC LIMIT 1", (study_uid,))
+    return json.loads(found[0][0]) if found else {}
+
+
 def _archive_results(settings, archive: Path) -> None:
     """Without a PACS, results stay in the spool; copy them where a person finds them."""
     results = Path(settings.gateway.spool_dir) / "results"
@@ -294,21 +308,31 @@ def _archive_results(settings, archive: Path) -> None:
         shutil.copytree(ai, archive / "summaries", dirs_exist_ok=True)
 
 
+VERDICT_VI = {"pneumonia": "NGHI NGỜ VIÊM PHỔI", "normal": "không viêm phổi",
+              "abnormal": "BẤT THƯỜNG", "no urgent finding": "không có dấu hiệu khẩn"}
+
+
+def _shown(r: dict) -> str:
+    if not r["analysed"]:
+        return f"not analysed: {r['reason_en']} / không phân tích: {r['reason_vi']}"
+    verdict = r["verdict"] or "-"
+    outputs = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["probabilities"].items())
+    return f"{verdict} / {VERDICT_VI.get(verdict, verdict)}" + (f" ({outputs})" if outputs else "")
+
+
 def _print_table(report: dict) -> None:
-    vi = {"pneumonia": "NGHI NGỜ VIÊM PHỔI", "normal": "không viêm phổi",
-          "received": "đã nhận (không phải X-quang ngực)"}
-    print(f"{'study':24} {'mod':4} {'priority':8} {'AI verdict / kết luận':38} {'prob':>6} "
-          f"{'time to flag':>12}")
-    for r in sorted(report["studies"], key=lambda r: (r["priority"] != "URGENT", r["study"])):
-        verdict = r["verdict"] or "-"
-        shown = f"{verdict} / {vi.get(verdict, verdict)}"
+    print(f"{'study':24} {'mod':4} {'priority':8} {'prob':>6} {'time to flag':>12}  "
+          "AI verdict / kết luận, or why not analysed / lý do không phân tích")
+    for r in sorted(report["studies"], key=lambda r: (r["priority"] != "URGENT",
+                                                      not r["analysed"], r["study"])):
         prob = "-" if r["probability"] is None else f"{100 * r['probability']:.1f}%"
         ttf = "-" if r["time_to_flag_ms"] is None else f"{r['time_to_flag_ms'] / 1000:.2f} s"
         print(f"{r['study'][:24]:24} {(r['modality'] or '-'):4} {(r['priority'] or '-'):8} "
-              f"{shown[:38]:38} {prob:>6} {ttf:>12}")
+              f"{prob:>6} {ttf:>12}  {_shown(r)}")
     t = report["time_to_flag_ms"]
     print(f"\n{report['studies_sent']} studies sent, {report['reports_written']} AI reports "
-          f"written, {report['flagged']} flagged URGENT; time to flag p50 {t['p50']} ms, "
+          f"written, {report['flagged']} flagged URGENT, {report['studies_refused']} not "
+          f"analysed (outside the model's intended use); time to flag p50 {t['p50']} ms, "
           f"p95 {t['p95']} ms (after the {report['quiet_period_s']} s quiet period)")
     print(f"PACS: {report['pacs']}" if report["pacs"] else f"archive: {report['archive']}")
     login = report["worklist_sign_in"]

@@ -23,7 +23,7 @@ import os
 import bentoml
 import numpy as np
 
-IMAGING_MODEL = os.environ.get("HAIDANG_IMAGING_MODEL", "cxr-pneumonia")
+IMAGING_MODEL = os.environ.get("HAIDANG_IMAGING_MODEL", "cxr-triage")
 MAX_BATCH = int(os.environ.get("HAIDANG_IMAGING_MAX_BATCH", "32"))
 MAX_LATENCY_MS = int(os.environ.get("HAIDANG_IMAGING_MAX_LATENCY_MS", "1000"))
 # as set by `haidang serve` (haidang.ground.logs.set_third_party_level), inherited by this process
@@ -35,7 +35,7 @@ logging.getLogger("bentoml").setLevel(THIRD_PARTY_LEVEL)
 @bentoml.service(name="haidang-imaging", traffic={"timeout": 60}, workers=1,
                  logging={"access": {"enabled": BENTOML_INFO}})
 class ImagingService:
-    """Pneumonia triage on preprocessed chest X-ray inputs ([N, 1, H, W] float32)."""
+    """Chest X-ray triage on preprocessed inputs ([N, 1, H, W] float32)."""
 
     def __init__(self) -> None:
         from haidang.ground.settings import load_settings
@@ -52,17 +52,8 @@ class ImagingService:
     @bentoml.api(batchable=True, batch_dim=0, max_batch_size=MAX_BATCH,
                  max_latency_ms=MAX_LATENCY_MS)
     def predict(self, images: np.ndarray) -> list[dict]:
-        """One result per image: probability, finding, label, threshold, model identity."""
+        """One result per image: calibrated probabilities, findings, activation maps, identity."""
         return [p.model_dump() for p in self.predictor.predict(images)]
-
-    @bentoml.api
-    def explain(self, image: np.ndarray, patch: int = 0, stride: int = 0) -> dict:
-        """Occlusion-sensitivity map ([H, W]) for one preprocessed image ([1, H, W])."""
-        from serving.imaging.explain import occlusion_sensitivity
-
-        heat = occlusion_sensitivity(self.predictor.probabilities, np.asarray(image, np.float32),
-                                     patch=patch or None, stride=stride or None)
-        return {"heat": heat.tolist(), **self.predictor.session.info()}
 
     @bentoml.api(route="/info")
     def info(self) -> dict:

@@ -9,9 +9,11 @@ import argparse
 import sys
 from pathlib import Path
 
-# cxr-pneumonia: MONAI imaging model (here); interaction-risk and protocol: the learned CDSS
-# models (training.learned_cli).
-MODELS = ("cxr-pneumonia", "interaction-risk", "protocol")
+# cxr-triage: the adult chest X-ray model (training.pipeline + training.cxr_triage);
+# cxr-gate: the image gate beside a cxr-triage version (training.gate);
+# cxr-pneumonia: the retired paediatric 28-px model; interaction-risk and protocol: the
+# learned CDSS models (training.learned_cli).
+MODELS = ("cxr-triage", "cxr-gate", "cxr-pneumonia", "interaction-risk", "protocol")
 
 
 def register(sub) -> None:
@@ -22,7 +24,8 @@ def register(sub) -> None:
     p.add_argument(
         "--data",
         type=Path,
-        help="cxr-pneumonia: MedMNIST .npz (train/val splits) or a folder of DICOM files; "
+        help="cxr-triage: a folder with images/ and labels.csv (default datasets/nih-cxr); "
+        "cxr-pneumonia: MedMNIST .npz (train/val splits) or a folder of DICOM files; "
         "protocol: XML 130 exports, e.g. 'exports/*.xml'",
     )
     p.add_argument(
@@ -34,8 +37,14 @@ def register(sub) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        help="new version folder, e.g. models/cxr-pneumonia/1.1.0 "
-        "(required for cxr-pneumonia; the learned CDSS models default to the next version)",
+        help="new version folder, e.g. models/cxr-triage/1.1.0 "
+        "(required for the imaging models; the learned CDSS models default to the next version)",
+    )
+    p.add_argument(
+        "--resume-fit",
+        type=Path,
+        help="cxr-triage: skip the fit and use the weights an earlier run saved "
+        "(var/train/cxr-triage-VERSION.pt); every later step runs again",
     )
     p.add_argument("--epochs", type=int, default=None, help="epochs per seed (default 12)")
     p.add_argument(
@@ -49,22 +58,38 @@ def register(sub) -> None:
         default=None,
         help="stop adding epochs after this many minutes in all (default 13); keeps the best",
     )
-    p.add_argument("--size", type=int, default=28, help="model input size in pixels (default 28)")
+    p.add_argument(
+        "--size", type=int, default=28, help="cxr-pneumonia input size in pixels (default 28)"
+    )
     p.add_argument("--promote", action="store_true", help="make the new version current")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a model version with onnxruntime; writes plots")
-    p.add_argument("model_dir", type=Path, help="a version folder, e.g. models/cxr-pneumonia/1.0.0")
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a model version with onnxruntime (what serving runs) on labelled images",
+    )
+    p.add_argument("model_dir", type=Path, help="a version folder, e.g. models/cxr-triage/1.0.0")
     p.add_argument(
-        "--data", required=True, type=Path, help="MedMNIST .npz or a folder of DICOM files"
+        "--data",
+        required=True,
+        type=Path,
+        help="a folder with images/ (PNG, JPEG or DICOM) and labels.csv (column image, optional "
+        "findings, view, age, sex), or a MedMNIST .npz",
     )
     p.add_argument(
-        "--split", default="test", help="npz split prefix or CSV split value (default test)"
+        "--split", default="test", help=".npz: split prefix (default test)"
     )
-    p.add_argument("--labels", type=Path, help="labels CSV for a DICOM folder")
+    p.add_argument("--labels", type=Path, help="labels CSV (default DIR/labels.csv)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--predictions", type=Path, help="write one CSV row per image (image, analysed, reason, "
+        "one probability column per output, flagged)"
+    )
+    p.add_argument(
+        "--plots", type=Path, help="write ROC/PR/confusion/calibration PNGs into this folder "
+        "(nothing is written into the model folder otherwise)"
+    )
     p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("models", help="the model registry: list versions, promote one to current")
@@ -90,6 +115,10 @@ def _models_dir(args) -> Path:
 
 
 def _train(args) -> int:
+    if args.model == "cxr-triage":
+        return _train_triage(args)
+    if args.model == "cxr-gate":
+        return _train_gate(args)
     if args.model != "cxr-pneumonia":
         from training import learned_cli
 
@@ -98,8 +127,8 @@ def _train(args) -> int:
         print("haidang train cxr-pneumonia: give --data (npz or DICOM folder) and --out "
               "(new version folder)", file=sys.stderr)
         return 2
-    from training.cxr_pneumonia import TrainConfig
-    from training.register import command_line, train_and_register
+    from training.cxr_pneumonia import TrainConfig, train_and_register
+    from training.pipeline import command_line
 
     cfg = TrainConfig()
     if args.epochs:
@@ -142,29 +171,76 @@ def _train(args) -> int:
     return 0
 
 
+def _train_triage(args) -> int:
+    if args.out is None:
+        print("haidang train cxr-triage: give --out (new version folder, e.g. "
+              "models/cxr-triage/1.1.0)", file=sys.stderr)
+        return 2
+    from training.cxr_triage import DATA, TriageConfig, TriageRecipe
+    from training.pipeline import RunOptions, command_line, run
+
+    cfg = TriageConfig()
+    if args.epochs:
+        cfg.epochs = args.epochs
+    if args.seeds:
+        cfg.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.time_budget_min:
+        cfg.time_budget_s = args.time_budget_min * 60
+    options = RunOptions(command=command_line(), progress=not args.no_progress,
+                         promote=args.promote, resume_fit=args.resume_fit)
+    try:
+        card = run(TriageRecipe(args.data or DATA, cfg), args.out, options)
+    except (FileExistsError, ValueError, RuntimeError, OSError) as exc:
+        print(f"haidang train: {exc}", file=sys.stderr)
+        return 1
+    m = card["metrics"]["validation"]
+    for output in card["outputs"]:
+        name = output["name"]
+        all_ = m[name]["auc_by_stratum"]["all"]
+        print(f"{card['name']} {card['version']} {name}: val AUC {all_['auc']} "
+              f"(95% CI {all_.get('ci95')}), threshold {output['threshold']}, "
+              f"sensitivity {m[name]['sensitivity']}, specificity {m[name]['specificity']}, "
+              f"ECE {m[name]['ece']}")
+    print(f"written to {args.out}" + (" (current)" if args.promote else ""))
+    return 0
+
+
+def _train_gate(args) -> int:
+    if args.out is None or not (args.out / "card.yaml").is_file():
+        print("haidang train cxr-gate: give --out, an existing cxr-triage version folder",
+              file=sys.stderr)
+        return 2
+    from training.gate import train_gate
+
+    config = train_gate(args.out, progress=not args.no_progress)
+    for kind, m in config["held_out"].items():
+        print(f"{kind}: {m['accepted']}/{m['n']} accepted; {m['verdicts']}")
+    return 0
+
+
 def _evaluate(args) -> int:
+    import json
+
+    from serving.imaging.preprocess import PreprocessError
     from serving.registry import RegistryError
     from training.data import DataError
-    from training.evaluate import evaluate, to_json
+    from training.evaluate import evaluate
 
     try:
-        result = evaluate(
-            args.model_dir, args.data, args.split, args.labels, plots=not args.no_plots
-        )
-    except (RegistryError, DataError, FileNotFoundError) as exc:
+        result = evaluate(args.model_dir, args.data, split=args.split, labels_csv=args.labels,
+                          predictions=args.predictions, plots=args.plots)
+    except (RegistryError, DataError, PreprocessError, FileNotFoundError, ValueError) as exc:
         print(f"haidang evaluate: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        print(to_json(result))
-    else:
-        print(
-            f"{result['model']} {result['version']} on {result['data']}:{result['split']} "
-            f"(n={result['n']}, {result['n_positive']} positive)"
-        )
-        for key in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "threshold"):
-            print(f"  {key:<12} {result[key]}")
-        for path in result.get("plots", []):
-            print(f"  plot         {path}")
+        print(json.dumps(result, ensure_ascii=False, allow_nan=False))
+        return 0
+    print(f"{result['model']} {result['version']} on {result['data']} "
+          f"({result['images']} images, {result['analysed']} analysed)")
+    for name, m in (result.get("outputs") or {}).items():
+        print(f"  {name}: " + ", ".join(f"{k} {v}" for k, v in m.items()))
+    for path in result.get("plots", []):
+        print(f"  plot {path}")
     return 0
 
 
@@ -183,7 +259,7 @@ def _models_list(args) -> int:
         for version in reg.versions(name):
             try:
                 mv = reg.version(name, version)
-                m = (mv.card.get("metrics") or {}).get("validation") or {}
+                m = headline_metrics(mv.card)
                 status = "ok"
             except RegistryError as exc:
                 m, status = {}, f"INVALID: {exc}"
@@ -197,7 +273,7 @@ def _models_list(args) -> int:
                     "accuracy": m.get("accuracy"),
                     "sensitivity": m.get("sensitivity"),
                     "specificity": m.get("specificity"),
-                    "threshold": mv.card.get("threshold") if mv else None,
+                    "threshold": m.get("threshold") if mv else None,
                     "created": mv.card.get("created") if mv else None,
                     "status": status,
                 }
@@ -225,6 +301,18 @@ def _models_list(args) -> int:
             f"{'' if r['status'] == 'ok' else r['status']}"
         )
     return 0
+
+
+def headline_metrics(card: dict) -> dict:
+    """Validation metrics to list: the card's own, or its first urgent output's."""
+    validation = (card.get("metrics") or {}).get("validation") or {}
+    outputs = card.get("outputs")
+    if not outputs:
+        return {**validation, "threshold": card.get("threshold")}
+    name = (card.get("urgent") or [outputs[0]["name"]])[0]
+    m = dict(validation.get(name) or {})
+    m["auc"] = ((m.get("auc_by_stratum") or {}).get("all") or {}).get("auc", m.get("auc"))
+    return m
 
 
 def _models_promote(args) -> int:

@@ -47,7 +47,8 @@ class LabelledImages:
 def unit_at_model_size(unit2d: np.ndarray, spec: Mapping[str, Any]) -> np.ndarray:
     """Crop + resize of the shared chain, without normalisation (augmentation comes between)."""
     s = _spec(spec)
-    img = center_square_np(unit2d) if s.get("crop") == "center_square" else unit2d
+    img = (center_square_np(unit2d, float(s.get("inner_crop", 1.0)))
+           if s.get("crop") == "center_square" else unit2d)
     return area_resize_np(img, s["size"])
 
 

@@ -41,6 +41,7 @@ from serving.cdss.learned import (
     read_pharmacology,
 )
 from serving.registry import CARD_FILE, ONNX_FILE, ModelRegistry, ModelVersion
+from training.export import ParityError
 from training.interaction_external import ANSM_DIR, external_card, from_ansm
 
 PARITY_TOLERANCE = 1e-5
@@ -220,10 +221,6 @@ def export(model, n_features: int, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(onx.SerializeToString())
     return path
-
-
-class ParityError(RuntimeError):
-    """onnxruntime and scikit-learn disagree: do not ship this graph."""
 
 
 def parity(model, onnx_path: Path, X: np.ndarray, tolerance: float = PARITY_TOLERANCE):

@@ -1,27 +1,28 @@
 """onnxruntime (as served) vs PyTorch eager on the registered triage model and the same inputs.
 
 onnxruntime side: the session the service itself builds
-(``serving.imaging.session.load_from_registry`` on ``models/cxr-pneumonia/current``: the
+(``serving.imaging.session.load_from_registry`` on ``models/cxr-triage/current``: the
 registered ``model.onnx``, sha256-checked, same SessionOptions), called through
-``ModelSession.run`` like the predictor calls it.
+``ModelSession.run_all`` like the predictor calls it (logits and class activation maps).
 
-PyTorch side: the same trained weights in the network ``training.cxr_pneumonia`` builds
-(MONAI ResNet), run eagerly (``torch.inference_mode``, float32, channels-first, no
-compile/jit). The exported graph has each BatchNorm folded into its convolution; the
-eager network gets the folded weights and identity BatchNorms, so it computes the
-registered model's function while still doing what eager PyTorch does for this
-architecture (conv, batch norm, ReLU and add as separate kernels). The max |difference|
-of the outputs is printed; it must stay <= 1e-4.
+PyTorch side: the same trained weights in the network ``training.cxr_triage`` builds (MONAI
+ResNet, logits and CAM from one forward pass), run eagerly (``torch.inference_mode``,
+float32, channels-first, no compile/jit). The exported graph has each BatchNorm folded into
+its convolution; the eager network gets the folded weights and identity BatchNorms, so it
+computes the registered model's function while still doing what eager PyTorch does for this
+architecture (conv, batch norm, ReLU and add as separate kernels). The max |difference| of
+the outputs is printed; it must stay <= 1e-4.
 
-Inputs: the sample studies preprocessed by serving's chain, tiled to the batch size.
+Inputs: the 12 full-size NIH radiographs (``datasets/nih-cxr/full-size``) preprocessed by
+serving's chain, tiled to the batch size.
 Both runtimes get the same number of threads. Each runtime's arithmetic rate (GFLOP/s
 from the graph's convolution and Gemm multiply-adds) is shown against the machine's FP32
 FMA peak (``peak.c``, one copy per thread, when a C compiler is present). With
 onnxruntime's CUDA provider present, a CUDA row is added.
 
-Extra, NOT the same model: an int8 (QDQ, static, per-channel) quantisation of the
-registered graph, calibrated on 256 training images, with its validation AUC beside the
-float32 model's (``--no-int8`` skips it).
+Extra, NOT the same model, for a one-output model only (``--model cxr-pneumonia``): an int8
+(QDQ, static, per-channel) quantisation of the registered graph, calibrated on 256 training
+images, with its validation AUC beside the float32 model's (``--no-int8`` skips it).
 
     python -m bench.inference.run [--seconds 3] [--threads 2] [--json out.json]
 """
@@ -43,26 +44,24 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 
-MODEL = "cxr-pneumonia"
+MODEL = "cxr-triage"
 PARITY_TOLERANCE = 1e-4
 DATA = ROOT / "datasets" / "pneumoniamnist" / "pneumoniamnist_trainval.npz"
 
 
 def sample_inputs(spec: dict) -> np.ndarray:
-    import pydicom
+    from serving.imaging.preprocess import file_to_unit, unit_to_model_input
 
-    from serving.imaging.preprocess import dicom_to_model_input
-
-    files = sorted((ROOT / "datasets" / "samples").glob("cxr-*.dcm"))
+    files = sorted((ROOT / "datasets" / "nih-cxr" / "full-size").glob("*.png"))
     if not files:
-        raise SystemExit("no sample studies in datasets/samples")
-    return np.stack([dicom_to_model_input(pydicom.dcmread(f), spec) for f in files])
+        raise SystemExit("no radiographs in datasets/nih-cxr/full-size")
+    return np.stack([unit_to_model_input(file_to_unit(f)[0], spec) for f in files])
 
 
 def network_config(card: dict):
-    from training.cxr_pneumonia import TrainConfig
+    from training.cxr_triage import TriageConfig
 
-    cfg = TrainConfig()
+    cfg = TriageConfig()
     train = (card.get("training") or {}).get("config") or {}
     for key in ("widths", "layers", "seeds"):
         if key in train:
@@ -95,9 +94,9 @@ def torch_from_onnx(onnx_path: Path, cfg):
     import torch
     from onnx import numpy_helper
 
-    from training.cxr_pneumonia import TriageModel, build_network
+    from training.cxr_triage import TriageNet, build_member
 
-    model = TriageModel([build_network(cfg) for _ in cfg.seeds]).eval()
+    model = TriageNet([build_member(cfg) for _ in cfg.seeds]).eval()
     graph = onnx.load(str(onnx_path)).graph
     weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
     modules = dict(model.named_modules())
@@ -238,6 +237,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=3.0, help="per runtime and batch size")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default=MODEL, help="registered model (default cxr-triage)")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 extra row")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
@@ -250,10 +250,11 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     served = {"onnxruntime CPU (served session)": load_from_registry(
-        ROOT / "models", MODEL, providers=["CPUExecutionProvider"], threads=args.threads)}
+        ROOT / "models", args.model, providers=["CPUExecutionProvider"], threads=args.threads)}
     if "CUDAExecutionProvider" in ort.get_available_providers():
         served["onnxruntime CUDA (served session)"] = load_from_registry(
-            ROOT / "models", MODEL, providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+            ROOT / "models", args.model,
+            providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
             threads=args.threads)
     session = next(iter(served.values()))
     card, spec = session.card, session.card.get("input") or {}
@@ -264,6 +265,8 @@ def main() -> int:
     images = sample_inputs(spec)
 
     extra: dict = {}
+    if "outputs" in card:
+        args.no_int8 = True  # a multi-output graph: the int8 extra is for one-output models
     if not args.no_int8:
         int8_session, extra["int8_quality"] = int8_extra(
             session.onnx_path, spec, float(card["threshold"]), args.threads,
@@ -275,19 +278,21 @@ def main() -> int:
         xt = torch.from_numpy(x)
         fns = {"PyTorch eager (CPU)": lambda xt=xt: model(xt)}
         for name, sess in served.items():
-            fns[name] = lambda s=sess, x=x: s.run(x)
+            fns[name] = lambda s=sess, x=x: s.run_all(x)
         if not args.no_int8:
             fns["onnxruntime CPU int8 (extra, not served)"] = (
                 lambda x=x: int8_session.run(None, {"image": x}))
         with torch.inference_mode():
-            reference = model(xt).numpy()
+            reference = [t.numpy() for t in model(xt)]
             median = timed(fns, args.seconds * len(fns))
         torch_ips = batch / median["PyTorch eager (CPU)"]
         for name, sec in median.items():
             if name in served:
-                diff = float(np.abs(served[name].run(x) - reference).max())
+                diff = max(float(np.abs(a - b).max())
+                           for a, b in zip(served[name].run_all(x), reference, strict=True))
             elif "int8" in name:
-                diff = float(np.abs(int8_session.run(None, {"image": x})[0] - reference).max())
+                diff = float(np.abs(int8_session.run(None, {"image": x})[0]
+                                    - reference[0]).max())
             else:
                 diff = 0.0
             rows.append({"runtime": name, "batch": batch, "images_per_s": batch / sec,
@@ -299,7 +304,8 @@ def main() -> int:
     params = sum(p.numel() for p in model.parameters())
     print(f"model: {session.name} {session.version} (sha256 {session.sha256[:12]}…, registered "
           f"model.onnx, served session options) vs the same weights in PyTorch eager: "
-          f"{len(cfg.seeds)} x MONAI ResNet widths={cfg.widths} layers={cfg.layers}, input "
+          f"{len(cfg.seeds)} x MONAI ResNet widths={cfg.widths} layers={cfg.layers} (logits "
+          f"and CAM), input "
           f"{size}, {flops / 1e6:.1f} MFLOP per image; threads={args.threads}; torch "
           f"{torch.__version__}, onnxruntime {ort.__version__}; "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")

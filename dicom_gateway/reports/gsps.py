@@ -24,16 +24,19 @@ from scipy.spatial import ConvexHull
 from dicom_gateway.reports.wording import percent, series_description, verdict_en, verdict_vi
 from serving.imaging.explain import normalise, resize_map
 from serving.imaging.predictor import Prediction
+from serving.imaging.preprocess import inner_side
 
 MANUFACTURER = "Hai Dang (open source)"
 CUT = 0.5  # fraction of the map's maximum that bounds a region
 MIN_AREA = 0.01  # regions smaller than this fraction of the square are noise
 
 
-def heat_outlines(heat: np.ndarray, rows: int, columns: int) -> list[np.ndarray]:
+def heat_outlines(heat: np.ndarray, rows: int, columns: int,
+                  inner_crop: float = 1.0) -> list[np.ndarray]:
     """Closed outlines (N x 2 arrays of column, row pixel coordinates) of the heat map's
-    strong regions, in the pixel grid of a ``rows`` x ``columns`` image."""
-    side = min(rows, columns)
+    strong regions, in the pixel grid of a ``rows`` x ``columns`` image; the map covers the
+    centre square the model saw (``inner_crop`` of the shorter side, as ``center_square_np``)."""
+    side = inner_side(min(rows, columns), inner_crop)
     top, left = max(rows // 2 - side // 2, 0), max(columns // 2 - side // 2, 0)
     weight = resize_map(normalise(np.asarray(heat, np.float32)), (side, side))
     labels, count = ndimage.label(weight >= CUT * float(weight.max() or 1))
@@ -49,7 +52,8 @@ def heat_outlines(heat: np.ndarray, rows: int, columns: int) -> list[np.ndarray]
 
 
 def build_gsps(source: Dataset, heat: np.ndarray | None, prediction: Prediction, *,
-               series_uid: str | None = None, series_number: int = 9003,
+               inner_crop: float = 1.0, series_uid: str | None = None,
+               series_number: int = 9003,
                instance_number: int = 1) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """A presentation state for ``source`` (one single-frame image) showing ``prediction``."""
     rows, columns = int(source.Rows), int(source.Columns)
@@ -64,7 +68,7 @@ def build_gsps(source: Dataset, heat: np.ndarray | None, prediction: Prediction,
     outlines = [] if heat is None or not prediction.finding else [
         hd.pr.GraphicObject(graphic_type=hd.pr.GraphicTypeValues.POLYLINE, graphic_data=points,
                             units=hd.pr.AnnotationUnitsValues.PIXEL)
-        for points in heat_outlines(heat, rows, columns)]
+        for points in heat_outlines(heat, rows, columns, inner_crop)]
     annotation = hd.pr.GraphicAnnotation(referenced_images=[source], graphic_layer=layer,
                                          graphic_objects=outlines or None,
                                          text_objects=[label])

@@ -28,3 +28,12 @@ def series_description(finding: bool, kind: str) -> str:
     """ASCII (any PACS shows it): says it is AI, the verdict, and what the series holds."""
     verdict = "PNEUMONIA SUSPECTED" if finding else "no pneumonia"
     return f"AI {kind}: {verdict} (unverified)"[:64]
+
+
+NOT_ANALYSED_VI = "Không phân tích: ngoài phạm vi sử dụng của mô hình"
+NOT_ANALYSED_EN = "Not analysed: outside the model's intended use"
+
+
+def not_analysed(reason_vi: str, reason_en: str) -> str:
+    """The sentence a refused study carries in PACS and on the worklist, both languages."""
+    return f"{NOT_ANALYSED_VI}: {reason_vi} / {NOT_ANALYSED_EN}: {reason_en}"

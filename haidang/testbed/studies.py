@@ -7,6 +7,7 @@ written back untouched, in the file's own transfer syntax.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pydicom
@@ -19,8 +20,10 @@ try:
 except ImportError:  # pragma: no cover - dev extra not installed
     DATA_DIR = Path("/nonexistent")
 
-# The chest radiographs ``haidang demo`` sends (``datasets/samples``).
+# The chest radiographs ``haidang demo`` sends (``datasets/samples/demo``, with a manifest
+# saying which the model's intended-use gate accepts and which it must refuse).
 SAMPLE_STUDIES = Path(__file__).resolve().parents[2] / "datasets" / "samples"
+DEMO = SAMPLE_STUDIES / "demo"
 
 # A spread of modalities and transfer syntaxes that storage SCPs meet in practice.
 SAMPLES = {
@@ -68,8 +71,17 @@ def make_study(keys: list[str], dest_dir: Path, **kwargs) -> tuple[str, list[Pat
     return study_uid, [fresh_copy(k, dest_dir, study_uid=study_uid, **kwargs) for k in keys]
 
 
+def demo_manifest() -> list[dict[str, str]]:
+    """One row per demo study: ``path``, ``expected`` (analysed / refused), ``reason`` ..."""
+    with open(DEMO / "manifest.csv", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
 def sample_files() -> list[Path]:
-    return sorted(SAMPLE_STUDIES.rglob("*.dcm")) if SAMPLE_STUDIES.is_dir() else []
+    """The demo's adult frontal chest radiographs: what the model is made for."""
+    if not (DEMO / "manifest.csv").is_file():
+        return []
+    return [DEMO / r["path"] for r in demo_manifest() if r["expected"] == "analysed"]
 
 
 def cxr_studies(dest: Path, count: int) -> list[tuple[str, list[Path]]]:

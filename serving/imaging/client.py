@@ -49,9 +49,9 @@ def embedded_predictor(models_dir, name: str, providers: list[str] | None = None
 
 
 class ImagingClient:
-    """``predict`` / ``explain`` / ``info`` for one imaging model, in-process or over HTTP."""
+    """``predict`` / ``info`` for one imaging model, in-process or over HTTP."""
 
-    def __init__(self, serving_settings, model: str = "cxr-pneumonia"):
+    def __init__(self, serving_settings, model: str = "cxr-triage"):
         self.settings = serving_settings
         self.model = model
         urls = [u.strip().rstrip("/") for u in (serving_settings.url or "").split(",")]
@@ -63,7 +63,7 @@ class ImagingClient:
         self._info: dict[str, Any] | None = None
 
     @classmethod
-    def from_settings(cls, settings, model: str = "cxr-pneumonia") -> ImagingClient:
+    def from_settings(cls, settings, model: str = "cxr-triage") -> ImagingClient:
         return cls(settings.serving, model)
 
     # --- embedded -------------------------------------------------------------------------
@@ -117,7 +117,11 @@ class ImagingClient:
         return dict(self.info().get("input") or {})
 
     def predict(self, images: np.ndarray) -> list[Prediction]:
-        """One Prediction per preprocessed image ([N, C, H, W] or [N, H, W])."""
+        """One Prediction per preprocessed image ([N, C, H, W] or [N, H, W]).
+
+        Each carries its class activation maps (``cams``) when the model has them: the heat
+        map comes with the scores, from the same run.
+        """
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 3:
             images = images[:, None]
@@ -125,15 +129,6 @@ class ImagingClient:
             return self._predictor().predict(images)
         results = self._post("predict", {"images": images.tolist()})
         return [Prediction.model_validate(r) for r in results]
-
-    def explain(self, image: np.ndarray) -> np.ndarray:
-        """Occlusion-sensitivity map [H, W] for one preprocessed image ([C, H, W])."""
-        image = np.asarray(image, dtype=np.float32)
-        if self.mode == "embedded":
-            from serving.imaging.explain import occlusion_sensitivity
-
-            return occlusion_sensitivity(self._predictor().probabilities, image)
-        return np.asarray(self._post("explain", {"image": image.tolist()})["heat"], np.float32)
 
     def close(self) -> None:
         if self._http is not None:

@@ -1,7 +1,17 @@
-"""Batched prediction: model output to a probability and a finding, using the model card.
+"""Batched prediction: model output to calibrated probabilities and findings, using the card.
 
-The decision threshold comes from the model card, never from code, so a retrained
+Thresholds and calibration come from the model card, never from code, so a retrained
 model with a new operating point changes behaviour only through its registration.
+
+Two card shapes are served:
+
+* one output (``cxr-pneumonia``): ``output`` + ``threshold``, a probability per image;
+* several outputs (``cxr-triage``): ``outputs`` lists each label with its ``threshold`` and
+  its ``calibration`` (Platt: ``p = sigmoid(slope * logit + intercept)``, fitted on
+  validation); ``urgent`` names the outputs whose finding makes a study URGENT. The graph
+  also returns a class activation map per output from the same forward pass, so the heat
+  map costs no second run. ``calibrated`` is the one function that turns logits into
+  probabilities: ``haidang evaluate`` calls it too, so serving and evaluation agree.
 """
 
 from __future__ import annotations
@@ -15,12 +25,20 @@ from serving.imaging.session import ModelSession
 
 
 class Prediction(BaseModel):
-    """One image's result, carrying the identity of the model that produced it."""
+    """One image's result, carrying the identity of the model that produced it.
+
+    ``probability``/``finding``/``threshold`` are those of the urgent output (the most
+    probable one when several are urgent); ``probabilities``/``findings`` give every output,
+    ``cams`` its class activation map (model feature grid, e.g. 7x7) when the graph has one.
+    """
 
     probability: float
     finding: bool
     label: str
     threshold: float
+    probabilities: dict[str, float] = {}
+    findings: dict[str, bool] = {}
+    cams: dict[str, list[list[float]]] = {}
     model: str
     version: str
     sha256: str
@@ -98,15 +116,48 @@ def to_probability(raw: np.ndarray, activation: str | None = None) -> np.ndarray
     return col
 
 
+def card_outputs(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """The multi-output section of a card (``outputs``), or [] for a one-output card."""
+    outputs = card.get("outputs")
+    return [dict(o) for o in outputs] if isinstance(outputs, list) else []
+
+
+def calibrated(logits: np.ndarray, outputs: list[dict[str, Any]]) -> np.ndarray:
+    """Logits [N, K] -> calibrated probabilities [N, K] with each output's Platt parameters.
+
+    The only place calibration is applied: serving (``Predictor``) and ``haidang evaluate``
+    both call it.
+    """
+    z = np.asarray(logits, dtype=np.float64).reshape(len(logits), -1)
+    if z.shape[1] != len(outputs):
+        raise ValueError(f"model returned {z.shape[1]} outputs, its card lists {len(outputs)}")
+    slope = np.asarray([float(o.get("calibration", {}).get("slope", 1.0)) for o in outputs])
+    intercept = np.asarray(
+        [float(o.get("calibration", {}).get("intercept", 0.0)) for o in outputs]
+    )
+    return 1.0 / (1.0 + np.exp(-(z * slope + intercept)))
+
+
 class Predictor:
     """Turns preprocessed images into Predictions, in batches of at most ``max_batch``."""
 
     def __init__(self, session: ModelSession, max_batch: int = 32):
         self.session = session
         self.max_batch = max_batch
-        self.threshold = card_threshold(session.card)
-        self.labels = card_labels(session.card)
-        self.activation = card_activation(session.card)
+        card = session.card
+        self.outputs = card_outputs(card)
+        if self.outputs:
+            self.labels = [str(o["name"]) for o in self.outputs]
+            self.thresholds = np.asarray([float(o["threshold"]) for o in self.outputs])
+            urgent = card.get("urgent") or self.labels
+            self.urgent = [self.labels.index(u) for u in urgent]
+            self.threshold = float(self.thresholds[self.urgent[0]])
+        else:
+            self.labels = card_labels(card)
+            self.threshold = card_threshold(card)
+            self.thresholds = np.asarray([self.threshold])
+            self.urgent = [0]
+        self.activation = card_activation(card)
 
     def describe(self) -> dict[str, Any]:
         """Identity plus what a client needs to prepare inputs (the card's input section)."""
@@ -114,32 +165,62 @@ class Predictor:
             **self.session.info(),
             "threshold": self.threshold,
             "labels": self.labels,
+            "thresholds": dict(zip(self.output_labels(), self.thresholds.tolist(), strict=True)),
+            "urgent": [self.output_labels()[k] for k in self.urgent],
             "input": dict(self.session.card.get("input") or {}),
             "input_shape": self.session.input_shape,
         }
 
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        """Positive-class probabilities for images shaped [N, C, H, W] (or [N, H, W])."""
+    def output_labels(self) -> list[str]:
+        """One name per probability column (the positive label of a one-output model)."""
+        return self.labels if self.outputs else [self.labels[1]]
+
+    def scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities [N, K] and class activation maps [N, K, h, w] (or None)."""
         images = np.asarray(images, dtype=np.float32)
         if images.ndim == 3:
             images = images[:, None]
-        out = []
+        probs, cams = [], []
         for start in range(0, len(images), self.max_batch):
-            raw = self.session.run(images[start : start + self.max_batch])
-            out.append(to_probability(raw, self.activation))
-        return np.concatenate(out) if out else np.zeros(0)
+            raw = self.session.run_all(images[start : start + self.max_batch])
+            if self.outputs:
+                probs.append(calibrated(raw[0], self.outputs))
+                if len(raw) > 1:
+                    cams.append(np.asarray(raw[1], np.float32))
+            else:
+                probs.append(to_probability(raw[0], self.activation)[:, None])
+        k = len(self.output_labels())
+        prob = np.concatenate(probs) if probs else np.zeros((0, k))
+        return prob, (np.concatenate(cams) if cams else None)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """The urgent output's probability per image [N] (the first urgent output)."""
+        return self.scores(images)[0][:, self.urgent[0]]
 
     def predict(self, images: np.ndarray) -> list[Prediction]:
         info = self.session.info()
+        prob, cams = self.scores(images)
+        names = self.output_labels()
         results = []
-        for p in self.probabilities(images):
-            finding = bool(p >= self.threshold)
+        for i, row in enumerate(prob):
+            hits = row >= self.thresholds
+            k = max(self.urgent, key=lambda j: row[j])
+            finding = bool(any(hits[j] for j in self.urgent))
+            if self.outputs:
+                label = names[k] if finding else "no urgent finding"
+            else:
+                label = self.labels[1 if finding else 0]
             results.append(
                 Prediction(
-                    probability=float(p),
+                    probability=float(row[k]),
                     finding=finding,
-                    label=self.labels[1 if finding else 0],
-                    threshold=self.threshold,
+                    label=label,
+                    threshold=float(self.thresholds[k]),
+                    probabilities={n: float(v) for n, v in zip(names, row, strict=True)},
+                    findings={n: bool(h) for n, h in zip(names, hits, strict=True)},
+                    cams={}
+                    if cams is None
+                    else {n: np.round(c, 5).tolist() for n, c in zip(names, cams[i], strict=True)},
                     model=info["model"],
                     version=info["version"],
                     sha256=info["sha256"],

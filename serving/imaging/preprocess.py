@@ -11,7 +11,10 @@ they agree within 1e-6:
 The chain, applied to a 2-D image already mapped to [0, 1] (0 = black, 1 = white, as
 displayed in MONOCHROME2):
 
-1. centre crop to a square (MedMNIST did the same to the original Kermany images);
+1. centre crop to a square (MedMNIST did the same to the original Kermany images), then,
+   when the spec has ``inner_crop`` (a fraction), to the central part of that square: the
+   outer margin of a radiograph carries the side and "PORTABLE"/"AP" markers, and a model
+   that sees them learns the view instead of the disease (cxr-triage 1.0.0's first fit did);
 2. resize to ``spec["size"]`` by area averaging (``torch`` ``interpolate(mode="area")``,
    i.e. adaptive average pooling: anti-aliased when a full-size radiograph shrinks to 28 px);
 3. normalise ``(x - mean) / std``.
@@ -66,13 +69,19 @@ def _spec(spec: Mapping[str, Any] | None) -> dict[str, Any]:
 # --- the numpy chain (serving) ---------------------------------------------------------
 
 
-def center_square_np(img: np.ndarray) -> np.ndarray:
-    """Centre crop a 2-D image to a square, with MONAI ``CenterSpatialCrop``'s offsets."""
+def center_square_np(img: np.ndarray, fraction: float = 1.0) -> np.ndarray:
+    """Centre crop a 2-D image to a square (``fraction`` of its shorter side), with MONAI
+    ``CenterSpatialCrop``'s offsets."""
     h, w = img.shape
-    side = min(h, w)
+    side = inner_side(min(h, w), fraction)
     top = max(h // 2 - side // 2, 0)
     left = max(w // 2 - side // 2, 0)
     return img[top : top + side, left : left + side]
+
+
+def inner_side(side: int, fraction: float) -> int:
+    """Side of the central crop keeping ``fraction`` of ``side`` pixels (at least 1)."""
+    return max(1, int(round(side * float(fraction))))
 
 
 def _pool_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -103,7 +112,7 @@ def unit_to_model_input(unit2d: np.ndarray, spec: Mapping[str, Any] | None = Non
     if img.ndim != 2:
         raise PreprocessError(f"expected a 2-D greyscale image, got shape {img.shape}")
     if s.get("crop") == "center_square":
-        img = center_square_np(img)
+        img = center_square_np(img, float(s.get("inner_crop", 1.0)))
     img = area_resize_np(img, s["size"])
     out = (img - np.float32(s["mean"])) / np.float32(s["std"])
     return out[None].astype(np.float32)
@@ -192,6 +201,43 @@ def dicom_to_unit(ds) -> np.ndarray:
     return unit
 
 
+def picture_to_unit(path) -> np.ndarray:
+    """A PNG or JPEG file -> float32 2-D in [0, 1] (8- or 16-bit greyscale; colour is averaged).
+
+    A picture has no photometric interpretation: bright means dense, as displayed.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float64)
+            top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+            return np.clip(arr / top, 0.0, 1.0).astype(np.float32)
+        return (np.asarray(im.convert("L"), dtype=np.float32) / np.float32(255)).astype(np.float32)
+
+
+def file_to_unit(path) -> tuple[np.ndarray, str]:
+    """Any supported image file -> (float32 2-D in [0, 1] as displayed, photometric).
+
+    DICOM goes through ``dicom_to_unit`` (so MONOCHROME1 comes back already inverted);
+    PNG/JPEG count as MONOCHROME2.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        return picture_to_unit(path), "MONOCHROME2"
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises several types
+        raise PreprocessError(
+            f"{path.name} is neither PNG/JPEG nor readable DICOM ({exc}); send one of those"
+        ) from exc
+    return dicom_to_unit(ds), str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+
+
 def dicom_to_model_input(ds, spec: Mapping[str, Any] | None = None) -> np.ndarray:
     """``pydicom.Dataset`` -> float32 [1, H, W] model input (numpy only, no torch)."""
     return unit_to_model_input(dicom_to_unit(ds), spec)
@@ -210,7 +256,8 @@ def eval_transforms(spec: Mapping[str, Any] | None = None):
     s = _spec(spec)
 
     def _square(img):
-        side = min(int(img.shape[-2]), int(img.shape[-1]))
+        side = inner_side(min(int(img.shape[-2]), int(img.shape[-1])),
+                          float(s.get("inner_crop", 1.0)))
         return CenterSpatialCrop(roi_size=(side, side))(img)
 
     steps = []

@@ -111,6 +111,7 @@ class ModelSession:
         self.input_name = self._session.get_inputs()[0].name
         self.input_shape = list(self._session.get_inputs()[0].shape)
         self.output_name = self._session.get_outputs()[0].name
+        self.output_names = [o.name for o in self._session.get_outputs()]
         log.info(
             "model %s %s (sha256 %s) on %s",
             self.name,
@@ -123,6 +124,11 @@ class ModelSession:
         """Raw model output for a float32 batch shaped like the model's input."""
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         return self._session.run([self.output_name], {self.input_name: batch})[0]
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the graph (e.g. ``logits`` and ``cam``) from one run."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return self._session.run(self.output_names, {self.input_name: batch})
 
     def info(self) -> dict[str, str]:
         return {

@@ -150,8 +150,10 @@ def test_every_channel_survives_outages_a_crash_and_a_reanalysis(tmp_path, ortha
 
 
 def test_a_study_received_but_not_analysed_leaves_a_trace_in_pacs(tmp_path, orthanc):
-    """A multi-frame colour ultrasound routed to the chest X-ray analysis: nothing to analyse,
-    so the study summary SR says so in PACS, in Vietnamese and English."""
+    """A multi-frame colour ultrasound routed to the chest X-ray analysis: its intended-use
+    gate refuses it, so the study summary SR says so in PACS, in Vietnamese and English."""
+    from dicom_gateway.reports.summary_sr import read_text
+    from dicom_gateway.reports.wording import NOT_ANALYSED_EN, NOT_ANALYSED_VI
     from haidang.testbed.studies import make_study
 
     data = imaging_settings(tmp_path, orthanc).model_dump(mode="json")
@@ -166,9 +168,9 @@ def test_a_study_received_but_not_analysed_leaves_a_trace_in_pacs(tmp_path, orth
     path = tmp_path / "trace.dcm"
     sr.save_as(path, enforce_file_format=True)
     assert not dciodvfy_errors(path)
-    texts = [item.TextValue for item in sr.ContentSequence if "TextValue" in item]
-    reason = "cxr-pneumonia: no single-frame greyscale radiograph in study"
-    assert f"Đã nhận, không phân tích: {reason} (received, not analysed: {reason})" in texts
+    texts = read_text(sr)
+    assert any(t.startswith(f"{NOT_ANALYSED_VI}: ") and f" / {NOT_ANALYSED_EN}: " in t
+               for t in texts), texts
 
 
 def _start_worker(env: dict[str, str], log_path) -> tuple[subprocess.Popen, int, object]:

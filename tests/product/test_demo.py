@@ -1,4 +1,9 @@
-"""``haidang demo --json`` as a user runs it: a subprocess, real Orthanc, the sample studies."""
+"""``haidang demo --json`` as a user runs it: a subprocess, real Orthanc, the demo studies.
+
+Every study the demo manifest says the intended-use gate must refuse (a lateral view, a
+child, a CT slice, a blank image) comes back not analysed, with its reason, never URGENT;
+the adult frontal chest radiographs are analysed.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +17,12 @@ import httpx
 import pydicom
 import pytest
 
-from tests.support.imaging_e2e import ROOT, SAMPLES, model_registry
+from tests.support.imaging_e2e import DEMO, ROOT, adult_registry, demo_manifest
 
 
 def _demo(tmp_path: Path, *extra: str) -> tuple[dict, subprocess.CompletedProcess]:
     config = tmp_path / "haidang.toml"
-    config.write_text(f'[serving]\nmodels_dir = "{model_registry(tmp_path)}"\n')
+    config.write_text(f'[serving]\nmodels_dir = "{adult_registry(tmp_path)}"\n')
     out = subprocess.run(
         [sys.executable, "-m", "haidang", "-c", str(config), "demo", "--json",
          "--workdir", str(tmp_path / "demo"), *extra],
@@ -28,19 +33,28 @@ def _demo(tmp_path: Path, *extra: str) -> tuple[dict, subprocess.CompletedProces
 
 
 def _chest_studies() -> int:
-    return sum(1 for f in SAMPLES.glob("*.dcm")
-               if pydicom.dcmread(f, stop_before_pixels=True).get("BodyPartExamined") == "CHEST")
+    """The studies the gate accepts: each gets a TID 1500 SR and a visual summary."""
+    return sum(1 for r in demo_manifest() if r["expected"] == "analysed")
 
 
 @pytest.mark.orthanc
 def test_demo_json_with_orthanc(tmp_path):
-    report, _ = _demo(tmp_path)
-    assert report["studies_sent"] == len(list(SAMPLES.glob("*.dcm")))
+    report, out = _demo(tmp_path)
+    assert report["studies_sent"] == len(list(DEMO.glob("*.dcm")))
     assert report["studies_analysed"] == report["studies_sent"]
     assert report["reports_written"] == _chest_studies()
     urgent = [s for s in report["studies"] if s["priority"] == "URGENT"]
     assert report["flagged"] == len(urgent)
-    assert all(s["verdict"] == "pneumonia" for s in urgent)
+    assert all(s["analysed"] and s["verdict"] not in ("normal", "no urgent finding")
+               for s in urgent)
+    by_file = {s["study"]: s for s in report["studies"]}
+    refused = [r for r in demo_manifest() if r["expected"] == "refused"]
+    assert report["studies_refused"] == len(refused)
+    for row in refused:
+        shown = by_file[Path(row["path"]).stem]
+        assert not shown["analysed"] and shown["priority"] == "ROUTINE", shown
+        assert shown["reason"] == row["reason"] and shown["probability"] is None
+        assert shown["reason_en"] and shown["reason_vi"]
     ttf = report["time_to_flag_ms"]
     assert 0 <= ttf["p50"] <= ttf["p95"] <= ttf["max"]
     assert report["pacs"].startswith("Orthanc") and report["worklist_url"].endswith("/worklist")
@@ -58,7 +72,7 @@ def test_demo_without_orthanc_writes_a_local_archive(tmp_path):
     archive = Path(report["archive"])
     modalities = [pydicom.dcmread(f, stop_before_pixels=True).Modality
                   for f in archive.rglob("*.dcm")]
-    assert modalities.count("SR") >= _chest_studies() and "OT" in modalities
+    assert modalities.count("SR") == report["studies_sent"] and "OT" in modalities
     assert len(list((archive / "summaries").glob("*.png"))) == _chest_studies()
 
 

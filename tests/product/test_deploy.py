@@ -215,7 +215,7 @@ def test_built_bento_serves_the_model_with_its_probes(bento, tmp_path):
             path = imaging[probe]["httpGet"]["path"]
             assert httpx.get(f"{url}{path}", timeout=5).status_code == 200, path
         info = httpx.post(f"{url}/info", json={}, timeout=10).json()
-        assert info["model"] == "cxr-pneumonia" and info["version"] == "0.0.1-test"
+        assert info["model"] == "cxr-triage" and info["version"] == "0.0.1-test"
         assert info["provider"] == "CPUExecutionProvider"
     finally:
         stop_process(proc, 20)

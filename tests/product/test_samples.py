@@ -1,4 +1,4 @@
-"""The committed sample studies are valid DICOM (dciodvfy) and match their manifest."""
+"""The committed sample studies are valid DICOM (dciodvfy) and match their manifests."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = ROOT / "datasets" / "samples"
+DEMO = SAMPLES / "demo"
 NPZ = ROOT / "datasets" / "pneumoniamnist" / "pneumoniamnist_trainval.npz"
 FILES = sorted(SAMPLES.glob("*.dcm"))
+DEMO_FILES = sorted(DEMO.glob("*.dcm"))
 
 
-def manifest() -> list[dict[str, str]]:
-    with open(SAMPLES / "manifest.csv", encoding="utf-8") as fh:
+def manifest(folder: Path = SAMPLES) -> list[dict[str, str]]:
+    with open(folder / "manifest.csv", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -30,16 +32,57 @@ def test_samples_exist():
     assert {r["path"] for r in manifest()} <= names
 
 
-@pytest.mark.parametrize("path", FILES, ids=[f.name for f in FILES])
-def test_dciodvfy_finds_no_errors(path):
+def dciodvfy(path: Path) -> str:
     exe = shutil.which("dciodvfy")
     if exe is None:
         pytest.fail("dciodvfy missing: install dicom3tools (scripts/setup.sh)")
     res = subprocess.run([exe, str(path)], capture_output=True, text=True)
-    out = res.stdout + res.stderr
-    assert "CRImage" in out  # recognised as the CR IOD
+    return res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("path", FILES + DEMO_FILES,
+                         ids=[f.name for f in FILES] + [f"demo/{f.name}" for f in DEMO_FILES])
+def test_dciodvfy_finds_no_errors(path):
+    out = dciodvfy(path)
+    iod = {"CR": "CRImage", "DX": "DXImage", "CT": "CTImage"}[pydicom.dcmread(
+        path, stop_before_pixels=True).Modality]
+    if path.name == "siim-acr-chest-cr.dcm":
+        iod = "SCImage"  # the real file as SIIM shipped it: Secondary Capture
+    assert iod in out  # recognised as the intended IOD
     errors = [line for line in out.splitlines() if line.startswith("Error")]
     assert not errors, errors
+
+
+def test_demo_holds_real_adult_radiographs_and_the_cases_to_refuse():
+    rows = manifest(DEMO)
+    assert {r["path"] for r in rows} == {f.name for f in DEMO_FILES}
+    nih = [r for r in rows if r["path"].startswith("nih-")]
+    assert len(nih) == 12 and all(r["expected"] == "analysed" for r in nih)
+    assert {r["view"] for r in nih} == {"PA", "AP"}
+    assert {r["findings"] == "No Finding" for r in nih} == {True, False}
+    refused = {r["reason"]: r["path"] for r in rows if r["expected"] == "refused"}
+    assert {"lateral", "age", "modality", "blank"} <= set(refused)
+    photometric, uids = [], set()
+    for row in rows:
+        ds = pydicom.dcmread(DEMO / row["path"])
+        assert ds.SOPInstanceUID == row["SOPInstanceUID"]
+        assert ds.StudyInstanceUID == row["StudyInstanceUID"]
+        assert "^" in str(ds.PatientName) and ds.PatientID.startswith("HD")
+        assert ds.PatientAge == f"{int(row['age']):03d}Y"
+        assert ds.get("ViewPosition", "") == row["view"]
+        photometric.append(ds.PhotometricInterpretation)
+        uids.add(ds.StudyInstanceUID)
+        if row["path"].startswith("nih-"):
+            assert (ds.Rows, ds.Columns) == (1024, 1024) and ds.Modality in ("CR", "DX")
+            assert ds.BodyPartExamined == "CHEST" and int(row["age"]) >= 18
+            assert ds.file_meta.TransferSyntaxUID == pydicom.uid.JPEGLSLossless
+    assert photometric.count("MONOCHROME1") == 1
+    assert len(uids) == len(rows)  # one study each
+    assert int(next(r for r in rows if r["reason"] == "age")["age"]) < 18
+    blank = pydicom.dcmread(DEMO / refused["blank"])
+    assert blank.BodyPartExamined == "" and np.ptp(blank.pixel_array) == 0
+    assert pydicom.dcmread(DEMO / refused["modality"]).Modality == "CT"
+    assert pydicom.dcmread(DEMO / refused["lateral"]).ViewPosition == "LL"
 
 
 def test_wrapped_samples_match_manifest_and_data():
@@ -65,7 +108,8 @@ def test_real_cr_copies_have_fresh_uids():
 
     src = Path(data_store.__file__).parent / "data"
     for ours, theirs in [("real-cr-chest-rg1.dcm", "RG1_UNCI.dcm"),
-                         ("real-cr-hand-rg3.dcm", "RG3_UNCI.dcm")]:
+                         ("real-cr-hand-rg3.dcm", "RG3_UNCI.dcm"),
+                         ("demo/refuse-ct.dcm", "693_UNCI.dcm")]:
         a = pydicom.dcmread(SAMPLES / ours)
         b = pydicom.dcmread(src / theirs, stop_before_pixels=True)
         assert a.SOPInstanceUID != b.SOPInstanceUID

@@ -1,13 +1,15 @@
-"""ONNX session, batched prediction and occlusion maps on a small real ONNX model."""
+"""ONNX session, batched prediction, calibration and class activation maps on small real
+ONNX models."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from serving.imaging.explain import normalise, occlusion_sensitivity, resize_map
+from serving.imaging.explain import heat_of, normalise, resize_map
 from serving.imaging.predictor import (
     Predictor,
+    calibrated,
     card_activation,
     card_threshold,
     to_probability,
@@ -18,7 +20,15 @@ from serving.imaging.session import (
     file_sha256,
     provider_arguments,
 )
-from tests.support.imaging_model import CARD, SIZE, bright_top_left, build_onnx
+from tests.support.imaging_model import (
+    CAM_BIASES,
+    CAM_CARD,
+    CARD,
+    SIZE,
+    bright_top_left,
+    build_cam_onnx,
+    build_onnx,
+)
 
 
 @pytest.fixture
@@ -85,18 +95,38 @@ def test_to_probability_handles_two_class_logits_and_probability_outputs():
     assert to_probability(np.array([[0.0]]), "sigmoid")[0] == pytest.approx(0.5)
 
 
-def test_occlusion_map_has_image_shape_and_points_at_the_evidence(session):
+def test_multi_output_card_calibrates_flags_and_returns_cams(tmp_path):
+    """cxr-triage's contract: calibrated probabilities per output, URGENT from the card's
+    urgent output, and the class activation map from the same run."""
+    path = build_cam_onnx(tmp_path / "model.onnx")
+    session = ModelSession(name="cxr-triage", version="0.0.2-test", onnx_path=path,
+                           sha256=file_sha256(path), card=CAM_CARD)
     predictor = Predictor(session)
-    image = bright_top_left()[0]
-    heat = occlusion_sensitivity(predictor.probabilities, image, patch=7, stride=7)
-    assert heat.shape == (SIZE, SIZE)
-    half = SIZE // 2
-    assert heat[:half, :half].mean() > 0.01
-    # the model ignores everything outside the top-left quarter
-    assert np.abs(heat[half:, :]).max() < 1e-6 and np.abs(heat[:, half:]).max() < 1e-6
-    shown = normalise(heat)
-    assert shown.max() == pytest.approx(1.0) and shown.min() >= 0
-    assert resize_map(shown, (300, 200)).shape == (300, 200)
+    images = np.concatenate([bright_top_left(1), np.zeros((1, 1, SIZE, SIZE), np.float32)])
+    raw_logits, cam = session.run_all(images)
+    assert cam.shape == (2, 2, 7, 7)
+    np.testing.assert_allclose(raw_logits, cam.mean(axis=(2, 3)) + CAM_BIASES, atol=1e-6)
+    bright, dark = predictor.predict(images)
+    for k, output in enumerate(CAM_CARD["outputs"]):
+        c = output["calibration"]
+        expected = 1 / (1 + np.exp(-(c["slope"] * raw_logits[0, k] + c["intercept"])))
+        assert bright.probabilities[output["name"]] == pytest.approx(expected, rel=1e-6)
+    assert calibrated(raw_logits, CAM_CARD["outputs"])[0, 1] == pytest.approx(
+        bright.probability)
+    assert bright.finding and bright.label == "pneumonia" and bright.threshold == 0.5
+    assert not dark.finding and dark.label == "no urgent finding"
+    assert dark.findings == {"abnormal": False, "pneumonia": False}
+    heat = heat_of(bright)
+    assert heat.shape == (7, 7)
+    assert heat[:3, :3].min() > 0 and np.abs(heat[4:, 4:]).max() == 0  # where the evidence is
+    shown = resize_map(normalise(heat), (300, 200))
+    assert shown.shape == (300, 200) and shown.max() <= 1.0 and shown.min() >= 0
+    assert predictor.describe()["thresholds"] == {"abnormal": 0.45, "pneumonia": 0.5}
+
+
+def test_a_card_and_a_graph_that_disagree_on_outputs_are_refused():
+    with pytest.raises(ValueError, match="2 outputs, its card lists 1"):
+        calibrated(np.zeros((1, 2)), [{"name": "pneumonia"}])
 
 
 def test_embedded_client_picks_up_a_promoted_version(tmp_path):
@@ -111,8 +141,8 @@ def test_embedded_client_picks_up_a_promoted_version(tmp_path):
     client = ImagingClient(ServingSettings(models_dir=root))
     assert client.predict(bright_top_left())[0].version == "1.0.0"
     build_registry(tmp_path, version="1.1.0")  # also moves `current`; promote it properly too
-    card = root / "cxr-pneumonia" / "1.1.0" / "card.yaml"
+    card = root / "cxr-triage" / "1.1.0" / "card.yaml"
     card.write_text(yaml.safe_dump({**yaml.safe_load(card.read_text()), "threshold": 0.99}))
-    ModelRegistry(root).promote("cxr-pneumonia", "1.1.0")
+    ModelRegistry(root).promote("cxr-triage", "1.1.0")
     result = client.predict(bright_top_left())[0]
     assert result.version == "1.1.0" and result.threshold == 0.99 and not result.finding

@@ -71,6 +71,26 @@ def test_numpy_chain_equals_monai_chain():
     assert diff.max() <= 2e-5
 
 
+def test_inner_crop_numpy_chain_equals_monai_chain():
+    """cxr-triage's spec: 224 px from the central 80% of the square (view markers cut off)."""
+    torch = pytest.importorskip("torch")
+    from serving.imaging.preprocess import center_square_np, eval_transforms
+
+    spec = {**DEFAULT_SPEC, "size": [224, 224], "inner_crop": 0.8}
+    chain = eval_transforms(spec)
+    rng = np.random.default_rng(1)
+    for shape in [(256, 256), (300, 260), (1024, 1024)]:
+        unit = rng.random(shape).astype(np.float32)
+        ours = unit_to_model_input(unit, spec)
+        monai = np.asarray(chain(torch.from_numpy(unit)[None]))
+        assert ours.shape == monai.shape == (1, 224, 224)
+        assert np.max(np.abs(ours - monai)) <= 2e-6, shape
+    marked = np.zeros((250, 250), np.float32)
+    marked[:, 240:] = 1.0  # a marker in the outer margin never reaches the model
+    assert center_square_np(marked, 0.8).shape == (200, 200)
+    assert unit_to_model_input(marked, spec).max() == pytest.approx(-2.0)
+
+
 def test_other_input_size_from_spec():
     spec = {**DEFAULT_SPEC, "size": [64, 64]}
     out = array_to_model_input(np.full((28, 28), 255, np.uint8), spec)

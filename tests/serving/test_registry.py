@@ -117,3 +117,28 @@ def test_committed_model_is_registered_and_complete(tmp_path):
     reg2 = ModelRegistry(copy)
     assert reg2.promote("cxr-pneumonia", mv.version).version == mv.version
     assert isinstance(reg2.current("cxr-pneumonia"), ModelVersion)
+
+
+def test_committed_cxr_triage_card_is_complete():
+    """The adult chest model serving uses: every section issue 18 asks of its card."""
+    reg = ModelRegistry(MODELS)
+    mv = reg.current("cxr-triage")  # verifies the sha256
+    card = mv.card
+    assert [o["name"] for o in card["outputs"]] == ["abnormal", "pneumonia"]
+    assert card["urgent"] == ["pneumonia"]
+    for output in card["outputs"]:
+        assert 0.0 < output["threshold"] < 1.0
+        assert {"slope", "intercept", "ece_cross_fitted"} <= set(output["calibration"])
+        m = card["metrics"]["validation"][output["name"]]
+        assert m["sensitivity"] >= 0.9  # the triage operating point, on validation
+        for stratum in ("all", "view PA", "view AP", "sex M", "sex F", "age 60+"):
+            assert "ci95" in m["auc_by_stratum"][stratum], stratum
+    assert card["population"]["age_min_years"] == 18
+    assert card["population"]["views"] == ["PA", "AP"]
+    assert card["parity"]["max_abs_diff"] <= 1e-4
+    assert "Wang" in card["data"]["citations"][0] and "NIH" in card["data"]["acknowledgement"]
+    assert card["gate"]["sha256"] and card["gate"]["held_out"]
+    assert any("not for clinical use" in x.lower() for x in card["limitations"])
+    assert card["known_failure_modes"]
+    assert "cxr-pneumonia" in reg.names()  # retired from routing, kept in the registry
+    assert "retired" in reg.current("cxr-pneumonia").card["status"]

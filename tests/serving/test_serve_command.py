@@ -48,7 +48,7 @@ def test_serve_starts_cdss_and_imaging_and_stops_both(tmp_path):
         _wait(f"http://127.0.0.1:{imaging_port}/readyz", proc)
         info = httpx.post(f"http://127.0.0.1:{imaging_port}/info", json={}, timeout=10)
         assert info.status_code == 200, info.text
-        assert "cxr-pneumonia" in info.text
+        assert "cxr-triage" in info.text
     finally:
         stop_process(proc, 30, signal.SIGINT)
     # the imaging child went with its parent
@@ -166,5 +166,5 @@ def test_start_up_line_names_models_and_ports(tmp_path):
         stop_process(proc, 30)
     assert f"HTTP http://127.0.0.1:{cdss_port} (--port)" in line, line
     assert f"imaging http://127.0.0.1:{imaging_port} (--imaging-port)" in line, line
-    assert "cxr-pneumonia 1.0.0 sha256 " in line and " on CPUExecutionProvider" in line, line
+    assert "cxr-triage 1.0.0 sha256 " in line and " on CPUExecutionProvider" in line, line
     assert "interaction-risk 1.0.0 sha256 " in line and "| warm-up " in line, line

@@ -1,8 +1,9 @@
 """Set-up shared by the imaging end-to-end, worklist and demo tests.
 
-Uses the committed model (``models/cxr-pneumonia``) when the registry has it, else the
-small real ONNX test model; chest X-ray studies are the shipped samples when present,
-else real CR files from pydicom-data with fresh UIDs.
+Uses the committed model (``models/cxr-triage``) when the registry has it, else the
+small real ONNX test model; chest X-ray studies are the shipped demo radiographs the
+intended-use gate accepts (``datasets/samples/demo/manifest.csv``), else real CR files
+from pydicom-data with fresh UIDs.
 """
 
 from __future__ import annotations
@@ -12,23 +13,48 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
+from dicom_gateway.analyses.cxr_pneumonia import MODEL
+from dicom_gateway.analyses.intended_use import Population
 from haidang.ground.settings import Settings
-from haidang.testbed.studies import SAMPLE_STUDIES as SAMPLES  # noqa: F401 - tests use it
-from haidang.testbed.studies import cxr_studies, sample_files  # noqa: F401 - tests use them
+from haidang.testbed.studies import (  # noqa: F401 - the tests import them from here
+    DEMO,
+    cxr_studies,
+    demo_manifest,
+    sample_files,
+)
 from tests.support.gateway_helpers import gateway_settings
 from tests.support.imaging_model import build_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
+SAMPLES = ROOT / "datasets" / "samples"
 CXR_ROUTES = [{"name": "chest-xray", "match": {"Modality": ["CR", "DX"]},
                "analyses": ["cxr-pneumonia"]},
               {"name": "other", "match": {}, "analyses": ["study-summary"]}]
 
 
 def model_registry(tmp: Path) -> Path:
-    if (MODELS / "cxr-pneumonia" / "current").is_file():
+    if (MODELS / "cxr-triage" / "current").is_file():
         return MODELS
     return build_registry(tmp / "models")
+
+
+def adult_registry(tmp: Path) -> Path:
+    """The served model's registry; its card gains an adult population if it has none."""
+    source = model_registry(tmp)
+    card_path = source / MODEL / (source / MODEL / "current").read_text().strip() / "card.yaml"
+    card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
+    if Population.from_card(card).age_min:
+        return source
+    root = tmp / "models-adult"
+    shutil.copytree(source / MODEL, root / MODEL)
+    copied = root / MODEL / card_path.parent.name / "card.yaml"
+    card["population"] = {"age_min": 18, "views": ["PA", "AP"], "modalities": ["CR", "DX"],
+                          "photometric": ["MONOCHROME1", "MONOCHROME2"], "body_parts": ["CHEST"]}
+    copied.write_text(yaml.safe_dump(card, allow_unicode=True), encoding="utf-8")
+    return root
 
 
 def imaging_settings(tmp: Path, orthanc=None, quiet: float = 0.5, **serving) -> Settings:

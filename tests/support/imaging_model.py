@@ -1,8 +1,11 @@
-"""A tiny real ONNX model for imaging tests: pneumonia probability from the top-left quarter.
+"""Tiny real ONNX models for imaging tests, written with onnx.helper (no training needed).
 
-logit = 8·mean(top-left 14×14 of a 28×28 image) − 4, so a bright top-left quarter means
-"pneumonia" and occluding that quarter lowers the probability: explanation maps can be
-checked against a known answer. Written with onnx.helper, no training needed.
+* ``build_onnx``: one output, logit = 8·mean(top-left 14×14 of a 28×28 image) − 4, so a
+  bright top-left quarter means "pneumonia".
+* ``build_cam_onnx``: the cxr-triage contract: ``logits`` [N, 2] and ``cam`` [N, 2, 7, 7]
+  from one graph; the feature map is the image average-pooled to 7×7, each output's map is
+  a weight times it, and each logit is its map's mean plus a bias. A bright top-left
+  quarter therefore lights the top-left of the map: a known answer for heat maps.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ def build_onnx(path: Path) -> Path:
 
 
 CARD = {
-    "name": "cxr-pneumonia",
+    "name": "cxr-triage",
     "version": "0.0.1-test",
     "labels": ["normal", "pneumonia"],
     "threshold": 0.5,
@@ -54,7 +57,52 @@ CARD = {
 }
 
 
-def build_registry(root: Path, name: str = "cxr-pneumonia", version: str = "0.0.1-test") -> Path:
+CAM_WEIGHTS = (2.0, 16.0)  # abnormal, pneumonia
+CAM_BIASES = (-1.0, -3.0)
+CAM_CARD = {
+    "name": "cxr-triage",
+    "version": "0.0.2-test",
+    "labels": ["abnormal", "pneumonia"],
+    "urgent": ["pneumonia"],
+    "outputs": [
+        {"name": "abnormal", "threshold": 0.45,
+         "calibration": {"slope": 0.5, "intercept": 0.2}},
+        {"name": "pneumonia", "threshold": 0.5,
+         "calibration": {"slope": 1.5, "intercept": -0.25}},
+    ],
+    "output": {"name": "logits", "activation": "calibrated sigmoid"},
+    "input": {"size": [SIZE, SIZE], "channels": 1},
+}
+
+
+def build_cam_onnx(path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.asarray(CAM_WEIGHTS, np.float32).reshape(2, 1, 1, 1), "w")
+    b = numpy_helper.from_array(np.asarray(CAM_BIASES, np.float32), "b")
+    axes = numpy_helper.from_array(np.asarray([2, 3], np.int64), "axes")
+    graph = helper.make_graph(
+        [helper.make_node("AveragePool", ["image"], ["feat"], kernel_shape=[4, 4],
+                          strides=[4, 4]),
+         helper.make_node("Conv", ["feat", "w"], ["cam"]),
+         helper.make_node("ReduceMean", ["cam", "axes"], ["pooled"], keepdims=0),
+         helper.make_node("Add", ["pooled", "b"], ["logits"])],
+        "cam",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 2]),
+         helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 2, 7, 7])],
+        initializer=[w, b, axes],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def build_registry(root: Path, name: str = "cxr-triage", version: str = "0.0.1-test") -> Path:
     """``root/<name>/<version>/{model.onnx,card.yaml}`` plus ``root/<name>/current``."""
     vdir = root / name / version
     import hashlib

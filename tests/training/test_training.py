@@ -23,17 +23,16 @@ from serving.registry import ModelVersion  # noqa: E402
 from training.cxr_pneumonia import (  # noqa: E402
     TrainConfig,
     build_network,
-    learning_rate,
-    schedule_progress,
+    train_and_register,
     youden_threshold,
 )
 from training.export import ParityError, export_onnx, parity_check  # noqa: E402
-from training.register import train_and_register  # noqa: E402
+from training.schedule import learning_rate, schedule_progress  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 NPZ = ROOT / "datasets" / "pneumoniamnist" / "pneumoniamnist_trainval.npz"
 SAMPLES = ROOT / "datasets" / "samples"
-REQUIRED_JSON = ("auc", "accuracy", "sensitivity", "specificity", "threshold", "n")
+REQUIRED_JSON = ("auc", "accuracy", "sensitivity", "specificity", "threshold", "ece", "n")
 
 
 def tiny_config(**kw) -> TrainConfig:
@@ -125,25 +124,29 @@ def test_youden_threshold_separates_perfect_scores():
     assert ((prob >= t) == labels.astype(bool)).all()
 
 
-def test_evaluate_json_on_tiny_npz(tiny_model, subset_npz, capsys):
-    argv = ["evaluate", str(tiny_model), "--data", str(subset_npz), "--split", "test", "--json"]
+def test_evaluate_json_on_tiny_npz(tiny_model, subset_npz, tmp_path, capsys):
+    """MedMNIST .npz input keeps working; figures go only where --plots says."""
+    before = sorted(p.name for p in tiny_model.iterdir())
+    argv = ["evaluate", str(tiny_model), "--data", str(subset_npz), "--split", "test", "--json",
+            "--plots", str(tmp_path / "plots")]
     code = main(argv)
     assert code == 0
     out = capsys.readouterr().out.strip()
     assert out.count("\n") == 0  # exactly one JSON object on one line
     result = json.loads(out)
+    m = result["outputs"]["pneumonia"]
     for key in REQUIRED_JSON:
-        assert key in result, key
-    assert result["n"] == 60 and result["n_positive"] == 40
+        assert key in m, key
+    assert m["n"] == 60 and m["n_positive"] == 40
     card = yaml.safe_load((tiny_model / "card.yaml").read_text())
-    assert result["threshold"] == pytest.approx(card["threshold"])
-    assert result["accuracy"] == pytest.approx((result["tp"] + result["tn"]) / 60, abs=1e-4)
-    assert result["sensitivity"] == pytest.approx(result["tp"] / 40, abs=1e-4)
-    assert 0.5 < result["auc"] <= 1.0
+    assert m["threshold"] == pytest.approx(card["threshold"])
+    assert 0.5 < m["auc"] <= 1.0
+    assert 0 <= m["ece"] <= 1
     for name in ("roc", "pr", "confusion", "calibration"):
-        png = tiny_model / f"eval-test-{name}.png"
+        png = tmp_path / "plots" / f"eval-pneumonia-{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert png.stat().st_size > 10_000
+    assert sorted(p.name for p in tiny_model.iterdir()) == before  # nothing written there
 
 
 def test_evaluate_refuses_a_missing_split(tiny_model, subset_npz, capsys):
@@ -152,21 +155,31 @@ def test_evaluate_refuses_a_missing_split(tiny_model, subset_npz, capsys):
 
 
 def test_evaluate_dicom_folder_equals_npz(tiny_model, tmp_path, capsys):
-    """The 8 wrapped sample CRs give the same predictions as their npz validation images."""
+    """The 8 wrapped sample CRs (images/ + labels.csv) give the figures of their npz images."""
+    import shutil
+
     with open(SAMPLES / "manifest.csv", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     idx = [int(r["source"].split("[")[1].rstrip("]")) for r in rows]
     with np.load(NPZ) as npz:
         np.savez(tmp_path / "s.npz", samples_images=npz["val_images"][idx],
                  samples_labels=npz["val_labels"][idx])
-    argv = ["evaluate", str(tiny_model), "--split", "samples", "--json", "--no-plots"]
-    assert main([*argv, "--data", str(SAMPLES), "--labels", str(SAMPLES / "manifest.csv")]) == 0
-    from_dicom = json.loads(capsys.readouterr().out)
+    folder = tmp_path / "dicom"
+    (folder / "images").mkdir(parents=True)
+    with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "findings"])
+        for r in rows:
+            shutil.copy(SAMPLES / r["path"], folder / "images" / r["path"])
+            w.writerow([r["path"], "Pneumonia" if r["label"] == "1" else "No Finding"])
+    argv = ["evaluate", str(tiny_model), "--split", "samples", "--json"]
+    assert main([*argv, "--data", str(folder)]) == 0
+    from_dicom = json.loads(capsys.readouterr().out)["outputs"]["pneumonia"]
     assert main([*argv, "--data", str(tmp_path / "s.npz")]) == 0
-    from_npz = json.loads(capsys.readouterr().out)
+    from_npz = json.loads(capsys.readouterr().out)["outputs"]["pneumonia"]
     assert from_dicom["n"] == 8
-    for key in ("tp", "tn", "fp", "fn", "auc", "brier"):
-        assert from_dicom[key] == from_npz[key], key
+    for key in ("auc", "accuracy", "sensitivity", "specificity", "ece"):
+        assert from_dicom[key] == pytest.approx(from_npz[key], abs=1e-6), key
 
 
 def _load_make_samples():

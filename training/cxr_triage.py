@@ -1,0 +1,602 @@
+"""Adult chest X-ray triage (issue 18): data, network and fit for ``cxr-triage``.
+
+Why these choices:
+
+* Data: the NIH ChestX-ray14 subset in ``datasets/nih-cxr`` (1,838 adult frontal films, NIH's
+  own multi-label findings). Split by ``patient_id`` so no patient is on both sides.
+* Network: a MONAI ``ResNet`` (basic blocks) at 224 px with the usual stride-2 stem and
+  max-pool, small enough to train from scratch on 2 CPU cores. No pretrained weights: the
+  chest models on PyPI that ship weights were trained on ChestX-ray14 itself, which would leak
+  the very patients held back for evaluation.
+* Multi-task: besides the two served outputs (``abnormal``, ``pneumonia``) the network learns
+  the five other frequent NIH findings as auxiliary heads; they share the features and help
+  a model that sees only ~1,400 training films. Only the served outputs are exported.
+* The exported graph returns ``logits`` [N, K] and ``cam`` [N, K, h, w] from ONE forward pass:
+  the class activation map is the classifier's weights applied to the last feature map, and
+  the logits are its spatial mean plus the bias, so the map explains exactly those logits.
+* Ensemble: a few seeds averaged inside the one graph (logits and maps alike).
+* No model selection on validation: a fixed one-cycle schedule, EMA weights at the end.
+  Validation is used for calibration and thresholds only (``training.pipeline``).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from serving.imaging.preprocess import _spec, file_to_unit
+from training.data import unit_at_model_size
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "cxr-triage"
+OUTPUTS = ("abnormal", "pneumonia")
+AUXILIARY = ("infiltration", "fibrosis", "atelectasis", "effusion", "edema")
+TRAINED = OUTPUTS + AUXILIARY
+SPEC: dict[str, Any] = {
+    "name": "image",
+    "size": [224, 224],
+    "channels": 1,
+    "dtype": "float32",
+    "crop": "center_square",
+    "inner_crop": 0.8,  # drop the outer 10% each side: view markers live there
+    "resize": "area",
+    "scale": [0, 255],
+    "mean": 0.5,
+    "std": 0.25,
+}
+
+
+@dataclass
+class CxrSet:
+    """Images at model size in [0, 1] (float16 to halve memory), targets and per-image facts."""
+
+    images: np.ndarray  # float16 (N, 1, H, W)
+    targets: np.ndarray  # float32 (N, len(TRAINED)); 1 = finding present
+    rows: list[dict[str, str]]  # the labels.csv rows (image, findings, patient_id, view, ...)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> CxrSet:
+        idx = np.asarray(idx, dtype=int)
+        return CxrSet(self.images[idx], self.targets[idx], [self.rows[i] for i in idx])
+
+    def column(self, name: str) -> np.ndarray:
+        return np.asarray([r.get(name, "") for r in self.rows])
+
+
+def findings_targets(findings: str) -> list[float]:
+    """NIH findings (``A|B`` or ``No Finding``) -> one 0/1 per ``TRAINED`` label."""
+    names = {f.strip().lower() for f in findings.split("|") if f.strip()}
+    abnormal = bool(names - {"no finding"})
+    return [float(abnormal)] + [float(label in names) for label in TRAINED[1:]]
+
+
+def load_labelled_folder(folder: Path, spec: Mapping[str, Any] = SPEC, limit: int = 0) -> CxrSet:
+    """``folder/labels.csv`` + ``folder/images/`` (PNG, JPEG or DICOM) -> ``CxrSet``."""
+    from tqdm import tqdm
+
+    folder = Path(folder)
+    with open(folder / "labels.csv", newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.DictReader(fh))
+    if limit:  # a reproducible random subset (tests, smoke runs): the CSV is ordered by source
+        keep = np.sort(np.random.default_rng(0).choice(len(rows), min(limit, len(rows)), False))
+        rows = [rows[i] for i in keep]
+    images = np.empty((len(rows), 1, *_spec(spec)["size"]), np.float16)
+    for i, row in enumerate(tqdm(rows, desc="images", unit="img", mininterval=5)):
+        unit, _ = file_to_unit(folder / "images" / row["image"])
+        images[i, 0] = unit_at_model_size(unit, spec)
+    targets = np.asarray([findings_targets(r.get("findings", "")) for r in rows], np.float32)
+    return CxrSet(images, targets, rows)
+
+
+def patient_split(data: CxrSet, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val), disjoint by ``patient_id``, stratified by the patient's findings.
+
+    Patients are grouped by whether any of their films has pneumonia / any finding, and each
+    group is split on its own, so both sides keep the label mix.
+    """
+    patients: dict[str, list[int]] = {}
+    for i, row in enumerate(data.rows):
+        patients.setdefault(row["patient_id"], []).append(i)
+    strata: dict[tuple[bool, bool], list[str]] = {}
+    for pid, idx in patients.items():
+        key = (bool(data.targets[idx, 1].max()), bool(data.targets[idx, 0].max()))
+        strata.setdefault(key, []).append(pid)
+    rng = np.random.default_rng(seed)
+    val_patients: set[str] = set()
+    for key in sorted(strata):
+        pids = sorted(strata[key])
+        rng.shuffle(pids)
+        val_patients.update(pids[: round(len(pids) * val_fraction)])
+    val = np.asarray([i for i, r in enumerate(data.rows) if r["patient_id"] in val_patients])
+    train = np.asarray([i for i, r in enumerate(data.rows) if r["patient_id"] not in val_patients])
+    return train, val
+
+
+@dataclass
+class TriageConfig:
+    epochs: int = 30
+    seeds: list[int] = field(default_factory=lambda: [0])
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 5e-4
+    ema_decay: float = 0.995
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    layers: list[int] = field(default_factory=lambda: [1, 1, 1, 1])
+    auxiliary_weight: float = 0.5  # loss weight of each auxiliary finding vs a served output
+    time_budget_s: float = 24 * 60.0  # all seeds together; the schedule compresses to fit
+    threads: int = 2
+    val_fraction: float = 0.25
+    split_seed: int = 18
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_member(cfg: TriageConfig) -> nn.Module:
+    from monai.networks.nets import ResNet
+
+    return ResNet(
+        block="basic",
+        layers=list(cfg.layers),
+        block_inplanes=list(cfg.widths),
+        spatial_dims=2,
+        n_input_channels=1,
+        conv1_t_size=7,
+        conv1_t_stride=2,
+        no_max_pool=False,
+        num_classes=len(TRAINED),
+    )
+
+
+def feature_map(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """MONAI ``ResNet.forward`` up to the last stage (before pooling)."""
+    x = net.act(net.bn1(net.conv1(x)))
+    if not net.no_max_pool:
+        x = net.maxpool(x)
+    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+
+
+class TriageNet(nn.Module):
+    """What is exported: ``image`` [N,1,H,W] -> ``logits`` [N,K], ``cam`` [N,K,h,w].
+
+    Per member: cam = W·F (classifier weights over the last feature map), logits = mean(cam)
+    + b, which is exactly the member's own pooled classifier. Members are averaged.
+    """
+
+    def __init__(self, members: list[nn.Module], outputs: int = len(OUTPUTS)):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.outputs = outputs
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cams, biases = [], []
+        for m in self.members:
+            feats = feature_map(m, image)
+            weight = m.fc.weight[: self.outputs]
+            cams.append(torch.einsum("kc,nchw->nkhw", weight, feats))
+            biases.append(m.fc.bias[: self.outputs])
+        cam = torch.stack(cams).mean(0)
+        logits = cam.mean(dim=(2, 3)) + torch.stack(biases).mean(0)
+        return logits, cam
+
+
+def train_transforms(spec: Mapping[str, Any]):
+    """MONAI augmentation (no flips: the heart is on the left) then the shared eval chain."""
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrast,
+        RandAffine,
+        RandGaussianNoise,
+        RandScaleIntensity,
+        RandShiftIntensity,
+    )
+
+    from serving.imaging.preprocess import eval_transforms
+
+    return Compose(
+        [
+            RandAffine(
+                prob=0.9,
+                rotate_range=(0.14,),
+                scale_range=(0.12, 0.12),
+                translate_range=(12, 12),
+                shear_range=(0.04, 0.04),
+                padding_mode="zeros",
+                mode="bilinear",
+            ),
+            RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
+            RandScaleIntensity(prob=0.5, factors=0.15),
+            RandShiftIntensity(prob=0.5, offsets=0.08),
+            RandGaussianNoise(prob=0.2, std=0.02),
+            eval_transforms(spec),
+        ]
+    )
+
+
+def normalised(images: np.ndarray, spec: Mapping[str, Any] = SPEC) -> torch.Tensor:
+    """The eval chain over images already at model size (crop/resize are identities)."""
+    s = _spec(spec)
+    return (torch.from_numpy(images.astype(np.float32)) - float(s["mean"])) / float(s["std"])
+
+
+class _Augmented(torch.utils.data.Dataset):
+    def __init__(self, data: CxrSet, transform):
+        self.x = data.images
+        self.y = torch.from_numpy(data.targets)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        x = torch.from_numpy(self.x[i].astype(np.float32))
+        return torch.as_tensor(self.transform(x)).float(), self.y[i]
+
+
+@dataclass
+class FitResult:
+    model: TriageNet
+    members: list[dict[str, Any]]
+    seconds: float
+    device: str
+
+
+def device_of() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def fit(train: CxrSet, cfg: TriageConfig, progress: bool = True) -> FitResult:
+    """Train ``len(cfg.seeds)`` members on ``train``; returns the ensemble (on CPU, eval)."""
+    from monai.data import set_track_meta
+    from monai.utils import set_determinism
+    from tqdm import tqdm
+
+    from training.schedule import learning_rate, schedule_progress
+
+    set_track_meta(False)
+    torch.set_num_threads(cfg.threads)
+    device = device_of()
+    pos = train.targets.mean(0).clip(0.02, 0.98)
+    pos_weight = torch.from_numpy(np.sqrt((1 - pos) / pos)).float().to(device)
+    weights = torch.tensor(
+        [1.0] * len(OUTPUTS) + [cfg.auxiliary_weight] * len(AUXILIARY), device=device
+    )
+    transform = train_transforms(SPEC)
+    start = time.monotonic()
+    members, reports = [], []
+    per_seed = cfg.time_budget_s / max(len(cfg.seeds), 1)
+    for seed in cfg.seeds:
+        seed_start = time.monotonic()
+        set_determinism(seed=seed)
+        transform.set_random_state(seed=seed)
+        loader = torch.utils.data.DataLoader(
+            _Augmented(train, transform),
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+            drop_last=True,
+        )
+        net = build_member(cfg).to(device)
+        ema = torch.optim.swa_utils.AveragedModel(
+            net,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
+            use_buffers=True,
+        )
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps, step, done = cfg.epochs * len(loader), 0, 0.0
+        bar = tqdm(total=steps, desc=f"seed {seed}", unit="step", disable=not progress)
+        while done < 1.0:
+            net.train()
+            for xb, yb in loader:
+                done = schedule_progress(step, steps, time.monotonic() - seed_start, per_seed)
+                if done >= 1.0:
+                    break
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(cfg.lr, done)
+                xb, yb = xb.to(device), yb.to(device)
+                loss = nn.functional.binary_cross_entropy_with_logits(
+                    net(xb), yb, pos_weight=pos_weight, reduction="none"
+                )
+                loss = (loss * weights).sum(1).mean() / weights.sum()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                ema.update_parameters(net)
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", epoch=f"{step / len(loader):.1f}")
+        bar.close()
+        best = build_member(cfg)
+        best.load_state_dict({k: v.cpu() for k, v in ema.module.state_dict().items()})
+        members.append(best.eval())
+        reports.append(
+            {
+                "seed": seed,
+                "epochs_run": round(step / len(loader), 2),
+                "time_limited": step < steps,
+                "seconds": round(time.monotonic() - seed_start, 1),
+            }
+        )
+        log.info("seed %d: %d steps in %.0f s", seed, step, time.monotonic() - seed_start)
+    return FitResult(
+        TriageNet(members).eval(), reports, time.monotonic() - start, device.type
+    )
+
+
+@torch.no_grad()
+def torch_logits(model: TriageNet, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    """PyTorch logits [N, K] for images at model size in [0, 1] (the eval chain applied)."""
+    model.eval()
+    out = [model(normalised(images[i : i + batch]))[0] for i in range(0, len(images), batch)]
+    return torch.cat(out).numpy()
+
+
+# --- the recipe the pipeline runs (training.pipeline) ------------------------------------
+
+DATA = Path("datasets/nih-cxr")
+AGE_BANDS = ((0, 18, "<18"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 200, "60+"))
+PROVENANCE = {
+    "dataset": "NIH ChestX-ray14 subset (datasets/nih-cxr): 1,838 frontal chest radiographs, "
+    "256 px, 1,080 patients, NIH's own multi-label findings",
+    "citations": [
+        "Wang X, Peng Y, Lu L, Lu Z, Bagheri M, Summers RM. ChestX-ray8: Hospital-scale chest "
+        "X-ray database and benchmarks on weakly-supervised classification and localization of "
+        "common thorax diseases. CVPR 2017.",
+    ],
+    "acknowledgement": "Data provided by the NIH Clinical Center "
+    "(https://nihcc.app.box.com/v/ChestXray-NIHCC).",
+    "licence": "NIH Clinical Center: no restrictions on the use of the NIH chest x-ray images",
+    "labels": "mined from radiology reports by NLP (NIH quotes > 90% accuracy)",
+    "held_back": "further patients of the same source are held back by the project team",
+}
+
+
+def _age_band(age: str) -> str:
+    try:
+        years = int(float(age))
+    except ValueError:
+        return "unknown"
+    return next(name for lo, hi, name in AGE_BANDS if lo <= years < hi)
+
+
+class TriageRecipe:
+    """``cxr-triage`` for ``training.pipeline.run``."""
+
+    name = MODEL_NAME
+    outputs = OUTPUTS
+    onnx_outputs = ("logits", "cam")
+    input_spec = SPEC
+    target_sensitivity = 0.90
+
+    def __init__(self, data: Path = DATA, cfg: TriageConfig | None = None, limit: int = 0):
+        self.data_dir = Path(data)
+        self.cfg = cfg or TriageConfig()
+        self.limit = limit
+
+    def load(self):
+        from training.pipeline import Validation
+
+        data = load_labelled_folder(self.data_dir, SPEC, self.limit)
+        tr, va = patient_split(data, self.cfg.val_fraction, self.cfg.split_seed)
+        self.train_set, self.val_set = data.subset(tr), data.subset(va)
+        val = self.val_set
+        log.info("train %d images, validation %d (patient-disjoint)", len(tr), len(va))
+        return self.train_set, Validation(
+            normalised(val.images).numpy(),
+            val.targets[:, : len(OUTPUTS)].astype(int),
+            val.column("patient_id"),
+            val,
+        )
+
+    def fit(self, train: CxrSet, progress: bool):
+        from training.pipeline import Fitted
+
+        result = fit(train, self.cfg, progress)
+        return Fitted(
+            result.model,
+            {"members": result.members, "device": result.device},
+            result.seconds,
+        )
+
+    def empty_model(self) -> TriageNet:
+        return TriageNet([build_member(self.cfg) for _ in self.cfg.seeds])
+
+    def metrics(self, val, prob: np.ndarray, thresholds: np.ndarray) -> dict[str, Any]:
+        """Per output: AUC with a patient bootstrap 95% interval, overall and by stratum."""
+        from training.metrics import bootstrap_auc
+
+        data: CxrSet = val.data
+        patients = data.column("patient_id")
+        no_finding = data.targets[:, 0] == 0
+        strata = {
+            "all": np.ones(len(data), bool),
+            **{f"view {v}": data.column("view") == v for v in ("PA", "AP")},
+            **{f"sex {s}": data.column("sex") == s for s in ("M", "F")},
+            **{f"age {b}": np.asarray([_age_band(a) == b for a in data.column("age")])
+               for *_, b in AGE_BANDS},
+            **{f"source {s.split('@')[0]}": data.column("source") == s
+               for s in sorted(set(data.column("source")))},
+        }
+        result: dict[str, Any] = {}
+        for k, name in enumerate(OUTPUTS):
+            y = val.labels[:, k]
+            by = {s: bootstrap_auc(y[m], prob[m, k], patients[m]) for s, m in strata.items()}
+            section: dict[str, Any] = {"auc_by_stratum": by}
+            if name == "pneumonia":
+                pair = no_finding | (y == 1)  # the issue's target: pneumonia vs No Finding
+                section["auc_vs_no_finding_by_stratum"] = {
+                    s: bootstrap_auc(y[m & pair], prob[m & pair, k], patients[m & pair])
+                    for s, m in strata.items()
+                }
+            result[name] = section
+        self.measured = result
+        return result
+
+    def card(self, val, fitted) -> dict[str, Any]:
+        data: CxrSet = val.data
+        train: CxrSet = self.train_set
+        return {
+            "task": "multi-label triage of an adult frontal chest radiograph: `abnormal` (any "
+            "NIH finding vs No Finding) and `pneumonia`; worklist prioritisation, a "
+            "radiologist reads every study",
+            "labels": list(OUTPUTS),
+            "urgent": ["pneumonia"],
+            "urgent_rule": "URGENT when the calibrated pneumonia probability >= its threshold; "
+            "`abnormal` at its threshold is reported as a finding but does not make a study "
+            "URGENT",
+            "output": {"name": "logits", "activation": "calibrated sigmoid (outputs[].calibration)",
+                       "cam": "cam [N, K, h, w]: classifier weights applied to the last feature "
+                       "map, from the same forward pass; logits = mean(cam) + bias"},
+            "population": {
+                "age_min_years": 18,
+                "views": ["PA", "AP"],
+                "modalities": ["CR", "DX"],
+                "photometric": ["MONOCHROME1", "MONOCHROME2"],
+                "body_part": "CHEST",
+                "note": "adults, frontal chest radiographs only; lateral views, children, "
+                "other body parts and other modalities are outside the intended use",
+            },
+            "preprocessing": "serving.imaging.preprocess: DICOM modality LUT -> VOI LUT / "
+            "window -> [0,1] -> MONOCHROME1 inverted -> centre square crop -> its central 80% "
+            "(input.inner_crop: the outer margin carries view markers) -> area resize to "
+            "224 -> (x - 0.5) / 0.25; PNG/JPEG: /255 then the same chain. Training uses the equal "
+            "MONAI chain (eval_transforms) after MONAI augmentation.",
+            "model": {
+                "architecture": f"ensemble of {len(self.cfg.seeds)} MONAI ResNet (basic blocks, "
+                f"layers {self.cfg.layers}, widths {self.cfg.widths}, 7x7 stride-2 stem + "
+                "max-pool), 224 px, trained from scratch (no pretrained weights)",
+                "parameters": int(sum(p.numel() for p in fitted.model.parameters())),
+                "heads": f"{len(TRAINED)} trained ({', '.join(TRAINED)}); the first "
+                f"{len(OUTPUTS)} exported",
+            },
+            "training": {
+                "data": str(self.data_dir),
+                "split": f"by patient_id, {self.cfg.val_fraction:.0%} of patients to "
+                f"validation (seed {self.cfg.split_seed}), stratified by the patient's "
+                "pneumonia / any-finding status; no patient on both sides",
+                "n_train": len(train),
+                "n_train_patients": len(set(train.column("patient_id"))),
+                "n_val": len(data),
+                "n_val_patients": len(set(data.column("patient_id"))),
+                "n_val_positive": {n: int(val.labels[:, k].sum()) for k, n in enumerate(OUTPUTS)},
+                "config": self.cfg.as_dict(),
+                "augmentation": "MONAI RandAffine (rotation ±8°, scale ±12%, translation ±12 "
+                "px, shear), RandAdjustContrast, RandScale/ShiftIntensity, RandGaussianNoise; "
+                "no flips",
+                "loss": "BCE over 7 findings, pos_weight sqrt(neg/pos), auxiliary findings "
+                f"weighted {self.cfg.auxiliary_weight}",
+                "selection": "none on validation: fixed one-cycle schedule (compressed to the "
+                "time budget), EMA weights at the end",
+            },
+            "data": PROVENANCE,
+            "intended_use": "Decision support for radiology worklist prioritisation in adults: "
+            "bring frontal chest radiographs that may show pneumonia to a radiologist sooner. "
+            "Not a diagnosis; a radiologist reads every study.",
+            "limitations": [
+                "trained from scratch on 1.4k images of one source (NIH Clinical Center, USA); "
+                "not validated on Vietnamese hospitals, other equipment or other populations",
+                "labels were mined from reports by NLP and are noisy",
+                "224-px input: fine detail (small nodules, subtle pneumothorax) is lost",
+                "the class activation map is on a coarse 7x7 grid: it shows the region, not "
+                "the lesion's outline",
+                "thresholds were chosen on validation with its prevalence; flagged share and "
+                "PPV shift with prevalence",
+                "NOT FOR CLINICAL USE: not a medical device, not clinically validated",
+            ],
+        }
+
+    def figures(self, out: Path, val, fitted, session) -> tuple[list[Path], dict[str, Any]]:
+        """Class activation maps over validation films: a picture to look at
+        (cam-examples.png) and where their activation lies (``cam_check``)."""
+        path, cams = cam_examples(out / "cam-examples.png", val, session)
+        check = {name: cam_border_share(cams[:, k]) for k, name in enumerate(OUTPUTS)}
+        return [path], {
+            "cam_check": {
+                "measured_on": f"{len(cams)} validation films",
+                "meaning": "mean share of positive activation on the outer ring of the feature "
+                "grid and on its 4 corner cells, against those cells' share of the area",
+                **check,
+            },
+            "known_failure_modes": failure_modes(getattr(self, "measured", {}), check),
+        }
+
+
+def failure_modes(measured: dict[str, Any], cam: dict[str, dict[str, float]]) -> list[str]:
+    """Statements drawn from the measured validation figures only: strata whose AUC falls
+    0.08 or more below the output's overall AUC, and activation maps that favour the border."""
+    modes = []
+    for name, section in measured.items():
+        by = section.get("auc_by_stratum", {})
+        overall = (by.get("all") or {}).get("auc")
+        for stratum, m in by.items():
+            if overall is None or m.get("auc") is None or stratum == "all":
+                continue
+            if m["auc"] <= overall - 0.08:
+                modes.append(f"{name}: validation AUC {m['auc']} in '{stratum}' (n={m['n']}, "
+                             f"{m['n_positive']} positive, 95% CI {m.get('ci95')}) against "
+                             f"{overall} overall")
+    for name, c in cam.items():
+        if c["ring_share"] > c["ring_area_share"] + 0.1:
+            modes.append(f"{name}: {c['ring_share']:.0%} of the activation map lies on the outer "
+                         f"ring of the grid ({c['ring_area_share']:.0%} of its area): the map "
+                         "often points beside the lungs, not at a lesion")
+    return modes
+
+
+def cam_examples(path: Path, val, session, count: int = 8) -> tuple[Path, np.ndarray]:
+    """Most and least suspicious validation films with their pneumonia CAM overlaid."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from serving.imaging.explain import normalise, resize_map
+    from serving.imaging.predictor import Predictor
+
+    predictor = Predictor(session)
+    prob, cams = predictor.scores(val.inputs)
+    k = OUTPUTS.index("pneumonia")
+    order = np.argsort(prob[:, k])
+    picks = list(order[::-1][: count - 2]) + list(order[:2])
+    fig, axes = plt.subplots(2, count // 2, figsize=(3 * count // 2, 6.4))
+    for ax, i in zip(axes.ravel(), picks, strict=True):
+        img = val.inputs[i, 0] * 0.25 + 0.5
+        heat = resize_map(normalise(cams[i, k]), img.shape)
+        ax.imshow(img, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(heat, cmap="jet", alpha=0.35 * (heat > 0.2), vmin=0, vmax=1)
+        truth = val.data.rows[i]["findings"]
+        ax.set_title(f"p={prob[i, k]:.2f} {truth[:24]}", fontsize=8)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path, cams
+
+
+def cam_border_share(cams: np.ndarray) -> dict[str, float]:
+    """Share of positive activation on the grid's outer ring and its 4 corner cells."""
+    pos = np.clip(cams, 0, None)
+    total = pos.sum(axis=(-2, -1)) + 1e-12
+    ring = np.ones(cams.shape[-2:], bool)
+    ring[1:-1, 1:-1] = False
+    corners = np.zeros_like(ring)
+    corners[[0, 0, -1, -1], [0, -1, 0, -1]] = True
+    area = ring.mean()
+    return {
+        "ring_share": round(float((pos[..., ring].sum(-1) / total).mean()), 3),
+        "ring_area_share": round(float(area), 3),
+        "corner_share": round(float((pos[..., corners].sum(-1) / total).mean()), 3),
+        "corner_area_share": round(float(corners.mean()), 3),
+    }
