@@ -46,8 +46,14 @@ from pydicom.sequence import Sequence
 PROFILE_DATABASE = "dicomfields_2026c"
 METHOD = ("DICOM PS3.15 E.1-1 Basic Application Level Confidentiality Profile "
           "(dicom-anonymizer, table 2026c); HMAC-SHA256 pseudonymous UIDs and patient")
-LABEL_NAMES = ("normal", "pneumonia")  # what `haidang train cxr-pneumonia` accepts
-FINDINGS = {"normal": "No Finding", "pneumonia": "Pneumonia"}  # NIH-style, `haidang evaluate`
+# the labels an image can carry, and their NIH-style findings (`haidang train cxr-triage`,
+# `haidang evaluate`): "abnormal" is a finding a radiologist saw that the AI missed, its kind
+# unspecified (it counts for the `abnormal` output, not for `pneumonia`)
+FINDINGS = {"normal": "No Finding", "pneumonia": "Pneumonia", "abnormal": "Abnormal"}
+LABEL_NAMES = tuple(FINDINGS)
+# an AI verdict as a label: the chest model's "no urgent finding" is the normal label
+LABEL_OF_VERDICT = {"normal": "normal", "no urgent finding": "normal",
+                    "pneumonia": "pneumonia", "abnormal": "abnormal"}
 
 
 def profile_tags() -> dict[str, list[tuple[int, ...]]]:
@@ -170,7 +176,7 @@ def select_instances(index, since: float | None = None, modality: str | None = N
     verdicts: dict[str, str] = {}
     for result in reversed(index.study_results(states=("current",))):  # oldest first
         v = result.summary.get("verdict")
-        if v in LABEL_NAMES or result.study_uid not in verdicts:
+        if v in LABEL_OF_VERDICT or result.study_uid not in verdicts:
             verdicts[result.study_uid] = v
     reviews = index.latest_reviews()
     rows = []
@@ -184,8 +190,8 @@ def select_instances(index, since: float | None = None, modality: str | None = N
         if review is not None and review.label in LABEL_NAMES:
             label, source = review.label, ("radiologist-agreed" if review.agrees
                                            else "radiologist-corrected")
-        elif v in LABEL_NAMES:
-            label, source = v, "ai-verdict"
+        elif v in LABEL_OF_VERDICT:
+            label, source = LABEL_OF_VERDICT[v], "ai-verdict"
         else:
             label, source = None, None
         rows.append({"sop": inst.sop_uid, "study": inst.study_uid, "series": inst.series_uid,

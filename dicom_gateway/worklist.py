@@ -28,15 +28,18 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse, HTMLResponse
 from pydantic import BaseModel, Field
 
+from dicom_gateway.analyses import TRACE_ANALYSIS
+from dicom_gateway.deid import LABEL_OF_VERDICT
 from dicom_gateway.index import Index, ResultView, StudyView
 from dicom_gateway.oidc import configured
 from dicom_gateway.signin import Reader, SignIn, signin_router
+from dicom_gateway.spool import thumbnail_dir
 from haidang.ground import audit
 from haidang.ground.settings import WorklistSettings
 
 STATIC = Path(__file__).parent / "static"
-AI_ANALYSES = ("cxr-pneumonia",)
-CORRECTED = {"pneumonia": "normal", "normal": "pneumonia"}  # "AI was wrong" on a binary verdict
+# "AI was wrong": a flagged finding was not there; a study called normal had one
+CORRECTED = {"pneumonia": "normal", "abnormal": "normal", "normal": "abnormal"}
 _THUMB = re.compile(r"^[A-Za-z0-9._-]+\.png$")
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
 
@@ -76,6 +79,8 @@ class WorklistRow:
     review: str | None  # agree | wrong
     review_reason: str | None
     reviewer: str | None
+    not_analysed_vi: str | None = None  # why the model's intended-use gate refused the study
+    not_analysed_en: str | None = None
 
 
 def _local(ts: float | None, tz: ZoneInfo) -> str | None:
@@ -135,7 +140,7 @@ def _band(p: float | None) -> str | None:
 
 def _shown(results: list[ResultView]) -> ResultView | None:
     """The result a study's row shows: the AI analysis's, else the newest."""
-    return next((r for r in results if r.analysis in AI_ANALYSES),
+    return next((r for r in results if r.analysis != TRACE_ANALYSIS),
                 results[0] if results else None)
 
 
@@ -193,6 +198,7 @@ def worklist_rows(index: Index, settings=None, limit: int = 200) -> list[Worklis
             review=None if review is None else ("agree" if review.agrees else "wrong"),
             review_reason=review.reason if review else None,
             reviewer=review.reviewer if review else None,
+            not_analysed_vi=summary.get("reason_vi"), not_analysed_en=summary.get("reason_en"),
         ))
     rows.sort(key=lambda r: (r.priority != "URGENT", -r.received_ts))
     return rows
@@ -224,7 +230,7 @@ def worklist_router(settings, index) -> APIRouter:
         else (lambda: index)
     signin = SignIn(settings, get_index)
     reader = Depends(signin.reader)
-    thumbs = Path(settings.gateway.spool_dir) / "ai"
+    thumbs = thumbnail_dir(settings.gateway.spool_dir)
     router = APIRouter()
     router.include_router(signin_router(signin))
     page = (STATIC / "worklist.html").read_text(encoding="utf-8") \
@@ -255,9 +261,9 @@ def worklist_router(settings, index) -> APIRouter:
             raise HTTPException(422, "Hãy ghi lý do AI sai. / Say why the AI was wrong.")
         result = _current(study_uid)
         verdict = str(result.summary.get("verdict") or "")
-        label = verdict if form.agrees else CORRECTED.get(verdict)
-        if label not in CORRECTED:
-            label = None
+        label = LABEL_OF_VERDICT.get(verdict)
+        if label is not None and not form.agrees:
+            label = CORRECTED[label]
         rid = get_index().record_review(study_uid, result.id, who.name, form.agrees, verdict,
                                         label, form.reason.strip())
         audit.record(settings, "review", identifiers={"study_uid": study_uid},

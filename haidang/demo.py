@@ -72,14 +72,16 @@ class WebThread:
 
 
 def _models_dir(configured: Path) -> Path:
-    if (configured / "cxr-pneumonia" / "current").is_file():
+    from dicom_gateway.analyses.cxr_pneumonia import MODEL
+
+    if (configured / MODEL / "current").is_file():
         return configured
     shipped = REPO / "models"
-    if (shipped / "cxr-pneumonia" / "current").is_file():
+    if (shipped / MODEL / "current").is_file():
         return shipped
-    raise SystemExit(f"haidang demo: no cxr-pneumonia model under {configured} or {shipped}; "
+    raise SystemExit(f"haidang demo: no {MODEL} model under {configured} or {shipped}; "
                      "run from the repository root, or train and register one with "
-                     "`haidang train cxr-pneumonia`")
+                     f"`haidang train {MODEL}`")
 
 
 def demo_settings(workdir: Path, models_dir: Path, pacs: Orthanc | None, base=None):
@@ -303,7 +305,9 @@ def _archive_results(settings, archive: Path) -> None:
     results = Path(settings.gateway.spool_dir) / "results"
     if results.is_dir():
         shutil.copytree(results, archive, dirs_exist_ok=True)
-    ai = Path(settings.gateway.spool_dir) / "ai"
+    from dicom_gateway.spool import thumbnail_dir
+
+    ai = thumbnail_dir(settings.gateway.spool_dir)
     if ai.is_dir():
         shutil.copytree(ai, archive / "summaries", dirs_exist_ok=True)
 

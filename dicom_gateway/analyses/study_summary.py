@@ -13,7 +13,7 @@ from collections import Counter
 import pydicom
 
 from dicom_gateway.analyses.base import AnalysisOutput, StudyInput
-from dicom_gateway.reports.summary_sr import build_summary_sr
+from dicom_gateway.analyses.summary_sr import build_summary_sr
 
 NAME = "study-summary"
 

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from dicom_gateway import lean, store
-from dicom_gateway.reports.wording import series_description
+from dicom_gateway.analyses.cxr_pneumonia.wording import series_description
 from haidang.ground.settings import ExportSettings, GatewaySettings
 from haidang.testbed.studies import SAMPLES, sample_path
 

@@ -152,8 +152,8 @@ def test_every_channel_survives_outages_a_crash_and_a_reanalysis(tmp_path, ortha
 def test_a_study_received_but_not_analysed_leaves_a_trace_in_pacs(tmp_path, orthanc):
     """A multi-frame colour ultrasound routed to the chest X-ray analysis: its intended-use
     gate refuses it, so the study summary SR says so in PACS, in Vietnamese and English."""
-    from dicom_gateway.reports.summary_sr import read_text
-    from dicom_gateway.reports.wording import NOT_ANALYSED_EN, NOT_ANALYSED_VI
+    from dicom_gateway.analyses.cxr_pneumonia.wording import NOT_ANALYSED_EN, NOT_ANALYSED_VI
+    from dicom_gateway.analyses.summary_sr import read_text
     from haidang.testbed.studies import make_study
 
     data = imaging_settings(tmp_path, orthanc).model_dump(mode="json")

@@ -12,7 +12,7 @@ import json
 import pydicom
 import pytest
 
-from dicom_gateway.reports.sr import read_finding
+from dicom_gateway.analyses.cxr_pneumonia.sr import read_finding
 from dicom_gateway.runtime import Gateway
 from dicom_gateway.worklist import worklist_rows
 from haidang.ground.processes import stop_process

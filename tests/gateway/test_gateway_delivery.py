@@ -21,9 +21,13 @@ import pytest
 
 from dicom_gateway import metrics
 from dicom_gateway.analyses import Message
+from dicom_gateway.analyses.cxr_pneumonia.fhir import (
+    build_diagnostic_report,
+    report_json,
+    report_key,
+)
+from dicom_gateway.analyses.cxr_pneumonia.hl7 import control_id, oru_r01
 from dicom_gateway.index import SCHEMA_VERSION, Index
-from dicom_gateway.reports.fhir import build_diagnostic_report, report_json, report_key
-from dicom_gateway.reports.hl7 import control_id, oru_r01
 from dicom_gateway.spool import Spool
 from dicom_gateway.worker import _store
 from dicom_gateway.writeback import Exporter

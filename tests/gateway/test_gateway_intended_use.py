@@ -20,9 +20,13 @@ import pydicom
 import pytest
 from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
 
+from dicom_gateway.analyses.cxr_pneumonia.wording import (
+    NOT_ANALYSED_EN,
+    NOT_ANALYSED_VI,
+    not_analysed,
+)
 from dicom_gateway.analyses.intended_use import CHEST_RADIOGRAPH, Population, judge_header
-from dicom_gateway.reports.summary_sr import build_summary_sr, read_text
-from dicom_gateway.reports.wording import NOT_ANALYSED_EN, NOT_ANALYSED_VI, not_analysed
+from dicom_gateway.analyses.summary_sr import build_summary_sr, read_text
 from haidang.testbed.studies import sample_path
 from tests.support.imaging_e2e import DEMO, adult_registry, imaging_settings
 from tests.support.sr_validation import dciodvfy_errors, pixelmed_sr_report

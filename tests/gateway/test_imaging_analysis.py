@@ -18,8 +18,8 @@ import pytest
 
 from dicom_gateway.analyses import StudyInput, load_analysis
 from dicom_gateway.analyses.cxr_pneumonia import warm_up
-from dicom_gateway.reports.sr import read_finding
-from dicom_gateway.reports.summary_sr import read_text
+from dicom_gateway.analyses.cxr_pneumonia.sr import read_finding
+from dicom_gateway.analyses.summary_sr import read_text
 from dicom_gateway.routing import route_study
 from haidang.ground.settings import Settings
 from tests.support.imaging_e2e import DEMO, SAMPLES, model_registry, sample_files

@@ -11,9 +11,19 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_gateway.reports.fhir import build_diagnostic_report, report_json, report_key
-from dicom_gateway.reports.sr import ABSENT, PNEUMONIA, PRESENT, build_sr, read_finding
-from dicom_gateway.reports.summary_image import (
+from dicom_gateway.analyses.cxr_pneumonia.fhir import (
+    build_diagnostic_report,
+    report_json,
+    report_key,
+)
+from dicom_gateway.analyses.cxr_pneumonia.sr import (
+    ABSENT,
+    PNEUMONIA,
+    PRESENT,
+    build_sr,
+    read_finding,
+)
+from dicom_gateway.analyses.cxr_pneumonia.summary_image import (
     BANNER,
     SIDE,
     build_sc,
@@ -21,7 +31,7 @@ from dicom_gateway.reports.summary_image import (
     render_summary,
     thumbnail_png,
 )
-from dicom_gateway.reports.wording import AI_DISCLAIMER_VI
+from dicom_gateway.analyses.cxr_pneumonia.wording import AI_DISCLAIMER_VI
 from haidang.testbed.studies import make_study
 from serving.imaging.predictor import Prediction
 from tests.support.sr_validation import assert_valid_sr, dciodvfy_errors, pixelmed_dump
@@ -157,7 +167,7 @@ def _hl7(message) -> hl7.Message:
 
 
 def test_hl7_oru_carries_finding_probability_model_and_bilingual_note(source):
-    from dicom_gateway.reports.hl7 import control_id, oru_r01
+    from dicom_gateway.analyses.cxr_pneumonia.hl7 import control_id, oru_r01
     from haidang.ground.settings import HL7Settings
 
     msg_id = control_id(str(source.StudyInstanceUID), "cxr-pneumonia", 1, "ORU^R01")
@@ -185,7 +195,7 @@ def test_hl7_oru_carries_finding_probability_model_and_bilingual_note(source):
 
 @pytest.mark.parametrize("kind", ["ORM^O01", "OMI^O23"])
 def test_hl7_priority_update_sets_stat_on_the_accession(source, kind):
-    from dicom_gateway.reports.hl7 import priority_update
+    from dicom_gateway.analyses.cxr_pneumonia.hl7 import priority_update
     from haidang.ground.settings import HL7Settings
 
     m = _hl7(priority_update(source, prediction(0.9), kind=kind, msg_id="HD1",
@@ -219,7 +229,7 @@ def test_sr_lists_the_sr_it_replaces_as_predecessor(tmp_path, source):
 def test_presentation_state_outlines_the_heat_map_on_the_original_image(tmp_path, source):
     import highdicom as hd
 
-    from dicom_gateway.reports.gsps import build_gsps, heat_outlines
+    from dicom_gateway.analyses.cxr_pneumonia.gsps import build_gsps, heat_outlines
 
     heat = np.zeros((28, 28), np.float32)
     heat[4:10, 4:12] = 1.0  # two separate regions

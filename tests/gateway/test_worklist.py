@@ -163,13 +163,21 @@ def _patient_fields(page, rows):
         assert tr.locator("td.accession").inner_text() == acc
         assert tr.locator("td.agesex").inner_text() == \
             f"{int(age[:3])} tuổi / {'Nữ' if sex == 'F' else 'Nam'}"
-        assert tr.locator("td.modality").inner_text() == "CR"
+        assert tr.locator("td.modality").inner_text() == row.modality in ("CR", "DX")
         assert tr.locator("td.description").inner_text() == "XQ NGUC THANG"
         assert tr.locator("td.studytime").inner_text() == "06/12/2026 08:15"
+        if row.verdict == "not-analysed":  # the child: refused by the gate, with its reason
+            assert row.probability is None and row.priority == "ROUTINE" and age == "008Y"
+            assert tr.locator("td.verdict").inner_text() == \
+                f"Không phân tích (ngoài phạm vi sử dụng của mô hình): {row.not_analysed_vi}"
+            assert "tuổi" in row.not_analysed_vi
+            continue
         assert tr.locator("td.probability").inner_text().splitlines()[0] == \
             f"{100 * row.probability:.1f}%"
         assert tr.locator("td.probability small").inner_text().startswith(row.band)
-        expected = "Nghi ngờ viêm phổi" if row.finding else "Không phát hiện viêm phổi"
+        expected = {"pneumonia": "Nghi ngờ viêm phổi", "abnormal": "Nghi ngờ bất thường",
+                    "no urgent finding": "Không có dấu hiệu khẩn",
+                    "normal": "Không phát hiện viêm phổi"}[row.verdict]
         assert tr.locator("td.verdict").inner_text() == expected
         assert tr.locator("td.ttf").inner_text().endswith(" s")
         assert tr.locator("img.thumb").evaluate("i => i.complete && i.naturalWidth > 0")
@@ -235,7 +243,7 @@ def _viewer_and_review(page, context, rows, pacs, tmp_path) -> str:
     page.wait_for_selector(f'tr[data-study-uid="{uid}"] td.review .wrong')
     assert page.locator(f'tr[data-study-uid="{uid}"] td.review').inner_text().startswith(
         "AI sai: ")
-    other = next(u for u in rows if u != uid)
+    other = next(u for u in rows if u != uid and rows[u].verdict != "not-analysed")
     page.click(f'tr[data-study-uid="{other}"] button.agree')
     page.wait_for_selector(f'tr[data-study-uid="{other}"] td.review .agree')
     return uid
@@ -253,7 +261,8 @@ def _export_has_the_correction(tmp_path, data, reviewed):
                           str(out), "--secret", str(tmp_path / "deid.key")], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=180)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "4 labelled in" in res.stdout and "(2 by radiologists' reviews" in res.stdout
+    # the child's study was refused by the intended-use gate: it has no label to train on
+    assert "3 labelled in" in res.stdout and "(2 by radiologists' reviews" in res.stdout
     rows = list(csv.DictReader((out / "labels.csv").open(encoding="utf-8")))
     key = {r["pseudonym"]: r["original"] for r in csv.DictReader(
         (tmp_path / "export-reid-key.csv").open()) if r["kind"] == "study_uid"}
@@ -261,8 +270,9 @@ def _export_has_the_correction(tmp_path, data, reviewed):
     corrected = by_study[reviewed]
     ai = next(r for r in reviews if not r["agrees"])["ai_verdict"]
     assert corrected["label_source"] == "radiologist-corrected"
-    assert corrected["label"] == {"pneumonia": "normal", "normal": "pneumonia"}[ai]
-    assert corrected["findings"] == {"normal": "No Finding", "pneumonia": "Pneumonia"}[
+    assert corrected["label"] == {"pneumonia": "normal", "abnormal": "normal",
+                                  "no urgent finding": "abnormal"}[ai]
+    assert corrected["findings"] == {"normal": "No Finding", "abnormal": "Abnormal"}[
         corrected["label"]]
     assert (out / "images" / corrected["image"]).is_file()
     assert sorted(r["label_source"] for r in rows).count("radiologist-agreed") == 1
@@ -270,4 +280,4 @@ def _export_has_the_correction(tmp_path, data, reviewed):
     from training.data import load_dicom_folder
 
     images = load_dicom_folder(out, out / "labels.csv")
-    assert len(images) == len(rows) == 4
+    assert len(images) == len(rows) == 3

@@ -21,12 +21,17 @@ from pydicom.uid import generate_uid
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from dicom_gateway.reports.wording import percent, series_description, verdict_en, verdict_vi
+from dicom_gateway.analyses.cxr_pneumonia.codes import MANUFACTURER
+from dicom_gateway.analyses.cxr_pneumonia.wording import (
+    percent,
+    series_description,
+    verdict_en,
+    verdict_vi,
+)
 from serving.imaging.explain import normalise, resize_map
 from serving.imaging.predictor import Prediction
 from serving.imaging.preprocess import inner_side
 
-MANUFACTURER = "Hai Dang (open source)"
 CUT = 0.5  # fraction of the map's maximum that bounds a region
 MIN_AREA = 0.01  # regions smaller than this fraction of the square are noise
 

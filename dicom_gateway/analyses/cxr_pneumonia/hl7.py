@@ -24,7 +24,8 @@ from zoneinfo import ZoneInfo
 import hl7
 from pydicom import Dataset
 
-from dicom_gateway.reports.wording import (
+from dicom_gateway.analyses.cxr_pneumonia import codes
+from dicom_gateway.analyses.cxr_pneumonia.wording import (
     AI_DISCLAIMER_EN,
     AI_DISCLAIMER_VI,
     percent,
@@ -35,9 +36,9 @@ from haidang.ground.settings import HL7Settings
 from serving.imaging.predictor import Prediction
 
 VERSION = "2.5.1"
-PNEUMONIA = ("233604007", "Pneumonia", "SCT")
-PRESENT = ("52101004", "Present", "SCT")
-ABSENT = ("272519000", "Absent", "SCT")
+PNEUMONIA = (*codes.PNEUMONIA, codes.SNOMED_CT)
+PRESENT = (*codes.PRESENT, codes.SNOMED_CT)
+ABSENT = (*codes.ABSENT, codes.SNOMED_CT)
 PROBABILITY = ("122157", "Probability", "DCM")
 STUDY_UID = ("110180", "Study Instance UID", "DCM")
 AI_RESULT = ("18748-4", "Diagnostic imaging study", "LN")

@@ -37,7 +37,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from dicom_gateway.reports.wording import (
+from dicom_gateway.analyses.cxr_pneumonia import codes as finding_codes
+from dicom_gateway.analyses.cxr_pneumonia.wording import (
     AI_DISCLAIMER_EN,
     AI_DISCLAIMER_VI,
     percent,
@@ -47,16 +48,16 @@ from dicom_gateway.reports.wording import (
 )
 from serving.imaging.predictor import Prediction
 
-PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
-PRESENT = Code("52101004", "SCT", "Present")
-ABSENT = Code("272519000", "SCT", "Absent")
+PNEUMONIA = Code(finding_codes.PNEUMONIA[0], finding_codes.SNOMED_CT, finding_codes.PNEUMONIA[1])
+PRESENT = Code(finding_codes.PRESENT[0], finding_codes.SNOMED_CT, finding_codes.PRESENT[1])
+ABSENT = Code(finding_codes.ABSENT[0], finding_codes.SNOMED_CT, finding_codes.ABSENT[1])
 IMAGING_PROCEDURE = Code("363679005", "SCT", "Imaging procedure")  # CID 100
 PLAIN_CHEST_XRAY = Code("399208008", "SCT", "Plain chest X-ray")
 LUNG = Code("39607008", "SCT", "Lung")
 PROBABILITY = Code("122157", "DCM", "Probability")
 NO_UNITS = Code("1", "UCUM", "no units")
 COMMENT = Code("121106", "DCM", "Comment")
-MANUFACTURER = "Hai Dang (open source)"
+MANUFACTURER = finding_codes.MANUFACTURER
 
 
 def algorithm_uid(prediction: Prediction) -> str:

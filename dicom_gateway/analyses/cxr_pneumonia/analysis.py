@@ -32,8 +32,9 @@ import pydicom
 from pydicom.uid import Comprehensive3DSRStorage, generate_uid
 
 from dicom_gateway.analyses.base import AnalysisOutput, Finding, Message, StudyInput
+from dicom_gateway.analyses.cxr_pneumonia.codes import PNEUMONIA
+from dicom_gateway.analyses.cxr_pneumonia.wording import not_analysed, verdict_en, verdict_vi
 from dicom_gateway.analyses.intended_use import HeaderVerdict, Population, judge_header
-from dicom_gateway.reports.wording import not_analysed, verdict_en, verdict_vi
 from haidang.ground.logs import uid_hash
 from serving.imaging.gate import GateVerdict, ImageGate
 
@@ -119,7 +120,7 @@ def admit(study: StudyInput, routed: list[tuple[Path, pydicom.Dataset]],
 def _refused(study: StudyInput, headers: list[pydicom.Dataset], admitted: Admitted,
              card: dict) -> AnalysisOutput:
     """No image is what the model was made for: a PACS-visible reason, never a score."""
-    from dicom_gateway.reports.summary_sr import build_summary_sr
+    from dicom_gateway.analyses.summary_sr import build_summary_sr
 
     verdicts = admitted.refused
     reasons: dict[str, HeaderVerdict | GateVerdict] = {}
@@ -145,9 +146,13 @@ def _refused(study: StudyInput, headers: list[pydicom.Dataset], admitted: Admitt
 def _messages(study: StudyInput, source: pydicom.Dataset, best, summary: dict,
               urgent: bool) -> list[Message]:
     """The FHIR report, the HL7 result (and priority update when urgent) and the webhook."""
+    from dicom_gateway.analyses.cxr_pneumonia.fhir import (
+        build_diagnostic_report,
+        report_json,
+        report_key,
+    )
+    from dicom_gateway.analyses.cxr_pneumonia.hl7 import control_id, oru_r01, priority_update
     from dicom_gateway.notify import urgent_payload
-    from dicom_gateway.reports.fhir import build_diagnostic_report, report_json, report_key
-    from dicom_gateway.reports.hl7 import control_id, oru_r01, priority_update
 
     settings, uid = study.settings, study.study_uid
     report = build_diagnostic_report(
@@ -189,9 +194,13 @@ def analyse(study: StudyInput) -> AnalysisOutput:
 
 def score(study: StudyInput, admitted: Admitted, t0: float) -> AnalysisOutput:
     """Model, report objects and messages for the images the gate admitted."""
-    from dicom_gateway.reports.gsps import build_gsps
-    from dicom_gateway.reports.sr import build_sr
-    from dicom_gateway.reports.summary_image import build_sc, render_summary, thumbnail_png
+    from dicom_gateway.analyses.cxr_pneumonia.gsps import build_gsps
+    from dicom_gateway.analyses.cxr_pneumonia.sr import build_sr
+    from dicom_gateway.analyses.cxr_pneumonia.summary_image import (
+        build_sc,
+        render_summary,
+        thumbnail_png,
+    )
     from serving.imaging.explain import heat_of
     from serving.imaging.preprocess import center_square_np, unit_to_model_input
 
@@ -248,7 +257,7 @@ def score(study: StudyInput, admitted: Admitted, t0: float) -> AnalysisOutput:
     return AnalysisOutput(
         analysis=NAME, objects=objects, summary=summary,
         priority="URGENT" if urgent else "ROUTINE",
-        findings=[Finding(code="233604007", meaning="Pneumonia", present=best.finding,
+        findings=[Finding(code=PNEUMONIA[0], meaning=PNEUMONIA[1], present=best.finding,
                           probability=best.probability, threshold=best.threshold)],
         messages=_messages(study, source, best, summary, urgent),
         thumbnail_png=thumbnail_png(rgb))

@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from pydicom import Dataset
 
-from dicom_gateway.reports.wording import (
+from dicom_gateway.analyses.cxr_pneumonia.codes import PNEUMONIA
+from dicom_gateway.analyses.cxr_pneumonia.wording import (
     AI_DISCLAIMER_EN,
     AI_DISCLAIMER_VI,
     percent,
@@ -73,7 +74,7 @@ def build_diagnostic_report(source: Dataset, prediction: Prediction, *, report_u
     issued = dt.datetime.now(zone).isoformat(timespec="seconds")
     observation = {
         "resourceType": "Observation", "id": "ai-probability", "status": "preliminary",
-        "code": {"coding": [{"system": SCT, "code": "233604007", "display": "Pneumonia"}],
+        "code": {"coding": [{"system": SCT, "code": PNEUMONIA[0], "display": PNEUMONIA[1]}],
                  "text": "AI probability of pneumonia"},
         "valueQuantity": {"value": round(prediction.probability, 6), "unit": "1",
                           "system": "http://unitsofmeasure.org", "code": "1"},
@@ -117,8 +118,8 @@ def build_diagnostic_report(source: Dataset, prediction: Prediction, *, report_u
     if when:
         body["effectiveDateTime"] = observation["effectiveDateTime"] = when.isoformat()
     if prediction.finding:
-        body["conclusionCode"] = [{"coding": [{"system": SCT, "code": "233604007",
-                                               "display": "Pneumonia"}]}]
+        body["conclusionCode"] = [{"coding": [{"system": SCT, "code": PNEUMONIA[0],
+                                               "display": PNEUMONIA[1]}]}]
     return DiagnosticReport.parse_obj(body)  # fhir.resources 7 models are pydantic v1 style
 
 

@@ -19,7 +19,13 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from dicom_gateway.reports.wording import percent, series_description, verdict_en, verdict_vi
+from dicom_gateway.analyses.cxr_pneumonia.codes import MANUFACTURER
+from dicom_gateway.analyses.cxr_pneumonia.wording import (
+    percent,
+    series_description,
+    verdict_en,
+    verdict_vi,
+)
 from serving.imaging.explain import normalise, resize_map
 from serving.imaging.predictor import Prediction
 
@@ -28,7 +34,6 @@ FONT = FONT_DIR / "DejaVuSans.ttf"
 FONT_BOLD = FONT_DIR / "DejaVuSans-Bold.ttf"
 SIDE = 640
 BANNER = 124
-MANUFACTURER = "Hai Dang (open source)"
 
 
 @functools.lru_cache(maxsize=8)
