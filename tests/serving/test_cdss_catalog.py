@@ -20,7 +20,7 @@ CHECK = "/api/v1/prescriptions/check"
 # line -> the words its reason must contain (the fixture's deliberately bad lines)
 BAD_LINES = {
     8: "'Hoạt chất không có thật xyz' not recognised",
-    9: "'Terpin hydrat' not recognised",  # half of a combination is not the drug
+    9: "'Eucalyptol' not recognised",  # half of a combination is not the drug
     10: "MA_THUOC is empty",
     12: "MA_THUOC 40.900 is ambiguous",
     13: "MA_THUOC 40.900 is ambiguous",
