@@ -122,7 +122,7 @@ def _check(args) -> int:
         print(f"haidang: {exc}", file=sys.stderr)
         return 2
     _, engine = load_engine(settings=settings)
-    result = engine.check(prescription_from_native(req, catalog))
+    result = engine.check(prescription_from_native(req, catalog), channel="native")
     if args.json:
         print(json.dumps({"alerts": [a.model_dump() for a in result.alerts],
                           "recognised": result.recognised}, ensure_ascii=False, indent=2))

@@ -240,11 +240,12 @@ class WorklistSettings(_Section):
     oidc: OidcSettings | None = None
 
 
-AlertSeverity = Literal["contraindicated", "major", "moderate", "minor", "info"]
+AlertSeverity = Literal["contraindicated", "major", "moderate", "minor"]
 
 
 class CdssSettings(_Section):
-    """Which alerts each channel shows (severity at or above; `minor` hidden by default)."""
+    """Which alerts each channel shows (severity at or above; `minor` hidden by default;
+    `info` notes, such as a switched-on model's predictions, always shown)."""
 
     min_severity_native: AlertSeverity = Field(
         "moderate", description="lowest alert severity the native API returns"

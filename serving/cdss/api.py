@@ -171,7 +171,6 @@ class CdssState:
     language: str
     max_body: int
     public_url: str | None
-    show_minor: bool
     shown: SharedState  # alert ids shown per patient/encounter, hook and draft orders
     cards: SharedState  # card uuid -> alert id, for feedback
     knowledge_version: str | None = None
@@ -218,7 +217,6 @@ def cdss_router(
     engine: CheckEngine | None = None,
     guard: Guard | None = None,
     audit: AuditLog | None = None,
-    show_minor: bool = False,
     router: APIRouter | None = None,
 ) -> APIRouter:
     """The CDSS routes; the router's `.cdss` attribute holds their shared state.
@@ -236,7 +234,6 @@ def cdss_router(
         language=getattr(settings, "language", "vi"),
         max_body=sec.max_body_bytes,
         public_url=sec.public_url.rstrip("/") if sec.public_url else None,
-        show_minor=show_minor,
         shown=shared,
         cards=shared,
         knowledge_version=getattr(kb, "version", None),
@@ -288,7 +285,7 @@ def cdss_router(
                                  + ", ".join(f["field"] for f in impossible), impossible)
         except BadRequest as exc:
             return exc.response()
-        result = state.engine.check(prescription_from_native(req, state.catalog))
+        result = state.engine.check(prescription_from_native(req, state.catalog), channel="native")
         state.audit.record(
             "check", {"patient": req.MA_BN, "episode": req.MA_LK}, api="native", caller=caller.id,
             lines=len(req.THUOC), alerts=[a.id for a in result.alerts],
