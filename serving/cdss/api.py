@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 from haidang.ground.audit import AuditLog, audit_log
 from haidang.ground.keys import Unauthorized
 from serving.cdss import cdshooks
-from serving.cdss.catalog import HospitalCatalog, catalog_path
+from serving.cdss.catalog import DrugCodes, HospitalCatalog, catalog_path
 from serving.cdss.checks import CheckEngine
 from serving.cdss.models import (
     PrescriptionCheckRequest,
@@ -175,7 +175,7 @@ class CdssState:
     cards: SharedState  # card uuid -> alert id, for feedback
     knowledge_version: str | None = None
     shared: SharedState | None = None
-    catalog: HospitalCatalog | None = None  # the hospital's MA_THUOC/brand mapping
+    catalog: DrugCodes | None = None  # MA_THUOC (the hospital's catalogue, ATC) and brands
     hooks: cdshooks.HookService | None = None  # reads hook requests (codes, prefetch, FHIR)
 
     def close(self) -> None:
@@ -192,12 +192,13 @@ def _unauthorized(state: CdssState, exc: Unauthorized, request: Request, api: st
                                  else 'ApiKey header="X-API-Key"'})
 
 
-def hospital_catalog(settings, kb) -> HospitalCatalog | None:
-    """The imported catalogue (`haidang cdss import-catalog`), if any, minus entries naming
-    ingredients this dictionary no longer has (logged: re-import to get them back)."""
+def hospital_catalog(settings, kb) -> DrugCodes:
+    """MA_THUOC codes: the imported catalogue (`haidang cdss import-catalog`), if any, minus
+    entries naming ingredients this dictionary no longer has (logged: re-import to get them
+    back); WHO ATC codes sent as MA_THUOC either way."""
     path = catalog_path(settings)
     if not path.is_file():
-        return None
+        return DrugCodes(kb)
     catalog = HospitalCatalog.load(path)
     stale = catalog.stale_keys(kb.drugs)
     if stale:
@@ -207,7 +208,7 @@ def hospital_catalog(settings, kb) -> HospitalCatalog | None:
         catalog = catalog.without(stale)
     log.info("drug catalogue %s: %d codes, %d brands", path, len(catalog.codes),
              len(catalog.brands))
-    return catalog
+    return DrugCodes(kb, catalog)
 
 
 def cdss_router(

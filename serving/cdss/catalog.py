@@ -36,6 +36,7 @@ COLUMNS = ("MA_THUOC", "TEN_HOAT_CHAT", "TEN_THUOC", "HAM_LUONG", "DUONG_DUNG", 
 REQUIRED = ("MA_THUOC", "TEN_HOAT_CHAT", "TEN_THUOC")
 FORMAT = 1
 HEADER_SEARCH_ROWS = 20  # the header is looked for in the sheet's first rows
+ATC_CODE = re.compile(r"[A-Z]\d\d[A-Z]{2}\d\d")  # a WHO ATC level-5 (substance) code
 _BRACKETS = re.compile(r"\([^)]*\)|\[[^\]]*\]")
 # how TEN_HOAT_CHAT joins a combination's ingredients ("Amoxicilin + Acid clavulanic")
 _PARTS = re.compile(r"\s*(?:\+|;|,|\bvà\b|\band\b)\s*", re.IGNORECASE)
@@ -145,6 +146,26 @@ class HospitalCatalog:
         return HospitalCatalog({c: v for c, v in self.codes.items() if not stale & set(v)},
                                {b: v for b, v in self.brands.items() if not stale & set(v)},
                                self.meta)
+
+
+class DrugCodes:
+    """MA_THUOC -> ingredients as a request line carries it: the hospital's catalogue when
+    one is imported, else a full WHO ATC code (some HIS put the ATC code in MA_THUOC; a
+    group code such as C10AA names a class, not a drug, and is not taken)."""
+
+    def __init__(self, kb, catalog: HospitalCatalog | None = None):
+        self.kb = kb
+        self.catalog = catalog
+
+    def ingredients_of(self, ma_thuoc: str) -> tuple[str, ...] | None:
+        code = (ma_thuoc or "").strip()
+        keys = self.catalog.ingredients_of(code) if self.catalog is not None else None
+        if keys is None and ATC_CODE.fullmatch(code.upper()):
+            keys = tuple(self.kb.ingredient_by_atc(code)) or None
+        return keys
+
+    def ingredients_of_brand(self, name: str) -> tuple[str, ...] | None:
+        return self.catalog.ingredients_of_brand(name) if self.catalog is not None else None
 
 
 def catalog_path(settings) -> Path:
