@@ -25,7 +25,8 @@ from pydantic import ValidationError
 from haidang.ground.audit import AuditLog
 from serving.cdss.models import PrescriptionCheckRequest, prescription_from_native, response_json
 
-BODY = Path(__file__).resolve().parents[2] / "tests" / "support" / "fixtures" / "cdss" / "bench-10-drugs.json"
+BODY = (Path(__file__).resolve().parents[2] / "tests" / "support" / "fixtures" / "cdss"
+        / "bench-10-drugs.json")
 
 
 def _haidang_answer() -> tuple[bytes, list[str]]:
