@@ -115,7 +115,7 @@ def _check(args) -> int:
 
     from haidang.ground.settings import load_settings
     from serving.cdss.app import load_engine
-    from serving.cdss.catalog import CatalogError, load_if_present
+    from serving.cdss.catalog import CatalogError, DrugCodes, load_if_present
     from serving.cdss.models import (
         PrescriptionCheckRequest,
         impossible_dates,
@@ -152,8 +152,9 @@ def _check(args) -> int:
     except CatalogError as exc:
         print(f"haidang: {exc}", file=sys.stderr)
         return 2
-    _, engine = load_engine(settings=settings)
-    result = engine.check(prescription_from_native(req, catalog))
+    kb, engine = load_engine(settings=settings)
+    codes = DrugCodes(kb, catalog)  # the catalogue's MA_THUOC, and ATC codes sent as MA_THUOC
+    result = engine.check(prescription_from_native(req, codes), channel="native")
     if args.json:
         print(json.dumps({"alerts": [a.model_dump() for a in result.alerts],
                           "recognised": result.recognised}, ensure_ascii=False, indent=2))

@@ -15,9 +15,11 @@ contain, and ANSM says which of them interact:
   thesaurus or of its class table) that QĐ 5948 and the curated rules do not name. ANSM pairs
   are the positives; the other pairs are counted as negatives although ANSM's silence is not
   proof of safety, so the precision is a lower bound.
-- Interactions whose source is ANSM (once the knowledge base carries them) are left out of
-  training labels (`training.interaction_risk.build_pairs(..., exclude=from_ansm)`), so the
-  reference stays external.
+- Interactions whose source is ANSM (the knowledge base carries them) are left out of the
+  labels of the model measured here (`training.interaction_risk.build_pairs(...,
+  exclude=from_ansm)`), so the reference stays external; `training.interaction_risk` then
+  retrains the served model on every label, ANSM's included, and its card keeps these
+  figures from the model trained without them.
 
     python -m training.interaction_external --version 1.0.0 --write-card
 """
@@ -43,6 +45,7 @@ from serving.registry import CARD_FILE, ModelRegistry
 ANSM_DIR = DEFAULT_ROOT.parent / "ddi-ansm"
 THESAURUS = "ansm_thesaurus_ddi_2020_10.csv"
 CLASS_TABLE = "ansm_substance_classes_2020_10.csv"
+SCORE_BATCH = 100_000
 REFERENCE = "ANSM, Thésaurus des interactions médicamenteuses (20/10/2020)"
 
 
@@ -136,7 +139,8 @@ def evaluate(model: InteractionRiskModel, kb: KnowledgeBase, ref: AnsmReference,
              if (a, b) not in unknown
              and not [x for x in kb.interactions(drugs[a], drugs[b]) if not from_ansm(x)]]
     y = np.fromiter(((a, b) in ref.pairs for a, b in pairs), dtype=bool, count=len(pairs))
-    p = model.score_pairs(pairs)
+    p = np.concatenate([np.zeros(0, np.float32)] + [  # in slices: 1M pairs x 300 features
+        model.score_pairs(pairs[k:k + SCORE_BATCH]) for k in range(0, len(pairs), SCORE_BATCH)])
     pred = p >= model.threshold
     tp = int((pred & y).sum())
     out = {

@@ -1,17 +1,19 @@
 """Train the interaction-risk model: which drug pairs the knowledge base does not name are
 likely to interact anyway.
 
-Positives: every ingredient pair the knowledge base indexes (the QĐ 5948/QĐ-BYT list with
-class rows expanded, and the curated major/moderate additions), except interactions taken
-from ANSM: those stay out of training so that ANSM remains an external reference
-(``training/interaction_external.py`` measures the model on it and writes the figures into
-the card; serving reads them to decide whether the model may run). Negatives: pairs of
-dictionary ingredients that no list names (unlabelled rather than proven safe), sampled.
-Features: ``serving.cdss.learned.PairFeaturizer`` (the same code serving runs).
+Ingredients: those with a row in pharmacology.csv and those a QĐ 5948 or curated pair
+names (`training_drugs`; about 700 of the 3,535 of the dictionary: the others have no
+property and no pair to learn from). Positives: every pair of them the knowledge base
+indexes (QĐ 5948/QĐ-BYT with class rows expanded, the curated rules, ANSM). Negatives: pairs
+no list names (unlabelled rather than proven safe), sampled. Features:
+``serving.cdss.learned.PairFeaturizer`` (the same code serving runs).
 
-Evaluation is drug-disjoint: the dictionary's ingredients are split at random into
-training and test drugs; the model is trained on pairs of training drugs only and scored on
-pairs whose two drugs were both never seen in training. Repeated over several random splits.
+In order: (1) a drug-disjoint evaluation with labels WITHOUT ANSM (the ingredients are split
+at random into training and test drugs; trained on pairs of training drugs, scored on pairs
+of two unseen drugs; several splits), which sets the threshold; (2) a model trained on all
+those pairs, still without ANSM, asked about ANSM's pairs that QĐ 5948 and the curated rules
+lack (``training/interaction_external.py``: the card's ``external_evaluation``, which serving
+reads to decide whether the model may run); (3) the served model, retrained on every label.
 
     python -m training.interaction_risk --out models/interaction-risk/1.0.0 --promote
 """
@@ -49,11 +51,11 @@ PARITY_TOLERANCE = 1e-5
 
 @dataclass
 class Config:
-    neg_per_pos: int = 10  # sampled unlabelled pairs per positive in training
+    neg_per_pos: int = 4  # sampled unlabelled pairs per positive in training
     test_fraction: float = 0.2  # of the ingredients, per drug-disjoint split
-    splits: int = 5  # random drug-disjoint splits evaluated
-    max_iter: int = 300
-    learning_rate: float = 0.05
+    splits: int = 3  # random drug-disjoint splits evaluated
+    max_iter: int = 150  # (with the rates and sizes here: < 10 min on two busy cores)
+    learning_rate: float = 0.1
     max_leaf_nodes: int = 15
     min_samples_leaf: int = 10
     subsample: float = 0.8
@@ -77,12 +79,27 @@ class PairData:
         return PairData(self.inns, self.i[mask], self.j[mask], self.y[mask], self.X[mask])
 
 
-def build_pairs(kb: KnowledgeBase, featurizer: PairFeaturizer,
-                exclude=from_ansm) -> PairData:
-    """Every unordered pair of dictionary ingredients, labelled from the knowledge base's
-    interactions other than those `exclude` picks (default: ANSM's, the external reference)."""
+def training_drugs(kb: KnowledgeBase, pharmacology: dict[str, frozenset[str]],
+                   exclude=from_ansm) -> list[str]:
+    """The ingredients the model learns from: those with a row in pharmacology.csv, and
+    those named in a reference pair that `exclude` keeps (QĐ 5948 and the curated rules).
+
+    Every pair of the 3,535-ingredient dictionary is 6 million pairs (27 GiB of features),
+    almost all of drugs about which the lists and the pharmacology table say nothing: their
+    only features are ATC levels, and labelling them all "not interacting" teaches noise.
+    The same set is used whatever the labels (with or without ANSM): only labels change."""
+    referenced = {inn for key, found in kb.interacting_pairs().items()
+                  if any(not exclude(x) for x in found) for inn in key}
     drugs = kb.drugs
-    inns = sorted(drugs)
+    return sorted(inn for inn in set(pharmacology) | referenced if inn in drugs)
+
+
+def build_pairs(kb: KnowledgeBase, featurizer: PairFeaturizer, inns: list[str],
+                exclude=from_ansm) -> PairData:
+    """Every unordered pair of the given ingredients (`training_drugs`), labelled from the
+    knowledge base's interactions other than those `exclude` picks (default: ANSM's, the
+    external reference; `never` for the served model, trained on everything)."""
+    drugs = kb.drugs
     n = len(inns)
     i, j = np.triu_indices(n, k=1)
     y = np.fromiter(
@@ -93,6 +110,11 @@ def build_pairs(kb: KnowledgeBase, featurizer: PairFeaturizer,
     rows = featurizer.drug_rows(inns)
     X = featurizer.pairs(rows[i], rows[j])
     return PairData(inns, i, j, y, X)
+
+
+def never(_interaction) -> bool:
+    """No interaction left out of the labels (the served model learns from every list)."""
+    return False
 
 
 def make_model(cfg: Config, seed: int):
@@ -239,7 +261,7 @@ def parity(model, onnx_path: Path, X: np.ndarray, tolerance: float = PARITY_TOLE
     return {"max_abs_diff": float(f"{diff:.3g}"), "labels_differing": mismatched,
             "tolerance": tolerance, "pairs": int(len(X)),
             "compared": "predict_proba and predict, scikit-learn vs onnxruntime CPU, "
-                        "every ingredient pair of the dictionary"}
+                        "every pair of the training ingredients"}
 
 
 def write_plots(y: np.ndarray, p: np.ndarray, threshold: float, out: Path, title: str) -> list:
@@ -284,16 +306,22 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
     pharm = read_pharmacology(pharmacology)
     names = feature_names(kb)
     featurizer = PairFeaturizer(kb, names, pharm)
-    data = build_pairs(kb, featurizer)
+    inns = training_drugs(kb, pharm)
+    data = build_pairs(kb, featurizer, inns)  # labels without ANSM: the external reference
     evaluation = drug_disjoint_splits(data, cfg, progress=progress)
     y_pool, p_pool = evaluation.pop("pooled_y"), evaluation.pop("pooled_p")
     threshold = threshold_at_specificity(y_pool, p_pool, cfg.target_specificity)
     at_thr = binary_at(y_pool, p_pool, threshold)
+    external = None
+    if ansm is not None:  # the model trained without ANSM, asked about ANSM's pairs
+        held_out, _ = fit(data, cfg, cfg.seed)
+        external = external_of(held_out, names, threshold, kb, pharm, ansm)
 
-    model, train = fit(data, cfg, cfg.seed)
+    served = build_pairs(kb, featurizer, inns, exclude=never)  # then: every list
+    model, train = fit(served, cfg, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = export(model, len(names), out / ONNX_FILE)
-    parity_fig = parity(model, onnx_path, data.X)
+    parity_fig = parity(model, onnx_path, served.X)
     from training.export import sha256_of
 
     version = out.name
@@ -321,7 +349,8 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
                               "'label' holds the argmax (0.5), not the serving threshold"},
         "threshold": round(threshold, 6),
         "threshold_method": f"specificity {cfg.target_specificity} on the pooled drug-disjoint "
-        "test pairs (at most 1% of unlabelled pairs of unseen drugs alerted)",
+        "test pairs of the evaluation without ANSM labels (at most 1% of unlabelled pairs of "
+        "unseen drugs alerted); the served model, retrained with ANSM's labels too, keeps it",
         "severity": {
             "served": "info",
             "rule": "probability ≥ threshold -> an info alert labelled 'predicted, not from a "
@@ -338,7 +367,8 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
                 "specificity": round(at_thr["specificity"], 4),
                 "ppv": round(at_thr["ppv"], 4),
                 "what": "pairs whose two drugs were both unseen in training, pooled over "
-                f"{cfg.splits} random drug-disjoint splits",
+                f"{cfg.splits} random drug-disjoint splits; labels without ANSM (QĐ 5948 and "
+                "the curated rules)",
             },
             "drug_disjoint": {
                 "roc_auc_mean": round(evaluation["roc_auc_mean"], 4),
@@ -346,7 +376,7 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
                 "pr_auc_mean": round(evaluation["pr_auc_mean"], 4),
                 "pr_auc_sd": round(evaluation["pr_auc_sd"], 4),
                 "target_roc_auc": 0.85,
-                "split": f"the {len(data.inns)} dictionary ingredients are split at random, "
+                "split": f"the {len(data.inns)} training ingredients are split at random, "
                 f"{cfg.test_fraction:.0%} test drugs per split; training uses only pairs of two "
                 "training drugs, the test only pairs of two test drugs; pairs with one drug of "
                 f"each are left out (scored separately below); {cfg.splits} splits, seeds "
@@ -364,8 +394,9 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
         },
         "training": {
             "command": command or f"python -m training.interaction_risk --out {out}",
-            "n_pairs": int(len(data.y)),
-            "n_positive_pairs": int(data.y.sum()),
+            "n_pairs": int(len(served.y)),
+            "n_positive_pairs": int(served.y.sum()),
+            "n_positive_pairs_without_ansm": int(data.y.sum()),
             "n_train_final": int(len(train.y)),
             "config": cfg.as_dict(),
             "seconds": round(time.time() - started, 1),
@@ -374,16 +405,23 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
         },
         "data": {
             "kind": "knowledge-base pairs (no patient data)",
-            "positives": "every ingredient pair indexed by the knowledge base: QĐ 5948/QĐ-BYT "
-            "(30/12/2021) contraindicated pairs with class rows expanded to their members, and "
-            "the curated major/moderate pairs of datasets/knowledge/interactions.csv; "
-            "interactions taken from ANSM are left out (external reference)",
+            "positives": "every pair of training ingredients the knowledge base indexes: "
+            "QĐ 5948/QĐ-BYT (30/12/2021) contraindicated pairs with class rows expanded to "
+            "their members, the curated class rules and pairs of "
+            "datasets/knowledge/interactions.csv, and (served model only) ANSM's thesaurus; the "
+            "drug-disjoint evaluation and the external evaluation use a model trained without "
+            "ANSM's labels, the served model is then retrained on every label",
+            "ingredients": "the training ingredients: those with a row in pharmacology.csv and "
+            "those named in a QĐ 5948 or curated pair (not ANSM-only), so that both models "
+            "see the same drugs; the other dictionary ingredients have only ATC codes as "
+            "features and no reference pair to learn from",
             "negatives": f"{cfg.neg_per_pos} sampled pairs per positive among dictionary pairs "
             "that no list names (unlabelled, not proven safe)",
             "knowledge_root": str(kb_root or DEFAULT_ROOT.relative_to(DEFAULT_ROOT.parents[1])),
             "pharmacology": str(pharmacology or PHARMACOLOGY_CSV.relative_to(
                 PHARMACOLOGY_CSV.parents[2])),
             "n_ingredients": len(data.inns),
+            "n_dictionary_ingredients": len(kb.drugs),
         },
         "intended_use": "Decision support at prescribing: flag ingredient pairs that the "
         "knowledge base does not name but resemble interacting pairs, as a predicted alert "
@@ -408,18 +446,39 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
             f"{INTERACTION_MODEL} {version}: pooled drug-disjoint test pairs")]
     (out / CARD_FILE).write_text(
         yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=100), encoding="utf-8")
-    version_loaded = ModelVersion.load(out)  # the folder must load as written
-    if ansm is not None:
-        from serving.cdss.learned import InteractionRiskModel
-
-        card["external_evaluation"] = external_card(
-            InteractionRiskModel(version_loaded, kb, pharm), kb, ansm)
+    if external is not None:
+        card["external_evaluation"] = external
         (out / CARD_FILE).write_text(
             yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=100),
             encoding="utf-8")
+    ModelVersion.load(out)  # the folder must load as written
     if promote:
         ModelRegistry(out.parent.parent).promote(out.parent.name, out.name)
     return card
+
+
+def external_of(model, names: list[str], threshold: float, kb: KnowledgeBase,
+                pharm: dict[str, frozenset[str]], ansm: Path) -> dict[str, Any]:
+    """`external_evaluation` of a model trained without ANSM's labels: exported and loaded
+    as serving loads a version (a scratch folder), scored on ANSM's pairs at `threshold`."""
+    import tempfile
+
+    from serving.cdss.learned import InteractionRiskModel
+    from training.export import sha256_of
+
+    with tempfile.TemporaryDirectory(prefix="interaction-risk-external-") as tmp:
+        folder = Path(tmp) / "without-ansm"
+        onnx_path = export(model, len(names), folder / ONNX_FILE)
+        card = {"name": INTERACTION_MODEL, "version": "without-ansm", "threshold": threshold,
+                "input": {"name": PAIR_INPUT, "features": names},
+                "sha256": sha256_of(onnx_path)}
+        (folder / CARD_FILE).write_text(yaml.safe_dump(card), encoding="utf-8")
+        block = external_card(InteractionRiskModel(ModelVersion.load(folder), kb, pharm),
+                              kb, ansm)
+    block["model"] = ("trained on the same ingredients, features and configuration without "
+                      "ANSM's labels; the served model is then retrained with them, so these "
+                      "figures are the last external ones it has")
+    return block
 
 
 def summary(card: dict[str, Any]) -> str:

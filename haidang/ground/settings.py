@@ -268,11 +268,13 @@ class WorklistSettings(_Section):
     oidc: OidcSettings | None = None
 
 
-AlertSeverity = Literal["contraindicated", "major", "moderate", "minor", "info"]
+AlertSeverity = Literal["contraindicated", "major", "moderate", "minor"]
 
 
 class CdssSettings(_Section):
-    """Which alerts each channel shows (severity at or above; `minor` hidden by default)."""
+    """Which alerts each channel shows: at or above (`minor` hidden by default); `info` always.
+
+    `info` is a note (an ICD-10 remark, a switched-on model's prediction), not a severity."""
 
     min_severity_native: AlertSeverity = Field(
         "moderate", description="lowest alert severity the native API returns"

@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 from haidang.ground.audit import AuditLog, audit_log
 from haidang.ground.keys import Unauthorized
 from serving.cdss import cdshooks
-from serving.cdss.catalog import HospitalCatalog, catalog_path
+from serving.cdss.catalog import DrugCodes, HospitalCatalog, catalog_path
 from serving.cdss.checks import CheckEngine
 from serving.cdss.models import (
     PrescriptionCheckRequest,
@@ -171,12 +171,11 @@ class CdssState:
     language: str
     max_body: int
     public_url: str | None
-    show_minor: bool
     shown: SharedState  # alert ids shown per patient/encounter, hook and draft orders
     cards: SharedState  # card uuid -> alert id, for feedback
     knowledge_version: str | None = None
     shared: SharedState | None = None
-    catalog: HospitalCatalog | None = None  # the hospital's MA_THUOC/brand mapping
+    catalog: DrugCodes | None = None  # MA_THUOC (the hospital's catalogue, ATC) and brands
     hooks: cdshooks.HookService | None = None  # reads hook requests (codes, prefetch, FHIR)
 
     def close(self) -> None:
@@ -193,12 +192,13 @@ def _unauthorized(state: CdssState, exc: Unauthorized, request: Request, api: st
                                  else 'ApiKey header="X-API-Key"'})
 
 
-def hospital_catalog(settings, kb) -> HospitalCatalog | None:
-    """The imported catalogue (`haidang cdss import-catalog`), if any, minus entries naming
-    ingredients this dictionary no longer has (logged: re-import to get them back)."""
+def hospital_catalog(settings, kb) -> DrugCodes:
+    """MA_THUOC codes: the imported catalogue (`haidang cdss import-catalog`), if any, minus
+    entries naming ingredients this dictionary no longer has (logged: re-import to get them
+    back); WHO ATC codes sent as MA_THUOC either way."""
     path = catalog_path(settings)
     if not path.is_file():
-        return None
+        return DrugCodes(kb)
     catalog = HospitalCatalog.load(path)
     stale = catalog.stale_keys(kb.drugs)
     if stale:
@@ -208,7 +208,7 @@ def hospital_catalog(settings, kb) -> HospitalCatalog | None:
         catalog = catalog.without(stale)
     log.info("drug catalogue %s: %d codes, %d brands", path, len(catalog.codes),
              len(catalog.brands))
-    return catalog
+    return DrugCodes(kb, catalog)
 
 
 def cdss_router(
@@ -218,7 +218,6 @@ def cdss_router(
     engine: CheckEngine | None = None,
     guard: Guard | None = None,
     audit: AuditLog | None = None,
-    show_minor: bool = False,
     router: APIRouter | None = None,
 ) -> APIRouter:
     """The CDSS routes; the router's `.cdss` attribute holds their shared state.
@@ -236,7 +235,6 @@ def cdss_router(
         language=getattr(settings, "language", "vi"),
         max_body=sec.max_body_bytes,
         public_url=sec.public_url.rstrip("/") if sec.public_url else None,
-        show_minor=show_minor,
         shown=shared,
         cards=shared,
         knowledge_version=getattr(kb, "version", None),
@@ -288,7 +286,7 @@ def cdss_router(
                                  + ", ".join(f["field"] for f in impossible), impossible)
         except BadRequest as exc:
             return exc.response()
-        result = state.engine.check(prescription_from_native(req, state.catalog))
+        result = state.engine.check(prescription_from_native(req, state.catalog), channel="native")
         state.audit.record(
             "check", {"patient": req.MA_BN, "episode": req.MA_LK}, api="native", caller=caller.id,
             lines=len(req.THUOC), alerts=[a.id for a in result.alerts],

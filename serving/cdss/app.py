@@ -38,11 +38,11 @@ def icd_catalogue_path(base: Path = ICD_CATALOGUE_DIR) -> Path | None:
     return None
 
 
-def load_engine(kb=None, learned: bool = True, settings=None, thresholds=None):
+def load_engine(kb=None, learned: bool = True, settings=None):
     """The knowledge base and a check engine over it (with the MoH ICD titles when imported);
-    the learned models as the settings' `learned` section allows (default: both off);
-    `thresholds`: the lowest severity each channel shows (`[cdss]` settings)."""
-    from serving.cdss.checks import CheckEngine
+    the learned models as the settings' `learned` section allows (default: both off); the
+    lowest severity each channel shows from the settings' `[cdss]` section."""
+    from serving.cdss.checks import CheckEngine, channel_thresholds
     from serving.cdss.icd import Icd10
     from serving.cdss.knowledge import KnowledgeBase
 
@@ -50,7 +50,7 @@ def load_engine(kb=None, learned: bool = True, settings=None, thresholds=None):
     catalogue = icd_catalogue_path()
     icd = Icd10(moh_catalogue=catalogue) if catalogue else Icd10()
     return kb, CheckEngine(kb, icd, learned=_learned_checks(kb, settings) if learned else None,
-                           thresholds=thresholds)
+                           thresholds=channel_thresholds(settings.cdss) if settings else None)
 
 
 def _learned_checks(kb, settings=None):
@@ -73,10 +73,8 @@ def _learned_checks(kb, settings=None):
 def create_app(settings, kb=None, learned: bool = True, **router_options) -> FastAPI:
     """The app: knowledge base loaded now (once per worker), CDSS routes mounted."""
     from serving.cdss.api import cdss_router
-    from serving.cdss.checks import channel_thresholds
 
-    kb, engine = load_engine(kb, learned=learned, settings=settings,
-                             thresholds=channel_thresholds(settings.cdss))
+    kb, engine = load_engine(kb, learned=learned, settings=settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -36,7 +36,10 @@ COLUMNS = ("MA_THUOC", "TEN_HOAT_CHAT", "TEN_THUOC", "HAM_LUONG", "DUONG_DUNG", 
 REQUIRED = ("MA_THUOC", "TEN_HOAT_CHAT", "TEN_THUOC")
 FORMAT = 1
 HEADER_SEARCH_ROWS = 20  # the header is looked for in the sheet's first rows
+ATC_CODE = re.compile(r"[A-Z]\d\d[A-Z]{2}\d\d")  # a WHO ATC level-5 (substance) code
 _BRACKETS = re.compile(r"\([^)]*\)|\[[^\]]*\]")
+# how TEN_HOAT_CHAT joins a combination's ingredients ("Amoxicilin + Acid clavulanic")
+_PARTS = re.compile(r"\s*(?:\+|;|,|\bvà\b|\band\b)\s*", re.IGNORECASE)
 
 
 class CatalogError(ValueError):
@@ -145,6 +148,26 @@ class HospitalCatalog:
                                self.meta)
 
 
+class DrugCodes:
+    """MA_THUOC -> ingredients as a request line carries it: the hospital's catalogue when
+    one is imported, else a full WHO ATC code (some HIS put the ATC code in MA_THUOC; a
+    group code such as C10AA names a class, not a drug, and is not taken)."""
+
+    def __init__(self, kb, catalog: HospitalCatalog | None = None):
+        self.kb = kb
+        self.catalog = catalog
+
+    def ingredients_of(self, ma_thuoc: str) -> tuple[str, ...] | None:
+        code = (ma_thuoc or "").strip()
+        keys = self.catalog.ingredients_of(code) if self.catalog is not None else None
+        if keys is None and ATC_CODE.fullmatch(code.upper()):
+            keys = tuple(self.kb.ingredient_by_atc(code)) or None
+        return keys
+
+    def ingredients_of_brand(self, name: str) -> tuple[str, ...] | None:
+        return self.catalog.ingredients_of_brand(name) if self.catalog is not None else None
+
+
 def catalog_path(settings) -> Path:
     """Where `import-catalog` stores the mapping: `serving.drug_catalog`."""
     return Path(settings.serving.drug_catalog)
@@ -229,31 +252,37 @@ def read_catalog_file(path: Path) -> list[tuple[int, dict[str, str]]]:
 
 # ---------------------------------------------------------------- resolving a line
 def resolve_ingredient(kb, text: str) -> tuple[str, ...] | None:
-    """Ingredient keys of one ingredient name, or None; every word must be accounted for."""
-    resolve_name = getattr(kb, "resolve_name", None)
-    if resolve_name is not None:
-        found = resolve_name(text)
-        return tuple(found) or None
-    match = kb.resolve(_BRACKETS.sub(" ", text))
-    if match is None or not match.drugs or match.unmatched:
+    """Ingredient keys of one name, or None; every word must be accounted for.
+
+    `kb.resolve_name` reads past words it does not know ("Codein + Eucalyptol" gives
+    codeine alone); a catalogue line is stored as the whole drug, so a name with an
+    unknown word (bracketed notes aside) is not taken."""
+    text = _BRACKETS.sub(" ", text)
+    keys = kb.resolve_name(text)
+    if not keys or kb.resolve(text).unmatched:
         return None
-    return tuple(d.inn for d in match.drugs)
+    return tuple(keys)
+
+
+def resolve_active(kb, active: str) -> tuple[tuple[str, ...] | None, list[str]]:
+    """(keys, []) when every part of TEN_HOAT_CHAT ("A + B") is recognised, else
+    (None, the parts that are not). The whole name is tried first: the dictionary knows
+    combinations whose parts mean nothing alone ("Vitamin B1 + B6 + B12")."""
+    whole = resolve_ingredient(kb, active)
+    if whole is not None:
+        return whole, []
+    parts = [p.strip() for p in _PARTS.split(_BRACKETS.sub(" ", active))]
+    missing = [p for p in parts if names.name_part(p) and resolve_ingredient(kb, p) is None]
+    return None, missing or [active.strip()]
 
 
 def resolve_line(kb, active: str, brand: str) -> tuple[tuple[str, ...] | None, str]:
     """(ingredient keys, '') or (None, the reason in words)."""
     reasons = []
     if active:
-        keys: list[str] = []
-        missing = []
-        for part in names.split_combination(active) or [active]:
-            found = resolve_ingredient(kb, part)
-            if found is None:
-                missing.append(part.strip())
-            else:
-                keys.extend(k for k in found if k not in keys)
-        if not missing:
-            return tuple(keys), ""
+        keys, missing = resolve_active(kb, active)
+        if keys is not None:
+            return keys, ""
         reasons.append(f"TEN_HOAT_CHAT: {', '.join(repr(m) for m in missing)} not recognised")
     else:
         reasons.append("TEN_HOAT_CHAT is empty")

@@ -727,18 +727,16 @@ _INDICATOR_RANK = {"critical": 0, "warning": 1, "info": 2}
 async def answer(state, hook: HookRequest, lang: str, caller_id: str, started: float) -> dict:
     """The service response to one hook call (HookError: 412 / 422 with the reason).
 
-    `state`: the routes' shared state (engine, hooks, audit, shown, cards, show_minor)."""
+    `state`: the routes' shared state (engine, hooks, audit, shown, cards)."""
     service: HookService = state.hooks
     hp = await service.read(hook)
-    result = state.engine.check(hp.rx)
+    result = state.engine.check(hp.rx, channel="cds-hooks")  # [cdss] threshold
     patient = hook.context.get("patientId")
     scope = state.audit.pseudonym(f"{patient}|{hook.context.get('encounterId') or ''}") or ""
     scope = f"{scope}|{hook.hook}|{hp.drafts_digest}"
     cards = []
     shown_ids = []
     for alert in result.alerts:
-        if alert.severity == "minor" and not state.show_minor:
-            continue
         if not visible(alert, hp):
             continue
         if not shown_again(hook.hook, alert) and state.shown.seen(scope, alert.id):

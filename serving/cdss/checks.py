@@ -122,9 +122,11 @@ class CheckResult:
 
 def shown(alerts: Iterable[InteractionAlert], min_severity: str) -> list[InteractionAlert]:
     """The alerts a channel shows: those at or above its threshold (`minor` hidden by
-    default, `[cdss]` settings)."""
+    default, `[cdss]` settings). `info` is not a rung of that ladder but a note (an ICD-10
+    remark, a predicted interaction the hospital switched on): always shown, so switching a
+    learned model on is never silently undone by the threshold."""
     floor = SEVERITY_RANK[min_severity]
-    return [a for a in alerts if SEVERITY_RANK[a.severity] >= floor]
+    return [a for a in alerts if a.severity == "info" or SEVERITY_RANK[a.severity] >= floor]
 
 
 def channel_thresholds(cdss) -> dict[str, str]:

@@ -8,7 +8,8 @@ these is returned as unresolved, with its codes, so that the card can say exactl
 code was not recognised and that the drug was not checked.
 
 Code systems (URIs an EHR puts in `Coding.system`):
-- ATC: `http://www.whocc.no/atc` (WHO Collaborating Centre), through the dictionary's ATC codes;
+- ATC: `http://www.whocc.no/atc` (WHO Collaborating Centre), full 7-character codes, through
+  the dictionary's ATC codes (a group code names a class, not a drug);
 - RxNorm: `http://www.nlm.nih.gov/research/umls/rxnorm`, ingredient RXCUIs only
   (`datasets/rxnorm/`, pending pharmacist review);
 - MA_THUOC: `urn:haidang:qd130:ma-thuoc` (and any URI the hospital configures), the
@@ -61,17 +62,6 @@ def load_rxnorm(path: Path = RXNORM_MAP) -> dict[str, str]:
                 if row.get("rxcui") and row.get("inn")}
 
 
-def _by_atc(kb: KnowledgeBase) -> dict[str, tuple[str, ...]]:
-    """Level-5 ATC code -> ingredient keys, from the dictionary. Once the knowledge base
-    offers `ingredient_by_atc`, `by_code` asks it instead (level-5 codes only: a group code
-    names no drug) and this index goes."""
-    index: dict[str, list[str]] = {}
-    for drug in kb.drugs.values():
-        for atc in drug.atc_codes:
-            index.setdefault(atc.upper(), []).append(drug.inn)
-    return {k: tuple(v) for k, v in index.items()}
-
-
 class DrugCoder:
     """Resolves FHIR medication concepts to ingredient keys of the knowledge base.
 
@@ -86,7 +76,6 @@ class DrugCoder:
         known = kb.drugs
         self._rxnorm = {k: v for k, v in (load_rxnorm() if rxnorm is None else rxnorm).items()
                         if v in known}
-        self._atc = _by_atc(kb)
         self._ma_thuoc = frozenset(ma_thuoc_systems)
 
     def by_code(self, code: Code) -> tuple[str, ...]:
@@ -96,7 +85,8 @@ class DrugCoder:
         if not value:
             return ()
         if system == ATC_SYSTEM:
-            return self._atc.get(value.upper(), ())
+            # a full (level-5) code names a substance; a group code (C01BD) names no drug
+            return tuple(self.kb.ingredient_by_atc(value)) if len(value) == 7 else ()
         if system == RXNORM_SYSTEM:
             inn = self._rxnorm.get(value)
             return (inn,) if inn else ()
@@ -116,10 +106,9 @@ class DrugCoder:
         return self.by_dictionary(text)
 
     def by_dictionary(self, text: str) -> tuple[str, ...]:
-        """Ingredient keys the knowledge base's own name matching finds in a text. Becomes
-        `kb.resolve_name(text)` once the knowledge base offers it."""
-        match = self.kb.resolve(text) if text else None
-        return tuple(d.inn for d in match.drugs) if match is not None else ()
+        """Ingredient keys the knowledge base's own name matching finds in a text
+        (combinations split, salts and forms dropped)."""
+        return tuple(self.kb.resolve_name(text)) if text else ()
 
     def identify(self, codes: list[Code], texts: list[str | None]) -> Identity:
         """Codes first (in the order sent), then displays, then the texts."""

@@ -341,6 +341,10 @@ class KnowledgeBase:
     def all_interactions(self) -> list[Interaction]:
         return list(self._ix.interactions)
 
+    def interacting_pairs(self) -> dict[tuple[str, str], list[Interaction]]:
+        """Every ingredient pair (sorted keys) the references name, class rows expanded."""
+        return dict(self._ix.pairs)
+
     def interactions(self, a: Drug, b: Drug) -> list[Interaction]:
         """Interactions between two ingredients, either order, class rows expanded."""
         if a.inn == b.inn:

@@ -268,6 +268,35 @@ def test_development_mode_needs_no_key(tmp_path, monkeypatch):
     assert r.status_code == 200
 
 
+# ---------------------------------------------------------------------- channel threshold
+DAPT_NSAID = [{"TEN_THUOC": t} for t in ("Aspirin 81mg", "Clopidogrel 75mg", "Meloxicam 7,5mg")]
+
+
+def _pair_severities(client) -> dict:
+    r = client.post(CHECK, json={"THUOC": DAPT_NSAID})
+    assert r.status_code == 200, r.text
+    return {tuple(a["drugs"]): a["severity"] for a in r.json()["alerts"]
+            if a["kind"] == "drug-drug"}
+
+
+@pytest.mark.parametrize(("native", "hidden"), [(None, True), ("minor", False)])
+def test_native_api_hides_minor_unless_configured(tmp_path, monkeypatch, native, hidden):
+    """ANSM "A prendre en compte" (minor): aspirin or clopidogrel + meloxicam. `minor` is hidden
+    by default ([cdss] min_severity_native = moderate); the CDS Hooks threshold is separate."""
+    monkeypatch.delenv("HAIDANG_API_KEYS", raising=False)
+    settings = settings_for(tmp_path, development=True)
+    if native is not None:
+        settings = settings.model_copy(update={"cdss": settings.cdss.model_copy(
+            update={"min_severity_native": native})})
+    with TestClient(create_app(settings, kb=real_kb())) as c:
+        got = _pair_severities(c)
+    assert got[("acetylsalicylic acid", "clopidogrel")] == "moderate"  # shown either way
+    minor = {pair for pair, sev in got.items() if sev == "minor"}
+    assert (minor == set()) is hidden
+    if not hidden:
+        assert ("acetylsalicylic acid", "meloxicam") in minor
+
+
 # ---------------------------------------------------------------------- ops and audit
 def test_health_ready_and_docs(client):
     assert client.get("/healthz").json() == {"status": "ok"}

@@ -20,7 +20,7 @@ CHECK = "/api/v1/prescriptions/check"
 # line -> the words its reason must contain (the fixture's deliberately bad lines)
 BAD_LINES = {
     8: "'Hoạt chất không có thật xyz' not recognised",
-    9: "'Terpin hydrat' not recognised",  # half of a combination is not the drug
+    9: "'Eucalyptol' not recognised",  # half of a combination is not the drug
     10: "MA_THUOC is empty",
     12: "MA_THUOC 40.900 is ambiguous",
     13: "MA_THUOC 40.900 is ambiguous",
@@ -135,6 +135,24 @@ def test_ma_thuoc_alone_identifies_the_drug(clients):
     assert [a["kind"] for a in before["alerts"]].count("unrecognised-drug") == 2
     assert "MA_THUOC 40.200" in before["alerts"][0]["message_en"] + \
         before["alerts"][1]["message_en"]
+
+
+def test_atc_code_sent_as_ma_thuoc_identifies_the_drug(clients):
+    """Some HIS put the WHO ATC code in MA_THUOC: a full code names its substance, with or
+    without an imported catalogue; a group code (C10AA, the statins) names no drug."""
+    for client in clients:
+        body = _check(client, [{"MA_THUOC": "J01FA09"}, {"MA_THUOC": "c10aa01"}])
+        assert body["recognised"] == ["clarithromycin", "simvastatin"]
+        assert (("clarithromycin", "simvastatin"), "contraindicated") in _ddi(body)
+        group = _check(client, [{"MA_THUOC": "C10AA"}])
+        assert group["recognised"] == [""]
+        assert group["alerts"][0]["kind"] == "unrecognised-drug"
+    from serving.cdss.catalog import DrugCodes
+    from serving.cdss.coding import MA_THUOC_SYSTEM, Code, DrugCoder
+
+    coder = DrugCoder(real_kb(), DrugCodes(real_kb()))  # CDS Hooks, MA_THUOC code system
+    assert coder.by_code(Code(MA_THUOC_SYSTEM, "C01BD01")) == ("amiodarone",)
+    assert coder.by_code(Code(MA_THUOC_SYSTEM, "40.100")) == ()  # no catalogue imported
 
 
 def test_outside_list_code_resolves_by_the_lines_name(clients):

@@ -161,14 +161,22 @@ def test_indicators_and_minor_hidden(fixture_client):
 
 
 def test_minor_shown_when_configured(tmp_path):
-    app = create_app(settings_for(tmp_path, development=True), kb=fixture_kb(), show_minor=True)
+    """[cdss] min_severity_cds_hooks = minor shows it as cards; the native API keeps its own
+    threshold (moderate) and still hides it."""
+    settings = settings_for(tmp_path, development=True)
+    settings = settings.model_copy(update={"cdss": settings.cdss.model_copy(
+        update={"min_severity_cds_hooks": "minor"})})
+    app = create_app(settings, kb=fixture_kb())
     req = load("cds-order-sign.json")
     entries = req["context"]["draftOrders"]["entry"]
     for entry, text in zip(entries, ["Ciprofloxacin", "Paracetamol", "Amoxicilin"], strict=True):
         entry["resource"]["medicationCodeableConcept"]["text"] = text
     with TestClient(app) as c:
         body = c.post(SIGN, json=req).json()
+        native = c.post("/api/v1/prescriptions/check", json={"THUOC": [
+            {"TEN_THUOC": "Ciprofloxacin"}, {"TEN_THUOC": "Paracetamol"}]}).json()
     assert [x["indicator"] for x in body["cards"] if "Ảnh hưởng nhỏ" in x["detail"]] == ["info"]
+    assert not [a for a in native["alerts"] if a["severity"] == "minor"]
 
 
 def test_structured_fhir_dose_above_maximum(fixture_client):

@@ -30,15 +30,15 @@ from training.interaction_external import from_ansm, read_ansm
 REPO = Path(__file__).resolve().parents[2]
 CHECK = "/api/v1/prescriptions/check"
 # no list names these pairs; the shipped model predicts them (see tests/serving/test_learned.py)
-RISKY = [{"TEN_THUOC": "Moclobemid 150mg"}, {"TEN_THUOC": "Dextromethorphan 15mg"},
+RISKY = [{"TEN_THUOC": "Aliskiren 150mg"}, {"TEN_THUOC": "Spironolacton 25mg"},
          {"TEN_THUOC": "Praziquantel 600mg"}]
 
 
 def _registry(tmp_path, precision: float | None) -> Path:
     """A copy of the shipped interaction-risk model whose card states `precision`."""
     root = tmp_path / "models"
-    src = REPO / "models" / "interaction-risk"
-    shutil.copytree(src / "1.0.0", root / "interaction-risk" / "1.0.0")
+    shipped = ModelRegistry(REPO / "models").current("interaction-risk")
+    shutil.copytree(shipped.path, root / "interaction-risk" / "1.0.0")
     card_path = root / "interaction-risk" / "1.0.0" / "card.yaml"
     card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
     if precision is None:
