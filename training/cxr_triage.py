@@ -257,7 +257,8 @@ def device_of() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def fit(train: CxrSet, cfg: TriageConfig, progress: bool = True) -> FitResult:
+def fit(train: CxrSet, cfg: TriageConfig, progress: bool = True,
+        spec: Mapping[str, Any] = SPEC) -> FitResult:
     """Train ``len(cfg.seeds)`` members on ``train``; returns the ensemble (on CPU, eval)."""
     from monai.data import set_track_meta
     from monai.utils import set_determinism
@@ -273,7 +274,7 @@ def fit(train: CxrSet, cfg: TriageConfig, progress: bool = True) -> FitResult:
     weights = torch.tensor(
         [1.0] * len(OUTPUTS) + [cfg.auxiliary_weight] * len(AUXILIARY), device=device
     )
-    transform = train_transforms(SPEC)
+    transform = train_transforms(spec)
     start = time.monotonic()
     members, reports = [], []
     per_seed = cfg.time_budget_s / max(len(cfg.seeds), 1)
@@ -380,15 +381,18 @@ class TriageRecipe:
     input_spec = SPEC
     target_sensitivity = 0.90
 
-    def __init__(self, data: Path = DATA, cfg: TriageConfig | None = None, limit: int = 0):
+    def __init__(self, data: Path = DATA, cfg: TriageConfig | None = None, limit: int = 0,
+                 size: int = 224):
+        """``limit`` and a smaller ``size`` are for quick runs (tests); the model is 224 px."""
         self.data_dir = Path(data)
         self.cfg = cfg or TriageConfig()
         self.limit = limit
+        self.input_spec = {**SPEC, "size": [size, size]}
 
     def load(self):
         from training.pipeline import Validation
 
-        data = load_labelled_folder(self.data_dir, SPEC, self.limit)
+        data = load_labelled_folder(self.data_dir, self.input_spec, self.limit)
         tr, va = patient_split(data, self.cfg.val_fraction, self.cfg.split_seed)
         self.train_set, self.val_set = data.subset(tr), data.subset(va)
         val = self.val_set
@@ -403,7 +407,7 @@ class TriageRecipe:
     def fit(self, train: CxrSet, progress: bool):
         from training.pipeline import Fitted
 
-        result = fit(train, self.cfg, progress)
+        result = fit(train, self.cfg, progress, self.input_spec)
         return Fitted(
             result.model,
             {"members": result.members, "device": result.device},

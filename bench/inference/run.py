@@ -107,6 +107,9 @@ def torch_from_onnx(onnx_path: Path, cfg):
             if node.op_type != "Conv":
                 continue
             conv_name = _module_name(node.output[0])
+            if conv_name not in modules and len(cfg.seeds) == 1:
+                # TriageNet calls a member's layers directly: the graph's scopes omit members.0
+                conv_name = f"members.0.{conv_name}"
             bn_name = _batch_norm_after(conv_name)
             conv, bn = modules[conv_name], modules[bn_name]
             conv.weight.copy_(weights[node.input[1]])
@@ -117,6 +120,14 @@ def torch_from_onnx(onnx_path: Path, cfg):
             bn.running_mean.zero_()
             bn.running_var.fill_(1.0 - bn.eps)  # (x - 0) / sqrt(1 - eps + eps) = x
             loaded |= {conv_name, bn_name}
+        for node in graph.node:  # TriageNet: the classifier rows the graph uses, folded
+            if node.op_type == "Einsum" and len(cfg.seeds) == 1:
+                w = next(weights[i] for i in node.input if i in weights)
+                state["members.0.fc.weight"][: w.shape[0]] = w
+                loaded.add("members.0.fc")
+            if node.op_type == "ReduceMean" and node.input[0] in weights:
+                b = weights[node.input[0]]  # the members' biases, stacked
+                state["members.0.fc.bias"][: b.shape[-1]] = b.reshape(-1)
         for name, value in weights.items():
             if name in state:  # the fully connected layers keep their names
                 state[name].copy_(value)

@@ -180,12 +180,12 @@ def bento(tmp_path_factory):
 
 def test_bento_carries_the_registry_model(bento):
     src = bento["path"] / "src"
-    version = (src / "models" / "cxr-pneumonia" / "current").read_text().strip()
-    model = src / "models" / "cxr-pneumonia" / version / "model.onnx"
-    original = bento["ctx"] / "models" / "cxr-pneumonia" / version / "model.onnx"
+    version = (src / "models" / "cxr-triage" / "current").read_text().strip()
+    model = src / "models" / "cxr-triage" / version / "model.onnx"
+    original = bento["ctx"] / "models" / "cxr-triage" / version / "model.onnx"
     assert hashlib.sha256(model.read_bytes()).digest() == \
         hashlib.sha256(original.read_bytes()).digest()
-    assert (src / "models" / "cxr-pneumonia" / version / "card.yaml").is_file()
+    assert (src / "models" / "cxr-triage" / version / "card.yaml").is_file()
     requirements = (bento["path"] / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime" in requirements and "torch" not in requirements
     assert not (src / "serving" / "cdss").exists()  # the CDSS is not part of this Bento
@@ -232,4 +232,4 @@ def test_gpu_bento_builds_on_a_cuda_image_with_onnxruntime_gpu(bento):
     assert re.search(r"^FROM nvidia/cuda:12\.\S*cudnn", dockerfile, re.M)
     requirements = (path / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime-gpu" in requirements and "torch" not in requirements
-    assert (path / "src" / "models" / "cxr-pneumonia" / "current").is_file()
+    assert (path / "src" / "models" / "cxr-triage" / "current").is_file()

@@ -108,5 +108,5 @@ def test_gateway_spreads_over_replicas_and_survives_one_stopping(tmp_path, repli
         for _uid, res in results.items():
             assert [(r["analysis"], r["state"]) for r in res] == [("cxr-pneumonia", "current")]
             assert 0.0 <= res[0]["summary"]["probability"] <= 1.0
-        assert a.answered() - before_a >= 2 * len(second)  # the survivor took all of it
+        assert a.answered() - before_a >= len(second)  # the survivor took all of it
         assert gw.index.counts().get("jobs.failed", 0) == 0

@@ -1,8 +1,8 @@
 """cxr-triage: the shared pipeline on a small real subset, CAM parity, calibration parity.
 
-One tiny model (narrow MONAI ResNet at 224 px, one seed, a few epochs on 480 NIH films) is
-trained once per module through ``training.pipeline.run``, exactly as ``haidang train
-cxr-triage`` does; the tests then check what it wrote.
+One tiny model (narrow MONAI ResNet at 96 px so it trains in a minute or two, one seed, a
+few epochs on 1,000 NIH films) is trained once per module through ``training.pipeline.run``,
+exactly as ``haidang train cxr-triage`` does; the tests then check what it wrote.
 """
 
 from __future__ import annotations
@@ -38,15 +38,18 @@ ROOT = Path(__file__).resolve().parents[2]
 NIH = ROOT / "datasets" / "nih-cxr"
 
 
+TINY = 96  # px; the CAM grid is TINY / 32 = 3
+
+
 def tiny_config() -> TriageConfig:
-    return TriageConfig(epochs=6, seeds=[0], widths=[8, 16, 32, 64], batch_size=32, lr=3e-3,
+    return TriageConfig(epochs=8, seeds=[0], widths=[8, 16, 32, 64], batch_size=32, lr=3e-3,
                         time_budget_s=1800)  # the budget never binds: deterministic
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "cxr-triage" / "0.0.1"
-    recipe = TriageRecipe(NIH, tiny_config(), limit=480)
+    recipe = TriageRecipe(NIH, tiny_config(), limit=1000, size=TINY)
     run(recipe, out, RunOptions(command="pytest", progress=False,
                                 checkpoint_dir=out.parent.parent / "checkpoints"))
     return out
@@ -90,11 +93,11 @@ def test_cam_comes_from_the_same_forward_pass_with_onnx_parity(tiny_model):
 
     from training.pipeline import recipe_resume
 
-    recipe = TriageRecipe(NIH, tiny_config())
+    recipe = TriageRecipe(NIH, tiny_config(), size=TINY)
     saved = torch.load(tiny_model.parent.parent / "checkpoints" / "cxr-triage-0.0.1.pt",
                        weights_only=False)
     model = recipe_resume(recipe, saved).model
-    data = load_labelled_folder(NIH, limit=12)
+    data = load_labelled_folder(NIH, recipe.input_spec, limit=12)
     x = ((data.images.astype(np.float32) - 0.5) / 0.25).astype(np.float32)
     sess = ort.InferenceSession(str(tiny_model / "model.onnx"),
                                 providers=["CPUExecutionProvider"])
@@ -102,7 +105,7 @@ def test_cam_comes_from_the_same_forward_pass_with_onnx_parity(tiny_model):
     logits, cam = sess.run(None, {"image": x})
     with torch.no_grad():
         t_logits, t_cam = model(torch.from_numpy(x))
-    assert cam.shape == (12, len(OUTPUTS), 7, 7)
+    assert cam.shape == (12, len(OUTPUTS), TINY // 32, TINY // 32)
     np.testing.assert_allclose(cam, t_cam.numpy(), atol=1e-4)
     np.testing.assert_allclose(logits, t_logits.numpy(), atol=1e-4)
     bias = model.members[0].fc.bias[: len(OUTPUTS)].detach().numpy()
@@ -140,7 +143,7 @@ def test_serving_and_evaluate_give_identical_calibrated_probabilities(tiny_model
             assert float(row[name]) == pytest.approx(pred.probabilities[name], abs=1e-6)
             assert pred.probabilities[name] == pytest.approx(hand[k], abs=1e-6)
         assert (row["flagged"] == "true") == pred.finding
-        assert pred.cams and np.asarray(pred.cams["pneumonia"]).shape == (7, 7)
+        assert pred.cams and np.asarray(pred.cams["pneumonia"]).shape == (TINY // 32,) * 2
 
 
 def test_evaluate_json_and_predictions_format(tiny_model, tmp_path, capsys):
