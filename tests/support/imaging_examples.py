@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "docs" / "examples" / "imaging"
 GUIDE = ROOT / "docs" / "his-integration.md"
-SAMPLE = ROOT / "datasets" / "samples" / "cxr-01-pneumonia.dcm"
+SAMPLE = ROOT / "datasets" / "samples" / "demo" / "nih-01-ap-finding.dcm"  # an adult AP film
 FILES = {("fhir", "DiagnosticReport"): "diagnostic-report.json",
          ("hl7", "ORU^R01"): "oru-r01.hl7", ("hl7", "ORM^O01"): "orm-o01.hl7",
          ("hl7", "OMI^O23"): "omi-o23.hl7", ("webhook", "urgent-study"): "webhook.json"}
