@@ -127,7 +127,7 @@ def cmd_gateway(args) -> int:
 
                 start_http_server(args.metrics_port, addr=settings.serving.host)
             announce("haidang gateway", settings, gateway, models, warm_s)
-            stop.event.wait()
+            stop.wait()
         finally:
             gateway.stop()
     return 0

@@ -75,6 +75,15 @@ class StopRequest:
         if self._raise:
             raise Stopped(signum)
 
+    def wait(self) -> None:
+        """Block the main thread until a stop is asked for.
+
+        Never a bare ``event.wait()``: the kernel may deliver the signal to another thread
+        (the listener in ``accept``), and then the main thread, asleep on a lock, never runs
+        the Python handler that would set the event. Waking every half second lets it."""
+        while not self.event.wait(0.5):
+            pass
+
     @contextmanager
     def raising(self):
         if self.event.is_set():
