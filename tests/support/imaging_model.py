@@ -24,6 +24,9 @@ def weights() -> np.ndarray:
     return mask.reshape(-1, 1)
 
 
+REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
 def build_onnx(path: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -103,14 +106,29 @@ def build_cam_onnx(path: Path) -> Path:
 
 
 def build_registry(root: Path, name: str = "cxr-triage", version: str = "0.0.1-test") -> Path:
-    """``root/<name>/<version>/{model.onnx,card.yaml}`` plus ``root/<name>/current``."""
+    """``root/<name>/<version>/{model.onnx,card.yaml}`` plus ``root/<name>/current``.
+
+    The small test model stands behind the committed model's real intended-use gate (its
+    ``gate.onnx``, ``gate.npz``, ``gate`` and ``population`` card sections), so a study goes
+    through the gateway exactly as with the served model."""
     vdir = root / name / version
     import hashlib
+    import shutil
 
     onnx_path = build_onnx(vdir / "model.onnx")
     sha = hashlib.sha256(onnx_path.read_bytes()).hexdigest()
-    (vdir / "card.yaml").write_text(
-        yaml.safe_dump({**CARD, "name": name, "version": version, "sha256": sha}))
+    card = {**CARD, "name": name, "version": version, "sha256": sha}
+    shipped = REPO_MODELS / "cxr-triage"
+    if (shipped / "current").is_file():
+        served = shipped / (shipped / "current").read_text().strip()
+        served_card = yaml.safe_load((served / "card.yaml").read_text(encoding="utf-8"))
+        for key in ("gate", "population"):
+            if key in served_card:
+                card[key] = served_card[key]
+        for extra in ("gate.onnx", "gate.npz"):
+            if (served / extra).is_file():
+                shutil.copy(served / extra, vdir / extra)
+    (vdir / "card.yaml").write_text(yaml.safe_dump(card))
     (root / name / "current").write_text(version + "\n")
     return root
 
