@@ -21,15 +21,14 @@ No torch, no onnxruntime here: reading the registry is cheap.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from haidang.ground.files import atomic_write_text, sha256_of
 
 CARD_FILE = "card.yaml"
 ONNX_FILE = "model.onnx"
@@ -42,14 +41,6 @@ class RegistryError(LookupError):
 
 class ModelIntegrityError(RegistryError):
     """``model.onnx`` does not match the sha256 in its card: it changed after registration."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _version_key(version: str) -> list[Any]:
@@ -81,7 +72,7 @@ class ModelVersion:
         if not expected:
             raise ModelIntegrityError(f"{card_path} has no sha256 of {ONNX_FILE}")
         if verify:
-            actual = _sha256(onnx_path)
+            actual = sha256_of(onnx_path)
             if actual != expected:
                 raise ModelIntegrityError(
                     f"{onnx_path} has sha256 {actual[:12]}…, its card says {expected[:12]}…: "
@@ -152,15 +143,5 @@ class ModelRegistry:
     def promote(self, name: str, version: str) -> ModelVersion:
         """Point ``current`` at ``version`` after verifying it; atomic on POSIX and Windows."""
         mv = self.version(name, version, verify=True)
-        pointer = self.root / name / CURRENT_FILE
-        fd, tmp = tempfile.mkstemp(dir=pointer.parent, prefix=".current.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(version + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, pointer)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(self.root / name / CURRENT_FILE, version + "\n")
         return mv

@@ -10,11 +10,12 @@ figure goes into the model card.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from haidang.ground.files import sha256_of  # noqa: F401 - the trainers take it from here
 
 PARITY_TOLERANCE = 1e-4
 INPUT_NAME = "image"
@@ -23,14 +24,6 @@ OUTPUT_NAME = "probability"
 
 class ParityError(RuntimeError):
     """onnxruntime and the training framework disagree beyond the tolerance: do not ship."""
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_onnx(

@@ -276,7 +276,7 @@ def train_gate(model_dir: Path, seconds: float = 360.0, seed: int = 0,
     """Train, export and measure the gate of the model in ``model_dir``; updates its card."""
     from tqdm import tqdm
 
-    from serving.imaging.session import file_sha256
+    from haidang.ground.files import sha256_of as file_sha256
     from training.export import export_onnx
 
     torch.manual_seed(seed)

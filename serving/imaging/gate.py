@@ -155,7 +155,7 @@ class ImageGate:
     @classmethod
     def from_model_dir(cls, model_dir: Path) -> ImageGate:
         """Reads the card's ``gate`` section and ``gate.onnx`` / ``gate.npz`` beside it."""
-        from serving.imaging.session import file_sha256
+        from haidang.ground.files import sha256_of as file_sha256
 
         model_dir = Path(model_dir)
         card = yaml.safe_load((model_dir / "card.yaml").read_text(encoding="utf-8")) or {}

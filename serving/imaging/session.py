@@ -7,13 +7,14 @@ provider otherwise: the same code path either way. The session remembers which m
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from haidang.ground.files import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,6 @@ def choose_providers(requested: list[str] | None = None) -> list[str]:
             )
         return list(requested)
     return [p for p in PREFERRED_PROVIDERS if p in available] or ["CPUExecutionProvider"]
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def session_options(threads: int = 0):
@@ -95,7 +88,7 @@ class ModelSession:
             raise FileNotFoundError(
                 f"model file {self.onnx_path} is missing; register the model with `haidang models`"
             )
-        actual = file_sha256(self.onnx_path)
+        actual = sha256_of(self.onnx_path)
         if self.sha256 and actual != self.sha256:
             raise RuntimeError(
                 f"{self.onnx_path}: sha256 {actual[:12]}… does not match the registry's "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from haidang.ground.files import sha256_of as file_sha256
 from serving.imaging.explain import heat_of, normalise, resize_map
 from serving.imaging.predictor import (
     Predictor,
@@ -17,7 +18,6 @@ from serving.imaging.predictor import (
 from serving.imaging.session import (
     ModelSession,
     choose_providers,
-    file_sha256,
     provider_arguments,
 )
 from tests.support.imaging_model import (
