@@ -1,7 +1,7 @@
 """cxr-triage: the shared pipeline on a small real subset, CAM parity, calibration parity.
 
 One tiny model (narrow MONAI ResNet at 96 px so it trains in a minute or two, one seed, a
-few epochs on 1,000 NIH films) is trained once per module through ``training.pipeline.run``,
+few epochs on the 1,838 NIH films) is trained once per module through ``training.pipeline.run``,
 exactly as ``haidang train cxr-triage`` does; the tests then check what it wrote.
 """
 
@@ -49,7 +49,7 @@ def tiny_config() -> TriageConfig:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "cxr-triage" / "0.0.1"
-    recipe = TriageRecipe(NIH, tiny_config(), limit=1000, size=TINY)
+    recipe = TriageRecipe(NIH, tiny_config(), size=TINY)  # all 1,838 films
     run(recipe, out, RunOptions(command="pytest", progress=False,
                                 checkpoint_dir=out.parent.parent / "checkpoints"))
     return out
