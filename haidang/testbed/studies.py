@@ -85,12 +85,15 @@ def sample_files() -> list[Path]:
 
 
 def cxr_studies(dest: Path, count: int) -> list[tuple[str, list[Path]]]:
-    """``count`` one-image chest X-ray studies with fresh UIDs (shipped samples, cycled)."""
+    """``count`` one-image chest X-ray studies with fresh UIDs (shipped samples, cycled),
+    uncompressed (explicit VR little endian), so that any storage SCU can send them."""
     samples = sample_files()
     out = []
     for n in range(count):
         if samples:
             ds = pydicom.dcmread(samples[n % len(samples)])
+            if ds.file_meta.TransferSyntaxUID.is_compressed:
+                ds.decompress()  # the demo films are JPEG-LS; any sender can send these
             ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
             folder = dest / f"s{n}"
