@@ -45,6 +45,7 @@ from serving.cdss.learned import (
 from serving.registry import CARD_FILE, ONNX_FILE, ModelRegistry, ModelVersion
 from training.export import ParityError
 from training.interaction_external import ANSM_DIR, external_card, from_ansm
+from training.plots import write_plots
 
 PARITY_TOLERANCE = 1e-5
 
@@ -264,32 +265,6 @@ def parity(model, onnx_path: Path, X: np.ndarray, tolerance: float = PARITY_TOLE
                         "every pair of the training ingredients"}
 
 
-def write_plots(y: np.ndarray, p: np.ndarray, threshold: float, out: Path, title: str) -> list:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import precision_recall_curve, roc_curve
-
-    fpr, tpr, _ = roc_curve(y, p)
-    prec, rec, _ = precision_recall_curve(y, p)
-    fig, ax = plt.subplots(1, 2, figsize=(9, 4))
-    ax[0].plot(fpr, tpr)
-    ax[0].plot([0, 1], [0, 1], ":", color="grey")
-    op = binary_at(y, p, threshold)
-    ax[0].plot([1 - op["specificity"]], [op["sensitivity"]], "o", label="threshold")
-    ax[0].set(xlabel="false positive rate", ylabel="sensitivity", title="ROC (drug-disjoint)")
-    ax[0].legend()
-    ax[1].plot(rec, prec)
-    ax[1].set(xlabel="recall", ylabel="precision", title="precision-recall (drug-disjoint)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    path = out / "drug-disjoint-roc-pr.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return [path]
-
-
 def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | None = None,
                        pharmacology: Path | None = None, command: str | None = None,
                        promote: bool = False, progress: bool = True,
@@ -442,8 +417,9 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
     }
     if plots:
         card["plots"] = [p.name for p in write_plots(
-            y_pool, p_pool, threshold, out,
-            f"{INTERACTION_MODEL} {version}: pooled drug-disjoint test pairs")]
+            y_pool, p_pool, threshold, out, "drug-disjoint",
+            f"{INTERACTION_MODEL} {version}: pooled drug-disjoint test pairs",
+            ["no interaction", "interaction"])]
     (out / CARD_FILE).write_text(
         yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=100), encoding="utf-8")
     if external is not None:
