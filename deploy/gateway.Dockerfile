@@ -4,7 +4,8 @@
 #   docker build -f deploy/gateway.Dockerfile -t haidang-gateway:0.1.0 .
 #
 # The whole source tree goes to /app and is installed in place: the knowledge base
-# (datasets/knowledge, datasets/ddi-vn) and the model registry (models/) are read from it.
+# (datasets/knowledge, ddi-vn, ddi-ansm, icd10-vn, rxnorm) and the model registry (models/,
+# with each model's intended-use gate) are read from it.
 FROM python:3.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -26,6 +27,9 @@ COPY serving ./serving
 COPY training ./training
 COPY datasets/knowledge ./datasets/knowledge
 COPY datasets/ddi-vn ./datasets/ddi-vn
+COPY datasets/ddi-ansm ./datasets/ddi-ansm
+COPY datasets/icd10-vn ./datasets/icd10-vn
+COPY datasets/rxnorm ./datasets/rxnorm
 COPY models ./models
 # base install only: no torch (serving runs ONNX); editable so data paths resolve under /app
 RUN pip install -e . \
