@@ -18,7 +18,8 @@ from serving.imaging.gate import GateVerdict, ImageGate
 from serving.imaging.preprocess import dicom_to_unit, picture_to_unit
 
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = ROOT / "models" / "cxr-triage" / "1.0.0"
+_TRIAGE = ROOT / "models" / "cxr-triage"
+MODEL = _TRIAGE / (_TRIAGE / "current").read_text().strip()  # the served gate
 NIH = ROOT / "datasets" / "nih-cxr"
 SAMPLES = ROOT / "datasets" / "samples"
 

@@ -166,6 +166,7 @@ def test_start_up_line_names_models_and_ports(tmp_path):
         stop_process(proc, 30)
     assert f"HTTP http://127.0.0.1:{cdss_port} (--port)" in line, line
     assert f"imaging http://127.0.0.1:{imaging_port} (--imaging-port)" in line, line
-    assert "cxr-triage 1.0.0 sha256 " in line and " on CPUExecutionProvider" in line, line
+    triage = (ROOT / "models" / "cxr-triage" / "current").read_text().strip()
+    assert f"cxr-triage {triage} sha256 " in line and " on CPUExecutionProvider" in line, line
     risk = (ROOT / "models" / "interaction-risk" / "current").read_text().strip()
     assert f"interaction-risk {risk} sha256 " in line and "| warm-up " in line, line
