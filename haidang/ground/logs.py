@@ -85,6 +85,14 @@ def configure(level: str | None = None, fmt: str | None = None,
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level, logging.INFO))
+    # uvicorn configures its loggers with handlers of its own that do not propagate: their
+    # records would skip this format and the third-party filter (or go to a stream that is
+    # gone, after an in-process server stopped). Send them through the one root handler.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        library = logging.getLogger(name)
+        for old in list(library.handlers):
+            library.removeHandler(old)
+        library.propagate = True
 
 
 THIRD_PARTY_ENV = "HAIDANG_LOGGING__THIRD_PARTY_LEVEL"

@@ -240,12 +240,12 @@ def _viewer_and_review(page, context, rows, pacs, tmp_path) -> str:
     page.once("dialog", lambda d: d.accept("xẹp phổi, không phải viêm phổi"
                                            if row.finding else "đông đặc thùy dưới phải"))
     page.click(f'tr[data-study-uid="{uid}"] button.wrong')
-    page.wait_for_selector(f'tr[data-study-uid="{uid}"] td.review .wrong')
+    page.wait_for_selector(f'tr[data-study-uid="{uid}"] td.review span.done.wrong')
     assert page.locator(f'tr[data-study-uid="{uid}"] td.review').inner_text().startswith(
         "AI sai: ")
     other = next(u for u in rows if u != uid and rows[u].verdict != "not-analysed")
     page.click(f'tr[data-study-uid="{other}"] button.agree')
-    page.wait_for_selector(f'tr[data-study-uid="{other}"] td.review .agree')
+    page.wait_for_selector(f'tr[data-study-uid="{other}"] td.review span.done.agree')
     return uid
 
 
