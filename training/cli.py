@@ -130,13 +130,7 @@ def _train(args) -> int:
     from training.cxr_pneumonia import TrainConfig, train_and_register
     from training.pipeline import command_line
 
-    cfg = TrainConfig()
-    if args.epochs:
-        cfg.epochs = args.epochs
-    if args.seeds:
-        cfg.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    if args.time_budget_min:
-        cfg.time_budget_s = args.time_budget_min * 60
+    cfg = _with_run_flags(TrainConfig(), args)
     if args.data.is_dir() and not args.labels:
         print(
             f"haidang train: {args.data} is a folder; give its labels with --labels FILE.csv",
@@ -171,6 +165,17 @@ def _train(args) -> int:
     return 0
 
 
+def _with_run_flags(cfg, args):
+    """The flags every image trainer shares: ``--epochs``, ``--seeds``, ``--time-budget-min``."""
+    if args.epochs:
+        cfg.epochs = args.epochs
+    if args.seeds:
+        cfg.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.time_budget_min:
+        cfg.time_budget_s = args.time_budget_min * 60
+    return cfg
+
+
 def _train_triage(args) -> int:
     if args.out is None:
         print("haidang train cxr-triage: give --out (new version folder, e.g. "
@@ -179,13 +184,7 @@ def _train_triage(args) -> int:
     from training.cxr_triage import DATA, TriageConfig, TriageRecipe
     from training.pipeline import RunOptions, command_line, run
 
-    cfg = TriageConfig()
-    if args.epochs:
-        cfg.epochs = args.epochs
-    if args.seeds:
-        cfg.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    if args.time_budget_min:
-        cfg.time_budget_s = args.time_budget_min * 60
+    cfg = _with_run_flags(TriageConfig(), args)
     options = RunOptions(command=command_line(), progress=not args.no_progress,
                          promote=args.promote, resume_fit=args.resume_fit)
     try:
