@@ -12,7 +12,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -469,7 +469,12 @@ class Index:
     # -- jobs -------------------------------------------------------------------------
 
     def claim_job(self, worker: str, lease_s: float, now: float | None = None) -> Job | None:
-        """Take the oldest pending job (or one whose worker's lease ran out)."""
+        """Take the oldest pending job (or one whose worker's lease ran out).
+
+        Never a job of a study whose other job is still running: with several workers a
+        re-opened study's newer generation waits for the older one to finish, so results
+        are recorded in generation order and the newer one stays current.
+        """
         now = time.time() if now is None else now
         if not self.query(
             "SELECT 1 FROM jobs WHERE state = 'pending' OR (state = 'running' "
@@ -480,10 +485,12 @@ class Index:
         with self.tx() as q:
             rows = q(
                 "SELECT j.id, j.study_uid, j.generation, j.attempts, s.generation FROM jobs j "
-                "JOIN studies s ON s.study_uid = j.study_uid WHERE j.state = 'pending' "
-                "OR (j.state = 'running' AND j.lease_until < ?) ORDER BY j.id LIMIT 20"
+                "JOIN studies s ON s.study_uid = j.study_uid WHERE (j.state = 'pending' "
+                "OR (j.state = 'running' AND j.lease_until < ?)) AND NOT EXISTS (SELECT 1 "
+                "FROM jobs o WHERE o.study_uid = j.study_uid AND o.id <> j.id AND "
+                "o.state = 'running' AND o.lease_until >= ?) ORDER BY j.id LIMIT 20"
                 + self.dialect.skip_locked.replace("UPDATE", "UPDATE OF j"),
-                (now,),
+                (now, now),
             ).fetchall()
             for job_id, study_uid, generation, attempts, study_generation in rows:
                 if study_generation > generation:
@@ -653,21 +660,26 @@ class Index:
 
     # -- exports ----------------------------------------------------------------------
 
-    def claim_exports(self, limit: int, lease_s: float, now: float | None = None) -> list[Export]:
+    def claim_exports(self, limit: int, lease_s: float, now: float | None = None,
+                      classes: Sequence[str] = (), exclude: bool = False) -> list[Export]:
+        """Lease up to ``limit`` due exports, oldest first. With ``classes``: only those whose
+        SOP class (or message kind) is in it, or with ``exclude`` only those not in it, so
+        separate senders can take separate kinds of result."""
         now = time.time() if now is None else now
-        if not self.query(
-            "SELECT 1 FROM exports WHERE (state = 'pending' AND next_attempt_at <= ?) "
-            "OR (state = 'sending' AND lease_until < ?) LIMIT 1",
-            (now, now),
-        ):
+        kinds = ""
+        if classes:
+            kinds = (f" AND sop_class_uid {'NOT IN' if exclude else 'IN'} "
+                     f"({', '.join('?' * len(classes))})")
+        due = ("((state = 'pending' AND next_attempt_at <= ?) "
+               "OR (state = 'sending' AND lease_until < ?))" + kinds)
+        if not self.query(f"SELECT 1 FROM exports WHERE {due} LIMIT 1", (now, now, *classes)):
             return []
         with self.tx() as q:
             rows = q(
                 "SELECT id, result_id, study_uid, destination, sop_uid, sop_class_uid, path, "
-                "attempts, channel FROM exports WHERE (state = 'pending' AND next_attempt_at <= ?) "
-                "OR (state = 'sending' AND lease_until < ?) ORDER BY id LIMIT ?"
+                f"attempts, channel FROM exports WHERE {due} ORDER BY id LIMIT ?"
                 + self.dialect.skip_locked,
-                (now, now, limit),
+                (now, now, *classes, limit),
             ).fetchall()
             for row in rows:
                 q(

@@ -1,4 +1,4 @@
-"""The running gateway: listener, study assembler, job worker and exporter threads.
+"""The running gateway: listener, study assembler, job worker(s) and exporter threads.
 
 ``Gateway(settings).start()`` is what ``haidang gateway`` / ``haidang up`` run and
 what tests use in-process. On start it first makes sure no other live process owns the
@@ -50,10 +50,12 @@ class Gateway:
         self.scp: StorageSCP | None = None
         self._stop = threading.Event()
         self._jobs_ready = threading.Event()  # a study was assembled
-        self._exports_ready = threading.Event()  # a job queued exports
+        self._exports_ready = threading.Event()  # a job queued exports (verdicts)
+        self._pictures_ready = threading.Event()  # ... and pictures
         self._tick = threading.Event()  # the assembler just polls
         self._threads: list[threading.Thread] = []
-        self._listeners: list = []
+        self._listeners: list = []  # extra listener processes
+        self._workers: list = []  # job worker processes
         self._lock: OwnerLock | None = None
 
     # -- life cycle -------------------------------------------------------------------
@@ -91,40 +93,51 @@ class Gateway:
         self.scp.reuse_port = g.listener_processes > 1
         self.scp.start()
         self._start_extra_listeners()
-        for name, target in (
-            ("assembler", self._assembler_loop),
-            ("worker", self._worker_loop),
-            ("exporter", self._exporter_loop),
-        ):
+        loops = [("assembler", self._assembler_loop), ("exporter", self._exporter_loop),
+                 ("exporter-pictures", self._pictures_loop)]
+        if g.job_workers == 1:
+            loops.append(("worker", self._worker_loop))
+        else:
+            self._start_worker_processes()
+        for name, target in loops:
             t = threading.Thread(target=target, name=f"haidang-{name}", daemon=True)
             t.start()
             self._threads.append(t)
         self._jobs_ready.set()
         self._exports_ready.set()
+        self._pictures_ready.set()
         return self
 
     def _start_extra_listeners(self) -> None:
         """More listener processes on the same port: parallel associations use more cores."""
-        import multiprocessing
-
         n = self.settings.gateway.listener_processes - 1
-        if n <= 0:
-            return
-        ctx = multiprocessing.get_context("spawn")
         settings = self.settings.model_copy(deep=True)
         settings.gateway.port = self.port  # the port actually bound (0 = any)
-        for i in range(n):
-            ready = ctx.Event()
-            proc = ctx.Process(
-                target=run_listener,
-                args=(settings.model_dump_json(), os.getpid(), ready),
-                name=f"haidang-listener-{i + 1}",
-                daemon=True,
-            )
-            proc.start()
-            self._listeners.append(proc)
-            if not ready.wait(60):
-                log.error("listener process %s did not start within 60 s", i + 1)
+        for i in range(max(0, n)):
+            self._listeners.append(self._spawn(
+                run_listener, (settings.model_dump_json(), os.getpid()),
+                f"haidang-listener-{i + 1}", 60))
+
+    def _start_worker_processes(self) -> None:
+        """Job workers as processes: each warms its own model session (hence the longer wait),
+        then claims studies from the shared index like a worker thread does."""
+        settings_json = self.settings.model_dump_json()
+        for i in range(self.settings.gateway.job_workers):
+            self._workers.append(self._spawn(
+                run_worker, (settings_json, os.getpid(), f"{self.worker_id}/{i + 1}"),
+                f"haidang-worker-{i + 1}", 300))
+
+    def _spawn(self, target, args: tuple, name: str, timeout_s: float):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        ready = ctx.Event()
+        proc = ctx.Process(target=target, args=(*args, ready), name=name, daemon=True)
+        proc.start()
+        if not ready.wait(timeout_s):
+            log.error("%s did not start within %.0f s (exit code %s)", name, timeout_s,
+                      proc.exitcode)
+        return proc
 
     def reindex_spool(self) -> int:
         """Index spool files the index does not know (its last commits lost in an OS crash)."""
@@ -166,18 +179,21 @@ class Gateway:
         """Stop gracefully within ``grace`` seconds (default ``gateway.stop_grace_s``)."""
         grace = self.settings.gateway.stop_grace_s if grace is None else grace
         deadline = time.monotonic() + grace
-        for proc in self._listeners:  # they answer what they are receiving, then stop
+        children = self._listeners + self._workers
+        for proc in children:  # listeners answer what they are receiving, workers finish
+            # their study, then they stop
             proc.terminate()
         if self.scp:
             self.scp.stop(grace)
-        for proc in self._listeners:
+        for proc in children:
             proc.join(max(1.0, deadline - time.monotonic()))
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
         self._listeners.clear()
+        self._workers.clear()
         self._stop.set()
-        for ev in (self._jobs_ready, self._exports_ready, self._tick):
+        for ev in (self._jobs_ready, self._exports_ready, self._pictures_ready, self._tick):
             ev.set()
         for t in self._threads:
             t.join(timeout=max(0.1, deadline - time.monotonic()))
@@ -246,47 +262,98 @@ class Gateway:
 
     def _worker_loop(self) -> None:
         def step() -> bool:
-            job = self.index.claim_job(self.worker_id, JOB_LEASE_S)
-            if job is None:
-                return False
-            done = threading.Event()
-
-            def heartbeat() -> None:
-                while not done.wait(JOB_LEASE_S / 3):
-                    try:
-                        self.index.renew_job(job.id, JOB_LEASE_S)
-                    except Exception:  # noqa: BLE001 - the next beat tries again
-                        log.exception("could not renew the lease of job %s", job.id)
-
-            beat = threading.Thread(target=heartbeat, name="haidang-job-lease", daemon=True)
-            beat.start()
-            retry: RetryLater | None = None
-            try:
-                if process_job(job, self.index, self.spool, self.settings):
-                    self._exports_ready.set()
-            except RetryLater as exc:
-                retry = exc
-            finally:
-                done.set()
-                beat.join()
-            if retry is not None:  # the study waits in the queue until serving is back
-                delay = min(RETRY_MAX_DELAY_S, 2.0 ** min(job.attempts, 6))
-                self.index.defer_job(job.id, delay)
-                metrics.JOBS.labels("deferred").inc()
-                log.warning("study %s waits %.0f s (attempt %s): %s", uid_hash(
-                    job.study_uid), delay, job.attempts, retry)
-                return False
-            return True
+            ran, exported = run_one_job(self.index, self.spool, self.settings, self.worker_id)
+            if exported:
+                self._exports_ready.set()
+                self._pictures_ready.set()
+            return ran
 
         self._loop("worker", step, self._jobs_ready, 0.5)
 
     def _exporter_loop(self) -> None:
-        exporter = Exporter(self.settings, self.index, self.spool.root)
+        exporter = Exporter(self.settings, self.index, self.spool.root, lane="verdicts")
+        self._loop("exporter", lambda: exporter.run_once() > 0, self._exports_ready, 0.25)
 
-        def step() -> bool:
-            return exporter.run_once() > 0
+    def _pictures_loop(self) -> None:
+        exporter = Exporter(self.settings, self.index, self.spool.root, lane="pictures")
+        self._loop("exporter-pictures", lambda: exporter.run_once(batch=16) > 0,
+                   self._pictures_ready, 0.25)
 
-        self._loop("exporter", step, self._exports_ready, 0.25)
+
+def run_one_job(index: Index, spool: Spool, settings: Settings,
+                worker_id: str) -> tuple[bool, bool]:
+    """Claim one study and analyse it, renewing its lease meanwhile.
+
+    Returns (a study was analysed, it queued exports). Serving unreachable: the study goes
+    back to the queue with a growing delay and counts as not analysed.
+    """
+    job = index.claim_job(worker_id, JOB_LEASE_S)
+    if job is None:
+        return False, False
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(JOB_LEASE_S / 3):
+            try:
+                index.renew_job(job.id, JOB_LEASE_S)
+            except Exception:  # noqa: BLE001 - the next beat tries again
+                log.exception("could not renew the lease of job %s", job.id)
+
+    beat = threading.Thread(target=heartbeat, name="haidang-job-lease", daemon=True)
+    beat.start()
+    retry: RetryLater | None = None
+    exported = False
+    try:
+        exported = bool(process_job(job, index, spool, settings))
+    except RetryLater as exc:
+        retry = exc
+    finally:
+        done.set()
+        beat.join()
+    if retry is not None:  # the study waits in the queue until serving is back
+        delay = min(RETRY_MAX_DELAY_S, 2.0 ** min(job.attempts, 6))
+        index.defer_job(job.id, delay)
+        metrics.JOBS.labels("deferred").inc()
+        log.warning("study %s waits %.0f s (attempt %s): %s", uid_hash(
+            job.study_uid), delay, job.attempts, retry)
+        return False, False
+    return True, exported
+
+
+def run_worker(settings_json: str, parent_pid: int, worker_id: str, ready=None) -> None:
+    """A job worker process (``gateway.job_workers`` > 1): analyses studies, nothing else.
+
+    The gateway process keeps the listener, assembler and write-back; its exporter polls
+    the index, so it picks up what this process commits. SIGTERM lets the running study
+    finish (its lease covers a kill: the study is taken back).
+    """
+    from dicom_gateway.analyses import warm_up_routed
+    from haidang.ground.logs import configure
+
+    configure()
+    settings = Settings.model_validate_json(settings_json)
+    g = settings.gateway
+    if not settings.serving.threads:  # the workers share the cores instead of each taking all
+        settings.serving.threads = max(1, (os.cpu_count() or 1) // g.job_workers)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    warm_up_routed(settings)  # before taking work: the first study is not slowed by loading
+    spool = Spool(g.spool_dir, g.min_free_bytes, g.fsync)
+    index = Index(g.database_url)
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.is_set() and os.getppid() == parent_pid:  # parent gone (even kill -9)
+            try:
+                ran, _ = run_one_job(index, spool, settings, worker_id)
+            except Exception:  # noqa: BLE001 - keep serving; logged and retried
+                log.exception("worker step failed; retrying")
+                ran = False
+                stop.wait(1.0)
+            if not ran:
+                stop.wait(0.1)
+    finally:
+        index.close()
 
 
 def run_listener(settings_json: str, parent_pid: int, ready=None) -> None:

@@ -15,6 +15,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from pydicom import uid
+
 from dicom_gateway import metrics
 from dicom_gateway.delivery import Failure
 from dicom_gateway.delivery import dicom as dicom_target
@@ -36,17 +38,35 @@ TARGETS = {
 }
 
 
-class Exporter:
-    """Sends due exports, one batch per (channel, destination): one association or connection."""
+# Pictures for the radiologist's screen: the presentation state and the visual summary. A
+# sender of their own takes them, so the objects and messages that carry the verdict (SR,
+# HL7 result and priority, FHIR report, webhook) never queue behind megabytes of pictures:
+# in a burst a study is flagged before the previous studies' pictures have all been sent.
+PICTURES = (
+    str(uid.GrayscaleSoftcopyPresentationStateStorage),
+    str(uid.SecondaryCaptureImageStorage),
+    str(uid.MultiFrameTrueColorSecondaryCaptureImageStorage),
+)
 
-    def __init__(self, settings: Settings, index: Index, spool_root: Path):
+
+class Exporter:
+    """Sends due exports, one batch per (channel, destination): one association or connection.
+
+    ``lane``: "verdicts" (everything but the pictures), "pictures", or None (everything, as
+    ``haidang exports`` and the tests drive it).
+    """
+
+    def __init__(self, settings: Settings, index: Index, spool_root: Path,
+                 lane: str | None = None):
         self.settings = settings
         self.index = index
         self.spool_root = Path(spool_root)
+        self.kinds = {None: {}, "verdicts": {"classes": PICTURES, "exclude": True},
+                      "pictures": {"classes": PICTURES}}[lane]
 
     def run_once(self, batch: int = 64) -> int:
         """Send what is due; returns how many exports were attempted."""
-        claimed = self.index.claim_exports(batch, lease_s=120)
+        claimed = self.index.claim_exports(batch, lease_s=120, **self.kinds)
         groups: dict[tuple[str, str], list[Export]] = defaultdict(list)
         for exp in claimed:
             groups[(exp.channel, exp.destination)].append(exp)

@@ -1,8 +1,9 @@
 """Time to flag: last instance's C-STORE Success → the AI SR stored in Orthanc, minus quiet period.
 
 Real parts: Orthanc as the PACS, dcmtk ``storescu`` (TCP_NODELAY=1) as the modality, the
-gateway in-process in embedded mode (model in-process, warmed up). Each study is one
-sample radiograph with fresh UIDs. Studies arrive one every ``--interval`` seconds
+gateway in-process in embedded mode (model in-process, warmed up). Each study is one of the
+demo's adult frontal radiographs (1024 px NIH films and the SIIM CR: what the gate admits
+and the model scores), with fresh UIDs. Studies arrive one every ``--interval`` seconds
 (a busy X-ray room sends one every few minutes; ``--interval 0`` sends back to back and
 measures queueing instead).
 
@@ -30,28 +31,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 
 
-def make_studies(dest: Path, count: int) -> list[tuple[str, Path]]:
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    samples = sorted((ROOT / "datasets" / "samples").glob("cxr-*.dcm"))
-    out = []
-    for n in range(count):
-        ds = pydicom.dcmread(samples[n % len(samples)])
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        path = dest / f"{n:03d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        out.append((str(ds.StudyInstanceUID), path))
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--studies", type=int, default=60)
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between studies")
     ap.add_argument("--quiet", type=float, default=0.5, help="gateway quiet period (s)")
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
+    ap.add_argument("--workers", type=int, default=None,
+                    help="gateway.job_workers (default: the setting's default)")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -64,6 +51,7 @@ def main() -> int:
     from dicom_gateway.runtime import Gateway
     from haidang.demo import demo_settings
     from haidang.testbed.orthanc import Orthanc, orthanc_binary
+    from haidang.testbed.studies import cxr_studies
 
     work = Path(tempfile.mkdtemp(prefix="ttf-"))
     binary = orthanc_binary()
@@ -74,8 +62,10 @@ def main() -> int:
     settings = demo_settings(work, Path(args.models_dir), pacs)
     data = settings.model_dump(mode="json")
     data["gateway"]["quiet_period_s"] = args.quiet
+    if args.workers:
+        data["gateway"]["job_workers"] = args.workers
     settings = type(settings).model_validate(data)
-    studies = make_studies(work, args.studies)
+    studies = [(uid, files[0]) for uid, files in cxr_studies(work / "in", args.studies)]
     info = warm_up(settings)
     env = {**os.environ, "TCP_NODELAY": "1"}
     gateway = Gateway(settings).start()
@@ -112,6 +102,9 @@ def main() -> int:
                          "queue": started - assembled, "job": finished - started,
                          "export": stored - finished if stored else None})
         in_pacs = pacs.count("SR")
+        analysed = sum(any(r["state"] == "current" and (r["summary"] or {}).get("verdict") not in
+                           (None, "not-analysed", "not-applicable")
+                           for r in gateway.index.results(uid)) for uid in uids)
     finally:
         gateway.stop()
         pacs.stop()
@@ -122,13 +115,15 @@ def main() -> int:
         return f"{np.percentile(v, 50):.0f} / {np.percentile(v, 95):.0f}"
     result = {
         "studies": len(rows), "srs_in_orthanc": in_pacs, "interval_s": args.interval,
-        "quiet_period_s": args.quiet, "model": f"{info['model']} {info['version']}",
+        "quiet_period_s": args.quiet, "job_workers": settings.gateway.job_workers,
+        "analysed": analysed, "model": f"{info['model']} {info['version']}",
         "provider": info["provider"],
         "time_to_flag_ms": {"p50": round(float(np.percentile(ttf, 50)), 1),
                             "p95": round(float(np.percentile(ttf, 95)), 1),
                             "max": round(float(ttf.max()), 1)},
     }
-    print(f"{len(rows)} studies, {in_pacs} SRs in Orthanc, one every {args.interval}s, quiet "
+    print(f"{len(rows)} studies ({analysed} scored by the model), {in_pacs} SRs in Orthanc, "
+          f"{settings.gateway.job_workers} job workers, one every {args.interval}s, quiet "
           f"period {args.quiet}s, model {result['model']} on {info['provider']}\n")
     print("| measure (ms) | p50 / p95 |\n| --- | ---: |")
     print(f"| **time to flag** (SR stored − last Success − quiet) | "

@@ -63,6 +63,11 @@ class GatewaySettings(_Section):
     listener_processes: int = Field(
         1, ge=1, description="DICOM listener processes sharing the port (SO_REUSEPORT)"
     )
+    job_workers: int = Field(
+        1, ge=1, description="studies analysed at once. 1: a thread of the gateway process; "
+        "more: that many worker processes (each with its own model session), so analyses use "
+        "more cores than the one the listener and write-back share"
+    )
     max_associations: int = Field(
         64, ge=1, description="associations open at once per listener process; more are "
         "rejected as transient (the sender retries)"
@@ -130,6 +135,10 @@ class ServingSettings(_Section):
     providers: list[str] = Field(
         default_factory=list,
         description="onnxruntime providers; empty = CUDA when available, else CPU",
+    )
+    threads: int = Field(
+        0, ge=0, description="onnxruntime threads per embedded model session; 0 = one per core, "
+        "or cores / gateway.job_workers in each job worker process"
     )
     drug_catalog: Path = Field(
         Path("var/drug-catalog.json"),

@@ -29,7 +29,8 @@ class ServingUnavailable(RuntimeError):
     """No serving replica answered; the message lists what was tried."""
 
 
-def embedded_predictor(models_dir, name: str, providers: list[str] | None = None) -> Predictor:
+def embedded_predictor(models_dir, name: str, providers: list[str] | None = None,
+                       threads: int = 0) -> Predictor:
     """The process-wide predictor for the registry's current version of a model.
 
     Loaded once per version: after ``haidang models promote`` the next call loads the new
@@ -39,11 +40,12 @@ def embedded_predictor(models_dir, name: str, providers: list[str] | None = None
     from serving.registry import ModelRegistry
 
     version = ModelRegistry(models_dir).current_version(name)
-    key = (str(models_dir), name, tuple(providers or ()))
+    key = (str(models_dir), name, tuple(providers or ()), threads)
     with _EMBEDDED_LOCK:
         loaded = _EMBEDDED.get(key)
         if loaded is None or loaded[0] != version:
-            predictor = Predictor(load_from_registry(models_dir, name, providers=providers))
+            predictor = Predictor(load_from_registry(models_dir, name, providers=providers,
+                                                     threads=threads))
             _EMBEDDED[key] = loaded = (version, predictor)
         return loaded[1]
 
@@ -69,7 +71,8 @@ class ImagingClient:
     # --- embedded -------------------------------------------------------------------------
     def _predictor(self) -> Predictor:
         return embedded_predictor(
-            self.settings.models_dir, self.model, self.settings.providers or None
+            self.settings.models_dir, self.model, self.settings.providers or None,
+            self.settings.threads,
         )
 
     # --- http -----------------------------------------------------------------------------

@@ -132,3 +132,35 @@ def test_split_mode_gateway_calls_bentoml_service(tmp_path, orthanc):
     finally:
         stop_process(proc, 20)
         log.close()
+
+
+def test_worker_processes_analyse_a_burst_and_every_result_reaches_pacs(tmp_path, orthanc):
+    """``gateway.job_workers`` = 2: two worker processes claim the studies from the shared
+    index; every study still gets its SR, presentation state and summary in Orthanc, each
+    study once, and the verdict matches serving's for the image sent."""
+    settings = imaging_settings(tmp_path, orthanc)
+    data = settings.model_dump(mode="json")
+    data["gateway"]["job_workers"] = 2
+    settings = type(settings).model_validate(data)
+    studies = cxr_studies(tmp_path / "in", 6)
+    with Gateway(settings) as gw:
+        assert not any(t.name == "haidang-worker" for t in gw._threads)  # no in-process worker
+        for _uid, files in studies:
+            for run in send_as_is(files, gw.port):
+                assert run.returncode == 0, run.stderr
+        for study_uid, _files in studies:
+            wait_until(lambda uid=study_uid: _pacs_objects(orthanc, uid, "SR")
+                       and _pacs_objects(orthanc, uid, "PR")
+                       and _pacs_objects(orthanc, uid, "OT"), timeout=120,
+                       what="SR, presentation state and visual summary of every study")
+        workers = {w for (w,) in gw.index.query("SELECT worker FROM jobs WHERE state = 'done'")}
+        results = {uid: gw.index.results(uid) for uid, _ in studies}
+    assert all(w.startswith(gw.worker_id + "/") for w in workers) and len(workers) >= 1
+    client = ImagingClient.from_settings(settings)
+    for study_uid, files in studies:
+        (result,) = [r for r in results[study_uid] if r["analysis"] == "cxr-pneumonia"]
+        expected = client.predict(dicom_to_model_input(
+            pydicom.dcmread(files[0]), client.input_spec())[None])[0]
+        assert result["state"] == "current" and result["summary"]["verdict"] == expected.label
+        assert result["summary"]["probability"] == pytest.approx(expected.probability, abs=1e-6)
+        assert len(_pacs_objects(orthanc, study_uid, "SR")) == 1

@@ -59,6 +59,30 @@ def test_stale_job_superseded_and_expired_lease_reclaimed(tmp_path):
     assert index.resume() == {"jobs": 1, "exports": 0}
 
 
+def test_newer_generation_waits_for_the_running_job_of_its_study(tmp_path):
+    """Several job workers: a re-opened study is never analysed twice at once, so the older
+    generation cannot finish last and supersede the newer result."""
+    index = Index(f"sqlite:///{tmp_path / 'i.db'}")
+    _record(index, "1.1", now=0.0)
+    _record(index, "9.1", study="9.9", now=0.0)
+    index.assemble_due(now=5.0)
+    first = index.claim_job("w1", lease_s=30, now=5.0)
+    assert (first.study_uid, first.generation) == ("1.2.3", 1)
+    _record(index, "1.2", now=6.0)  # a late instance while generation 1 is being analysed
+    index.assemble_due(now=10.0)
+    other = index.claim_job("w2", lease_s=30, now=10.0)
+    assert other.study_uid == "9.9"  # another study's job is free to run in parallel
+    assert index.claim_job("w3", lease_s=30, now=10.5) is None  # generation 2 waits
+    index.complete_job(first, [{"analysis": "a", "state": "current", "priority": "URGENT",
+                                "summary": {}}], now=11.0)
+    second = index.claim_job("w3", lease_s=30, now=11.5)
+    assert (second.study_uid, second.generation) == ("1.2.3", 2)
+    index.complete_job(second, [{"analysis": "a", "state": "current", "priority": "ROUTINE",
+                                 "summary": {}}], now=12.0)
+    states = [(r["generation"], r["state"]) for r in index.results("1.2.3")]
+    assert states == [(1, "superseded"), (2, "current")]
+
+
 def test_export_backoff_dead_letter_and_retry(tmp_path):
     index = Index(f"sqlite:///{tmp_path / 'i.db'}")
     _record(index, "1.1", now=0.0)
@@ -89,6 +113,27 @@ def test_export_backoff_dead_letter_and_retry(tmp_path):
     index.export_done(again.id)
     assert index.list_exports()[0]["state"] == "done"
     assert not index.retry_export(exp.id)  # delivered exports stay delivered
+
+
+def test_exports_claimed_by_kind_for_separate_senders(tmp_path):
+    """The verdict sender never takes a picture, the picture sender only pictures."""
+    index = Index(f"sqlite:///{tmp_path / 'i.db'}")
+    _record(index, "1.1", now=0.0)
+    index.assemble_due(now=5.0)
+    job = index.claim_job("w", lease_s=30, now=5.0)
+    kinds = ["1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.88.34",
+             "1.2.840.10008.5.1.4.1.1.7", "ORU^R01"]
+    index.complete_job(job, [{"analysis": "a", "state": "current", "priority": "ROUTINE",
+                              "summary": {}, "exports": [
+                                  {"destination": "pacs", "sop_uid": f"9.{n}", "sop_class_uid": k,
+                                   "series_uid": "", "path": f"r/{n}"}
+                                  for n, k in enumerate(kinds)]}], now=6.0)
+    pictures = (kinds[0], kinds[2])
+    verdicts = index.claim_exports(10, 60, now=7.0, classes=pictures, exclude=True)
+    assert [e.sop_class_uid for e in verdicts] == [kinds[1], kinds[3]]
+    assert [e.sop_class_uid for e in index.claim_exports(10, 60, now=7.0, classes=pictures)
+            ] == [kinds[0], kinds[2]]
+    assert index.claim_exports(10, 60, now=7.0) == []  # all leased
 
 
 def test_postgres_dialect_uses_skip_locked():

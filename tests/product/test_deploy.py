@@ -186,6 +186,9 @@ def test_bento_carries_the_registry_model(bento):
     assert hashlib.sha256(model.read_bytes()).digest() == \
         hashlib.sha256(original.read_bytes()).digest()
     assert (src / "models" / "cxr-triage" / version / "card.yaml").is_file()
+    for gate_file in ("gate.onnx", "gate.npz"):  # the intended-use gate travels with it
+        assert (bento["ctx"] / "models" / "cxr-triage" / version / gate_file).is_file()
+        assert (src / "models" / "cxr-triage" / version / gate_file).is_file(), gate_file
     requirements = (bento["path"] / "env" / "python" / "requirements.txt").read_text()
     assert "onnxruntime" in requirements and "torch" not in requirements
     assert not (src / "serving" / "cdss").exists()  # the CDSS is not part of this Bento

@@ -71,6 +71,23 @@ def test_numpy_chain_equals_monai_chain():
     assert diff.max() <= 2e-5
 
 
+def test_area_resize_equals_torch_area_interpolation():
+    """The running-sum resize (bins that overlap by one pixel, shrinking one axis while
+    growing the other) gives torch's adaptive average pooling."""
+    torch = pytest.importorskip("torch")
+    from serving.imaging.preprocess import area_resize_np
+
+    rng = np.random.default_rng(1)
+    for shape, size in [((1024, 1024), (224, 224)), ((1000, 777), (224, 224)),
+                        ((300, 200), (128, 400)), ((7, 5), (3, 2)), ((64, 64), (64, 32))]:
+        img = rng.random(shape).astype(np.float32)
+        ours = area_resize_np(img, size)
+        ref = torch.nn.functional.interpolate(torch.from_numpy(img)[None, None], size=size,
+                                              mode="area")[0, 0].numpy()
+        assert ours.shape == tuple(size) and ours.dtype == np.float32
+        assert np.max(np.abs(ours - ref)) <= 1e-6, (shape, size)
+
+
 def test_inner_crop_numpy_chain_equals_monai_chain():
     """cxr-triage's spec: 224 px from the central 80% of the square (view markers cut off)."""
     torch = pytest.importorskip("torch")
