@@ -33,3 +33,39 @@ EXPORT_SECONDS = Histogram(
     ["channel"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+
+# A job worker process (gateway.job_workers > 1) forwards its job observations to the
+# gateway process, so /metrics there counts every study whichever process analysed it.
+_forward = None
+
+
+def forward_to(queue) -> None:
+    """In a worker process: send job observations to ``queue`` instead of counting here."""
+    global _forward
+    _forward = queue
+
+
+def job_done(outcome: str, seconds: float | None = None,
+             time_to_result: float | None = None) -> None:
+    """One job ended: ``done``, ``failed`` or ``deferred``, with its timings when it ran."""
+    if _forward is not None:
+        _forward.put((outcome, seconds, time_to_result))
+        return
+    JOBS.labels(outcome).inc()
+    if seconds is not None:
+        JOB_SECONDS.observe(seconds)
+    if time_to_result is not None:
+        TIME_TO_RESULT.observe(time_to_result)
+
+
+def relay(queue, stop) -> None:
+    """In the gateway process: count what the worker processes forward, until ``stop``."""
+    import queue as queues
+
+    while not stop.is_set():
+        try:
+            job_done(*queue.get(timeout=0.5))
+        except queues.Empty:
+            continue
+        except (EOFError, OSError):  # the queue closed: the workers are gone
+            return

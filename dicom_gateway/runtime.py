@@ -121,10 +121,18 @@ class Gateway:
     def _start_worker_processes(self) -> None:
         """Job workers as processes: each warms its own model session (hence the longer wait),
         then claims studies from the shared index like a worker thread does."""
+        import multiprocessing
+
         settings_json = self.settings.model_dump_json()
+        observations = multiprocessing.get_context("spawn").Queue()
+        relay = threading.Thread(target=metrics.relay, args=(observations, self._stop),
+                                 name="haidang-metrics-relay", daemon=True)
+        relay.start()
+        self._threads.append(relay)
         for i in range(self.settings.gateway.job_workers):
             self._workers.append(self._spawn(
-                run_worker, (settings_json, os.getpid(), f"{self.worker_id}/{i + 1}"),
+                run_worker,
+                (settings_json, os.getpid(), f"{self.worker_id}/{i + 1}", observations),
                 f"haidang-worker-{i + 1}", 300))
 
     def _spawn(self, target, args: tuple, name: str, timeout_s: float):
@@ -313,14 +321,15 @@ def run_one_job(index: Index, spool: Spool, settings: Settings,
     if retry is not None:  # the study waits in the queue until serving is back
         delay = min(RETRY_MAX_DELAY_S, 2.0 ** min(job.attempts, 6))
         index.defer_job(job.id, delay)
-        metrics.JOBS.labels("deferred").inc()
+        metrics.job_done("deferred")
         log.warning("study %s waits %.0f s (attempt %s): %s", uid_hash(
             job.study_uid), delay, job.attempts, retry)
         return False, False
     return True, exported
 
 
-def run_worker(settings_json: str, parent_pid: int, worker_id: str, ready=None) -> None:
+def run_worker(settings_json: str, parent_pid: int, worker_id: str, observations=None,
+               ready=None) -> None:
     """A job worker process (``gateway.job_workers`` > 1): analyses studies, nothing else.
 
     The gateway process keeps the listener, assembler and write-back; its exporter polls
@@ -331,6 +340,8 @@ def run_worker(settings_json: str, parent_pid: int, worker_id: str, ready=None) 
     from haidang.ground.logs import configure
 
     configure()
+    if observations is not None:
+        metrics.forward_to(observations)
     settings = Settings.model_validate_json(settings_json)
     g = settings.gateway
     if not settings.serving.threads:  # the workers share the cores instead of each taking all

@@ -11,6 +11,7 @@ import json
 
 import pydicom
 import pytest
+from prometheus_client import REGISTRY
 
 from dicom_gateway.analyses.cxr_pneumonia.sr import read_finding
 from dicom_gateway.runtime import Gateway
@@ -143,6 +144,7 @@ def test_worker_processes_analyse_a_burst_and_every_result_reaches_pacs(tmp_path
     data["gateway"]["job_workers"] = 2
     settings = type(settings).model_validate(data)
     studies = cxr_studies(tmp_path / "in", 6)
+    done_before = REGISTRY.get_sample_value("haidang_jobs_total", {"outcome": "done"}) or 0
     with Gateway(settings) as gw:
         assert not any(t.name == "haidang-worker" for t in gw._threads)  # no in-process worker
         for _uid, files in studies:
@@ -154,6 +156,10 @@ def test_worker_processes_analyse_a_burst_and_every_result_reaches_pacs(tmp_path
                        and _pacs_objects(orthanc, uid, "OT"), timeout=120,
                        what="SR, presentation state and visual summary of every study")
         workers = {w for (w,) in gw.index.query("SELECT worker FROM jobs WHERE state = 'done'")}
+        # the workers' job counts reach this process's /metrics
+        wait_until(lambda: (REGISTRY.get_sample_value("haidang_jobs_total", {"outcome": "done"})
+                            or 0) - done_before >= len(studies), timeout=10,
+                   what="job metrics relayed from the worker processes")
         results = {uid: gw.index.results(uid) for uid, _ in studies}
     assert all(w.startswith(gw.worker_id + "/") for w in workers) and len(workers) >= 1
     client = ImagingClient.from_settings(settings)
