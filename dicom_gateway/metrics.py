@@ -58,8 +58,9 @@ def job_done(outcome: str, seconds: float | None = None,
         TIME_TO_RESULT.observe(time_to_result)
 
 
-def relay(queue, stop) -> None:
-    """In the gateway process: count what the worker processes forward, until ``stop``."""
+def relay(queue, stop, on_job=None) -> None:
+    """In the gateway process: count what the worker processes forward, until ``stop``;
+    ``on_job`` is called after each (a job committed: its exports are waiting)."""
     import queue as queues
 
     while not stop.is_set():
@@ -69,3 +70,5 @@ def relay(queue, stop) -> None:
             continue
         except (EOFError, OSError):  # the queue closed: the workers are gone
             return
+        if on_job is not None:
+            on_job()

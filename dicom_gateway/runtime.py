@@ -50,6 +50,7 @@ class Gateway:
         self.scp: StorageSCP | None = None
         self._stop = threading.Event()
         self._jobs_ready = threading.Event()  # a study was assembled
+        self._jobs_signal = None  # ... the same, for job worker processes
         self._exports_ready = threading.Event()  # a job queued exports (verdicts)
         self._pictures_ready = threading.Event()  # ... and pictures
         self._tick = threading.Event()  # the assembler just polls
@@ -123,16 +124,25 @@ class Gateway:
         then claims studies from the shared index like a worker thread does."""
         import multiprocessing
 
+        ctx = multiprocessing.get_context("spawn")
         settings_json = self.settings.model_dump_json()
-        observations = multiprocessing.get_context("spawn").Queue()
-        relay = threading.Thread(target=metrics.relay, args=(observations, self._stop),
+        observations = ctx.Queue()  # job metrics; each also says "exports are waiting"
+        self._jobs_signal = ctx.Event()  # the assembler wakes the workers at once
+
+        def wake_exporters() -> None:
+            self._exports_ready.set()
+            self._pictures_ready.set()
+
+        relay = threading.Thread(target=metrics.relay,
+                                 args=(observations, self._stop, wake_exporters),
                                  name="haidang-metrics-relay", daemon=True)
         relay.start()
         self._threads.append(relay)
         for i in range(self.settings.gateway.job_workers):
             self._workers.append(self._spawn(
                 run_worker,
-                (settings_json, os.getpid(), f"{self.worker_id}/{i + 1}", observations),
+                (settings_json, os.getpid(), f"{self.worker_id}/{i + 1}", observations,
+                 self._jobs_signal),
                 f"haidang-worker-{i + 1}", 300))
 
     def _spawn(self, target, args: tuple, name: str, timeout_s: float):
@@ -256,6 +266,8 @@ class Gateway:
                 )
             if done:
                 self._jobs_ready.set()
+                if self._jobs_signal is not None:
+                    self._jobs_signal.set()
             now = time.monotonic()
             if now - last_gauge > 5:
                 last_gauge = now
@@ -329,7 +341,7 @@ def run_one_job(index: Index, spool: Spool, settings: Settings,
 
 
 def run_worker(settings_json: str, parent_pid: int, worker_id: str, observations=None,
-               ready=None) -> None:
+               jobs_signal=None, ready=None) -> None:
     """A job worker process (``gateway.job_workers`` > 1): analyses studies, nothing else.
 
     The gateway process keeps the listener, assembler and write-back; its exporter polls
@@ -361,8 +373,11 @@ def run_worker(settings_json: str, parent_pid: int, worker_id: str, observations
                 log.exception("worker step failed; retrying")
                 ran = False
                 stop.wait(1.0)
-            if not ran:
-                stop.wait(0.1)
+            if not ran:  # wait for the assembler's signal (or poll: a lease may lapse)
+                if jobs_signal is None:
+                    stop.wait(0.25)
+                elif jobs_signal.wait(0.25):
+                    jobs_signal.clear()
     finally:
         index.close()
 

@@ -37,8 +37,8 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=1.0, help="seconds between studies")
     ap.add_argument("--quiet", type=float, default=0.5, help="gateway quiet period (s)")
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
-    ap.add_argument("--workers", type=int, default=None,
-                    help="gateway.job_workers (default: the setting's default)")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="gateway.job_workers: 1 = a thread of the gateway, more = processes")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
@@ -62,8 +62,7 @@ def main() -> int:
     settings = demo_settings(work, Path(args.models_dir), pacs)
     data = settings.model_dump(mode="json")
     data["gateway"]["quiet_period_s"] = args.quiet
-    if args.workers:
-        data["gateway"]["job_workers"] = args.workers
+    data["gateway"]["job_workers"] = args.workers
     settings = type(settings).model_validate(data)
     studies = [(uid, files[0]) for uid, files in cxr_studies(work / "in", args.studies)]
     info = warm_up(settings)
