@@ -40,7 +40,14 @@ from torch import nn
 
 from serving.imaging.preprocess import DEFAULT_SPEC, _spec, eval_transforms
 from serving.registry import CARD_FILE, ONNX_FILE
-from training.data import LABEL_NAMES, LabelledImages, load
+from training.data import (
+    LABEL_NAMES,
+    AugmentedImages,
+    LabelledImages,
+    augmentation,
+    load,
+    shuffled_loader,
+)
 from training.export import PARITY_TOLERANCE, export_onnx, parity_check, sha256_of
 from training.schedule import learning_rate, schedule_progress
 
@@ -102,52 +109,8 @@ class TriageModel(nn.Module):
 
 def train_transforms(spec: Mapping[str, Any]):
     """Training augmentation (MONAI, random) followed by the deterministic eval chain."""
-    from monai.transforms import (
-        Compose,
-        RandAdjustContrast,
-        RandAffine,
-        RandGaussianNoise,
-        RandGaussianSmooth,
-        RandScaleIntensity,
-        RandShiftIntensity,
-    )
-
-    return Compose(
-        [
-            RandAffine(
-                prob=0.9,
-                rotate_range=(0.17,),
-                scale_range=(0.1, 0.1),
-                translate_range=(2.5, 2.5),
-                shear_range=(0.05, 0.05),
-                padding_mode="border",
-                mode="bilinear",
-            ),
-            RandAdjustContrast(prob=0.5, gamma=(0.7, 1.4)),
-            RandScaleIntensity(prob=0.5, factors=0.15),
-            RandShiftIntensity(prob=0.5, offsets=0.08),
-            RandGaussianSmooth(prob=0.2, sigma_x=(0.3, 0.8), sigma_y=(0.3, 0.8)),
-            RandGaussianNoise(prob=0.3, std=0.03),
-            eval_transforms(spec),
-        ]
-    )
-
-
-class _AugmentedImages(torch.utils.data.Dataset):
-    def __init__(self, data: LabelledImages, transform):
-        self.x = torch.from_numpy(data.images)
-        self.y = torch.from_numpy(data.labels.astype(np.float32))
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int):
-        return torch.as_tensor(self.transform(self.x[i])).float(), self.y[i]
-
-
-def _one_thread(_worker_id: int) -> None:
-    torch.set_num_threads(1)
+    return augmentation(spec, rotate=0.17, scale=0.1, translate=2.5, shear=0.05,
+                        padding="border", gamma=(0.7, 1.4), noise=(0.3, 0.03), smooth=True)
 
 
 def normalised(data: LabelledImages, spec: Mapping[str, Any]) -> torch.Tensor:
@@ -202,16 +165,9 @@ def train(
         set_determinism(seed=seed)
         if hasattr(transform, "set_random_state"):
             transform.set_random_state(seed=seed)
-        gen = torch.Generator().manual_seed(seed)
-        loader = torch.utils.data.DataLoader(
-            _AugmentedImages(train_data, transform),
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            generator=gen,
-            drop_last=len(train_data) > cfg.batch_size,
-            num_workers=cfg.workers,
-            persistent_workers=cfg.workers > 0,
-            worker_init_fn=_one_thread,
+        loader = shuffled_loader(
+            AugmentedImages(train_data.images, train_data.labels, transform),
+            cfg.batch_size, seed, drop_last=len(train_data) > cfg.batch_size, workers=cfg.workers,
         )
         net = build_network(cfg)
         ema = torch.optim.swa_utils.AveragedModel(

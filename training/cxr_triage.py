@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from serving.imaging.preprocess import _spec, file_to_unit
-from training.data import unit_at_model_size
+from training.data import AugmentedImages, augmentation, shuffled_loader, unit_at_model_size
+from training.pipeline import ImageRecipe
 
 log = logging.getLogger(__name__)
 
@@ -194,37 +195,11 @@ class TriageNet(nn.Module):
 
 def train_transforms(spec: Mapping[str, Any]):
     """MONAI augmentation (no flips: the heart is on the left) then the shared eval chain."""
-    from monai.transforms import (
-        Compose,
-        Lambda,
-        RandAdjustContrast,
-        RandAffine,
-        RandGaussianNoise,
-        RandScaleIntensity,
-        RandShiftIntensity,
-    )
+    from monai.transforms import Lambda
 
-    from serving.imaging.preprocess import eval_transforms
-
-    return Compose(
-        [
-            Lambda(blank_edges),
-            RandAffine(
-                prob=0.9,
-                rotate_range=(0.14,),
-                scale_range=(0.12, 0.12),
-                translate_range=(12, 12),
-                shear_range=(0.04, 0.04),
-                padding_mode="zeros",
-                mode="bilinear",
-            ),
-            RandAdjustContrast(prob=0.5, gamma=(0.7, 1.5)),
-            RandScaleIntensity(prob=0.5, factors=0.15),
-            RandShiftIntensity(prob=0.5, offsets=0.08),
-            RandGaussianNoise(prob=0.2, std=0.02),
-            eval_transforms(spec),
-        ]
-    )
+    return augmentation(spec, rotate=0.14, scale=0.12, translate=12, shear=0.04,
+                        padding="zeros", gamma=(0.7, 1.5), noise=(0.2, 0.02),
+                        first=[Lambda(blank_edges)])
 
 
 def blank_edges(img: torch.Tensor) -> torch.Tensor:
@@ -250,20 +225,6 @@ def normalised(images: np.ndarray, spec: Mapping[str, Any] = SPEC) -> torch.Tens
     """The eval chain over images already at model size (crop/resize are identities)."""
     s = _spec(spec)
     return (torch.from_numpy(images.astype(np.float32)) - float(s["mean"])) / float(s["std"])
-
-
-class _Augmented(torch.utils.data.Dataset):
-    def __init__(self, data: CxrSet, transform):
-        self.x = data.images
-        self.y = torch.from_numpy(data.targets)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, i: int):
-        x = torch.from_numpy(self.x[i].astype(np.float32))
-        return torch.as_tensor(self.transform(x)).float(), self.y[i]
 
 
 @dataclass
@@ -303,13 +264,8 @@ def fit(train: CxrSet, cfg: TriageConfig, progress: bool = True,
         seed_start = time.monotonic()
         set_determinism(seed=seed)
         transform.set_random_state(seed=seed)
-        loader = torch.utils.data.DataLoader(
-            _Augmented(train, transform),
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed),
-            drop_last=True,
-        )
+        loader = shuffled_loader(AugmentedImages(train.images, train.targets, transform),
+                                 cfg.batch_size, seed, drop_last=True)
         net = build_member(cfg).to(device)
         ema = torch.optim.swa_utils.AveragedModel(
             net,
@@ -393,7 +349,7 @@ def _age_band(age: str) -> str:
     return next(name for lo, hi, name in AGE_BANDS if lo <= years < hi)
 
 
-class TriageRecipe:
+class TriageRecipe(ImageRecipe):
     """``cxr-triage`` for ``training.pipeline.run``."""
 
     name = MODEL_NAME

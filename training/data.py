@@ -9,6 +9,11 @@
 Both come out as ``LabelledImages``: float32 images in [0, 1] of shape (N, 1, H, W) at the
 model's input size, brighter = denser (MONOCHROME2), plus int64 labels. DICOM goes through
 ``serving.imaging.preprocess`` so training sees exactly the pixels serving sees.
+
+The training side of every chest X-ray model draws from them the same way: ``augmentation``
+(MONAI, random, then the shared eval chain; each model sets how strong) over
+``AugmentedImages`` in a ``shuffled_loader`` seeded per ensemble member. torch and MONAI are
+imported only there, so ``haidang evaluate`` reads data without them.
 """
 
 from __future__ import annotations
@@ -153,3 +158,103 @@ def load(
             raise DataError(f"{data} is a folder: give its labels with --labels FILE.csv")
         return load_dicom_folder(data, labels_csv, spec, split)
     return load_npz(data, split, spec)
+
+
+def augmentation(
+    spec: Mapping[str, Any],
+    *,
+    rotate: float,
+    scale: float,
+    translate: float,
+    shear: float,
+    padding: str,
+    gamma: tuple[float, float],
+    noise: tuple[float, float],
+    smooth: bool = False,
+    first: Sequence[Any] = (),
+):
+    """MONAI augmentation of a [1, H, W] image in [0, 1], then the shared eval chain.
+
+    ``rotate`` (radians), ``scale``, ``translate`` (pixels) and ``shear`` bound the random
+    affine; ``gamma`` the contrast change; ``noise`` is (probability, std) of Gaussian noise;
+    ``smooth`` adds a light Gaussian blur; ``first`` runs before everything (the model's own
+    transforms). No flips: the heart is on the left.
+    """
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrast,
+        RandAffine,
+        RandGaussianNoise,
+        RandGaussianSmooth,
+        RandScaleIntensity,
+        RandShiftIntensity,
+    )
+
+    from serving.imaging.preprocess import eval_transforms
+
+    blur = [RandGaussianSmooth(prob=0.2, sigma_x=(0.3, 0.8), sigma_y=(0.3, 0.8))] if smooth else []
+    return Compose(
+        [
+            *first,
+            RandAffine(
+                prob=0.9,
+                rotate_range=(rotate,),
+                scale_range=(scale, scale),
+                translate_range=(translate, translate),
+                shear_range=(shear, shear),
+                padding_mode=padding,
+                mode="bilinear",
+            ),
+            RandAdjustContrast(prob=0.5, gamma=gamma),
+            RandScaleIntensity(prob=0.5, factors=0.15),
+            RandShiftIntensity(prob=0.5, offsets=0.08),
+            *blur,
+            RandGaussianNoise(prob=noise[0], std=noise[1]),
+            eval_transforms(spec),
+        ]
+    )
+
+
+class AugmentedImages:
+    """Images at model size in [0, 1] (float16 or float32), each drawn through ``transform``
+    as float32: a map-style dataset for ``torch.utils.data.DataLoader``."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, transform):
+        import torch
+
+        self.images = images
+        self.targets = torch.from_numpy(np.asarray(targets, np.float32))
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        x = torch.from_numpy(np.asarray(self.images[i], np.float32))
+        return torch.as_tensor(self.transform(x)).float(), self.targets[i]
+
+
+def shuffled_loader(data: AugmentedImages, batch_size: int, seed: int, drop_last: bool,
+                    workers: int = 0):
+    """Batches in an order fixed by ``seed`` (one ensemble member, reproducible)."""
+    import torch
+
+    return torch.utils.data.DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=drop_last,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        worker_init_fn=_one_thread,
+    )
+
+
+def _one_thread(_worker_id: int) -> None:
+    """A loader worker uses one thread: the cores belong to the fit."""
+    import torch
+
+    torch.set_num_threads(1)

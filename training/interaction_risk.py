@@ -8,12 +8,14 @@ indexes (QĐ 5948/QĐ-BYT with class rows expanded, the curated rules, ANSM). Ne
 no list names (unlabelled rather than proven safe), sampled. Features:
 ``serving.cdss.learned.PairFeaturizer`` (the same code serving runs).
 
-In order: (1) a drug-disjoint evaluation with labels WITHOUT ANSM (the ingredients are split
-at random into training and test drugs; trained on pairs of training drugs, scored on pairs
-of two unseen drugs; several splits), which sets the threshold; (2) a model trained on all
-those pairs, still without ANSM, asked about ANSM's pairs that QĐ 5948 and the curated rules
-lack (``training/interaction_external.py``: the card's ``external_evaluation``, which serving
-reads to decide whether the model may run); (3) the served model, retrained on every label.
+Three models: (1) a drug-disjoint evaluation with labels WITHOUT ANSM (the ingredients are
+split at random into training and test drugs; trained on pairs of training drugs, scored on
+pairs of two unseen drugs; several splits), which is the validation that sets the threshold;
+(2) a model trained on all those pairs, still without ANSM, asked about ANSM's pairs that
+QĐ 5948 and the curated rules lack (``training/interaction_external.py``: the card's
+``external_evaluation``, which serving reads to decide whether the model may run); (3) the
+served model, retrained on every label. ``InteractionRiskRecipe`` supplies them to the shared
+steps of ``training.pipeline`` (export, parity, threshold, plots, card, register).
 
     python -m training.interaction_risk --out models/interaction-risk/1.0.0 --promote
 """
@@ -21,8 +23,6 @@ reads to decide whether the model may run); (3) the served model, retrained on e
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import platform
 import shlex
 import sys
 import time
@@ -43,9 +43,10 @@ from serving.cdss.learned import (
     read_pharmacology,
 )
 from serving.registry import CARD_FILE, ONNX_FILE, ModelRegistry, ModelVersion
+from training import pipeline
 from training.export import ParityError
 from training.interaction_external import ANSM_DIR, external_card, from_ansm
-from training.plots import write_plots
+from training.pipeline import Fitted, Recipe, RunOptions, Validation
 
 PARITY_TOLERANCE = 1e-5
 
@@ -265,87 +266,98 @@ def parity(model, onnx_path: Path, X: np.ndarray, tolerance: float = PARITY_TOLE
                         "every pair of the training ingredients"}
 
 
-def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | None = None,
-                       pharmacology: Path | None = None, command: str | None = None,
-                       promote: bool = False, progress: bool = True,
-                       plots: bool = True, ansm: Path | None = ANSM_DIR) -> dict[str, Any]:
-    """Write ``out`` (a new ``models/interaction-risk/<version>`` folder); ``promote`` moves
-    ``current`` through the registry, nothing else does. With ``ansm`` (the thesaurus folder)
-    the card gets its ``external_evaluation``."""
-    cfg = cfg or Config()
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} already exists: choose a new version folder")
-    started = time.time()
-    kb = KnowledgeBase.load(kb_root)
-    pharm = read_pharmacology(pharmacology)
-    names = feature_names(kb)
-    featurizer = PairFeaturizer(kb, names, pharm)
-    inns = training_drugs(kb, pharm)
-    data = build_pairs(kb, featurizer, inns)  # labels without ANSM: the external reference
-    evaluation = drug_disjoint_splits(data, cfg, progress=progress)
-    y_pool, p_pool = evaluation.pop("pooled_y"), evaluation.pop("pooled_p")
-    threshold = threshold_at_specificity(y_pool, p_pool, cfg.target_specificity)
-    at_thr = binary_at(y_pool, p_pool, threshold)
-    external = None
-    if ansm is not None:  # the model trained without ANSM, asked about ANSM's pairs
-        held_out, _ = fit(data, cfg, cfg.seed)
-        external = external_of(held_out, names, threshold, kb, pharm, ansm)
+class InteractionRiskRecipe(Recipe):
+    """``interaction-risk`` for ``training.pipeline.run``. Validation is the pooled
+    drug-disjoint evaluation (labels without ANSM), which sets the threshold; the served model
+    is fitted on every label; with ``ansm`` the card gets its ``external_evaluation``."""
 
-    served = build_pairs(kb, featurizer, inns, exclude=never)  # then: every list
-    model, train = fit(served, cfg, cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    onnx_path = export(model, len(names), out / ONNX_FILE)
-    parity_fig = parity(model, onnx_path, served.X)
-    from training.export import sha256_of
+    name = INTERACTION_MODEL
+    outputs = ("interacting pair",)
 
-    version = out.name
-    card: dict[str, Any] = {
-        "name": INTERACTION_MODEL,
-        "version": version,
-        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "task": "binary classification of an ingredient pair: is it likely to interact "
-        "(a pair the knowledge base names) although no list names it",
-        "labels": ["not named by the knowledge base", "interacting pair"],
-        "positive_label": "interacting pair",
-        "input": {
-            "name": PAIR_INPUT,
-            "dtype": "float32",
-            "shape": [-1, len(names)],
-            "builder": "serving.cdss.learned.PairFeaturizer (same code in training and "
-            "serving); both:X = a*b, sum:X = a+b, cross:X*Y = min(1, a_X*b_Y + a_Y*b_X), "
-            "same:aN = the drugs share an ATC level-N group; symmetric in the two drugs",
-            "per_drug_attributes": "p: properties from datasets/knowledge/pharmacology.csv; "
-            "c: class tags from drugs.csv; a1..a4: ATC levels 1-4 of the drug's codes",
-            "features": names,
-        },
-        "output": {"name": "probabilities", "shape": [-1, 2], "dtype": "float32",
-                   "meaning": "column 1: probability that the pair interacts; "
-                              "'label' holds the argmax (0.5), not the serving threshold"},
-        "threshold": round(threshold, 6),
-        "threshold_method": f"specificity {cfg.target_specificity} on the pooled drug-disjoint "
-        "test pairs of the evaluation without ANSM labels (at most 1% of unlabelled pairs of "
-        "unseen drugs alerted); the served model, retrained with ANSM's labels too, keeps it",
-        "severity": {
-            "served": "info",
-            "rule": "probability ≥ threshold -> an info alert labelled 'predicted, not from a "
-            "reference'; served only when external_evaluation.precision ≥ 0.5 or the hospital "
-            "sets learned.interaction_risk = on",
-        },
-        "sha256": sha256_of(onnx_path),
-        "metrics": {
-            "validation": {  # what `haidang models list` shows: drug-disjoint, pooled
-                "auc": round(evaluation["pooled_roc_auc"], 4),
-                "pr_auc": round(evaluation["pooled_pr_auc"], 4),
-                "accuracy": round(at_thr["accuracy"], 4),
-                "sensitivity": round(at_thr["sensitivity"], 4),
-                "specificity": round(at_thr["specificity"], 4),
-                "ppv": round(at_thr["ppv"], 4),
-                "what": "pairs whose two drugs were both unseen in training, pooled over "
-                f"{cfg.splits} random drug-disjoint splits; labels without ANSM (QĐ 5948 and "
-                "the curated rules)",
+    def __init__(self, kb_root: Path | None = None, cfg: Config | None = None,
+                 pharmacology: Path | None = None, ansm: Path | None = ANSM_DIR,
+                 progress: bool = True):
+        self.kb_root, self.pharmacology, self.ansm = kb_root, pharmacology, ansm
+        self.cfg = cfg or Config()
+        self.progress = progress
+
+    def load(self) -> tuple[PairData, Validation]:
+        self.kb = KnowledgeBase.load(self.kb_root)
+        self.pharm = read_pharmacology(self.pharmacology)
+        self.names = feature_names(self.kb)
+        featurizer = PairFeaturizer(self.kb, self.names, self.pharm)
+        inns = training_drugs(self.kb, self.pharm)
+        self.data = build_pairs(self.kb, featurizer, inns)  # without ANSM: the external reference
+        self.evaluation = drug_disjoint_splits(self.data, self.cfg, progress=self.progress)
+        y, p = self.evaluation.pop("pooled_y"), self.evaluation.pop("pooled_p")
+        self.served = build_pairs(self.kb, featurizer, inns, exclude=never)  # then: every list
+        return self.served, Validation(None, y[:, None], scores=p[:, None])
+
+    def fit(self, train: PairData, progress: bool) -> Fitted:
+        started = time.monotonic()
+        model, sample = fit(train, self.cfg, self.cfg.seed)
+        return Fitted(model, {"n_train_final": int(len(sample.y))}, time.monotonic() - started)
+
+    def thresholds(self, val: Validation, prob: np.ndarray) -> np.ndarray:
+        self.threshold = threshold_at_specificity(val.labels[:, 0], prob[:, 0],
+                                                  self.cfg.target_specificity)
+        return np.asarray([self.threshold])
+
+    def export(self, fitted: Fitted, path: Path, thresholds) -> Path:
+        return export(fitted.model, len(self.names), path)
+
+    def parity(self, fitted: Fitted, onnx_path: Path, val: Validation, thresholds) -> dict:
+        return parity(fitted.model, onnx_path, self.served.X)
+
+    def describe(self, fitted: Fitted, thresholds: np.ndarray, calibration) -> dict[str, Any]:
+        return {
+            "task": "binary classification of an ingredient pair: is it likely to interact "
+            "(a pair the knowledge base names) although no list names it",
+            "labels": ["not named by the knowledge base", "interacting pair"],
+            "positive_label": "interacting pair",
+            "input": {
+                "name": PAIR_INPUT,
+                "dtype": "float32",
+                "shape": [-1, len(self.names)],
+                "builder": "serving.cdss.learned.PairFeaturizer (same code in training and "
+                "serving); both:X = a*b, sum:X = a+b, cross:X*Y = min(1, a_X*b_Y + a_Y*b_X), "
+                "same:aN = the drugs share an ATC level-N group; symmetric in the two drugs",
+                "per_drug_attributes": "p: properties from datasets/knowledge/pharmacology.csv; "
+                "c: class tags from drugs.csv; a1..a4: ATC levels 1-4 of the drug's codes",
+                "features": self.names,
             },
-            "drug_disjoint": {
+            "output": {"name": "probabilities", "shape": [-1, 2], "dtype": "float32",
+                       "meaning": "column 1: probability that the pair interacts; "
+                                  "'label' holds the argmax (0.5), not the serving threshold"},
+            "threshold": round(float(thresholds[0]), 6),
+            "threshold_method": f"specificity {self.cfg.target_specificity} on the pooled "
+            "drug-disjoint test pairs of the evaluation without ANSM labels (at most 1% of "
+            "unlabelled pairs of unseen drugs alerted); the served model, retrained with "
+            "ANSM's labels too, keeps it",
+            "severity": {
+                "served": "info",
+                "rule": "probability ≥ threshold -> an info alert labelled 'predicted, not from "
+                "a reference'; served only when external_evaluation.precision ≥ 0.5 or the "
+                "hospital sets learned.interaction_risk = on",
+            },
+        }
+
+    def metrics(self, val: Validation, prob: np.ndarray, thresholds: np.ndarray) -> dict:
+        """What `haidang models list` shows: drug-disjoint, pooled."""
+        at_thr = binary_at(val.labels[:, 0], prob[:, 0], thresholds[0])
+        return {
+            "auc": round(self.evaluation["pooled_roc_auc"], 4),
+            "pr_auc": round(self.evaluation["pooled_pr_auc"], 4),
+            **{k: round(at_thr[k], 4) for k in ("accuracy", "sensitivity", "specificity", "ppv")},
+            "what": "pairs whose two drugs were both unseen in training, pooled over "
+            f"{self.cfg.splits} random drug-disjoint splits; labels without ANSM (QĐ 5948 and "
+            "the curated rules)",
+        }
+
+    def card(self, val: Validation, fitted: Fitted) -> dict[str, Any]:
+        cfg, evaluation, data = self.cfg, self.evaluation, self.data
+        card: dict[str, Any] = {
+            "metrics": {"drug_disjoint": {
                 "roc_auc_mean": round(evaluation["roc_auc_mean"], 4),
                 "roc_auc_sd": round(evaluation["roc_auc_sd"], 4),
                 "pr_auc_mean": round(evaluation["pr_auc_mean"], 4),
@@ -359,78 +371,85 @@ def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | Non
                 "one_new_drug_roc_auc": round(evaluation["one_new_drug_roc_auc"], 4),
                 "runs": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
                          for r in evaluation["runs"]],
+            }},
+            "model": {
+                "estimator": "sklearn.ensemble.GradientBoostingClassifier",
+                "exported_with": "skl2onnx (opset 17, ai.onnx.ml 3, zipmap off)",
+                "n_features": len(self.names),
             },
-        },
-        "parity": parity_fig,
-        "model": {
-            "estimator": "sklearn.ensemble.GradientBoostingClassifier",
-            "exported_with": "skl2onnx (opset 17, ai.onnx.ml 3, zipmap off)",
-            "n_features": len(names),
-        },
-        "training": {
-            "command": command or f"python -m training.interaction_risk --out {out}",
-            "n_pairs": int(len(served.y)),
-            "n_positive_pairs": int(served.y.sum()),
-            "n_positive_pairs_without_ansm": int(data.y.sum()),
-            "n_train_final": int(len(train.y)),
-            "config": cfg.as_dict(),
-            "seconds": round(time.time() - started, 1),
-            "environment": f"python {platform.python_version()}, scikit-learn "
-            f"{__import__('sklearn').__version__}, skl2onnx {__import__('skl2onnx').__version__}",
-        },
-        "data": {
-            "kind": "knowledge-base pairs (no patient data)",
-            "positives": "every pair of training ingredients the knowledge base indexes: "
-            "QĐ 5948/QĐ-BYT (30/12/2021) contraindicated pairs with class rows expanded to "
-            "their members, the curated class rules and pairs of "
-            "datasets/knowledge/interactions.csv, and (served model only) ANSM's thesaurus; the "
-            "drug-disjoint evaluation and the external evaluation use a model trained without "
-            "ANSM's labels, the served model is then retrained on every label",
-            "ingredients": "the training ingredients: those with a row in pharmacology.csv and "
-            "those named in a QĐ 5948 or curated pair (not ANSM-only), so that both models "
-            "see the same drugs; the other dictionary ingredients have only ATC codes as "
-            "features and no reference pair to learn from",
-            "negatives": f"{cfg.neg_per_pos} sampled pairs per positive among dictionary pairs "
-            "that no list names (unlabelled, not proven safe)",
-            "knowledge_root": str(kb_root or DEFAULT_ROOT.relative_to(DEFAULT_ROOT.parents[1])),
-            "pharmacology": str(pharmacology or PHARMACOLOGY_CSV.relative_to(
-                PHARMACOLOGY_CSV.parents[2])),
-            "n_ingredients": len(data.inns),
-            "n_dictionary_ingredients": len(kb.drugs),
-        },
-        "intended_use": "Decision support at prescribing: flag ingredient pairs that the "
-        "knowledge base does not name but resemble interacting pairs, as a predicted alert "
-        "(kind drug-drug-predicted, severity info, labelled 'predicted, not from a reference') "
-        "that names the features that drove it. A pharmacist reviews; never a reason to "
-        "combine or stop drugs on its own.",
-        "limitations": [
-            "negatives are pairs no list names, not pairs shown to be safe: some 'false "
-            "positives' are real interactions missing from the lists",
-            "class rows of QĐ 5948 expand to every member, so a test drug from a class with "
-            "known class-level interactions is easier to score than a drug with a new mechanism; "
-            "the drug-disjoint figures hold for drugs like the dictionary's, not novel classes",
-            "pharmacology.csv is curated from public references and awaits pharmacist review; "
-            "a drug with no properties listed is scored from its class tags and ATC codes only",
-            "no dose, route, duration or patient factors: the score is about the pair only",
-            "NOT FOR CLINICAL USE without local validation: not a medical device",
-        ],
-    }
-    if plots:
-        card["plots"] = [p.name for p in write_plots(
-            y_pool, p_pool, threshold, out, "drug-disjoint",
-            f"{INTERACTION_MODEL} {version}: pooled drug-disjoint test pairs",
-            ["no interaction", "interaction"])]
-    (out / CARD_FILE).write_text(
-        yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=100), encoding="utf-8")
-    if external is not None:
-        card["external_evaluation"] = external
-        (out / CARD_FILE).write_text(
-            yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=100),
-            encoding="utf-8")
-    ModelVersion.load(out)  # the folder must load as written
-    if promote:
-        ModelRegistry(out.parent.parent).promote(out.parent.name, out.name)
-    return card
+            "training": {
+                "n_pairs": int(len(self.served.y)),
+                "n_positive_pairs": int(self.served.y.sum()),
+                "n_positive_pairs_without_ansm": int(data.y.sum()),
+                "n_train_final": fitted.report["n_train_final"],
+                "config": cfg.as_dict(),
+            },
+            "data": {
+                "kind": "knowledge-base pairs (no patient data)",
+                "positives": "every pair of training ingredients the knowledge base indexes: "
+                "QĐ 5948/QĐ-BYT (30/12/2021) contraindicated pairs with class rows expanded to "
+                "their members, the curated class rules and pairs of "
+                "datasets/knowledge/interactions.csv, and (served model only) ANSM's thesaurus; "
+                "the drug-disjoint evaluation and the external evaluation use a model trained "
+                "without ANSM's labels, the served model is then retrained on every label",
+                "ingredients": "the training ingredients: those with a row in pharmacology.csv "
+                "and those named in a QĐ 5948 or curated pair (not ANSM-only), so that both "
+                "models see the same drugs; the other dictionary ingredients have only ATC "
+                "codes as features and no reference pair to learn from",
+                "negatives": f"{cfg.neg_per_pos} sampled pairs per positive among dictionary "
+                "pairs that no list names (unlabelled, not proven safe)",
+                "knowledge_root": str(self.kb_root
+                                      or DEFAULT_ROOT.relative_to(DEFAULT_ROOT.parents[1])),
+                "pharmacology": str(self.pharmacology or PHARMACOLOGY_CSV.relative_to(
+                    PHARMACOLOGY_CSV.parents[2])),
+                "n_ingredients": len(data.inns),
+                "n_dictionary_ingredients": len(self.kb.drugs),
+            },
+            "intended_use": "Decision support at prescribing: flag ingredient pairs that the "
+            "knowledge base does not name but resemble interacting pairs, as a predicted alert "
+            "(kind drug-drug-predicted, severity info, labelled 'predicted, not from a "
+            "reference') that names the features that drove it. A pharmacist reviews; never a "
+            "reason to combine or stop drugs on its own.",
+            "limitations": [
+                "negatives are pairs no list names, not pairs shown to be safe: some 'false "
+                "positives' are real interactions missing from the lists",
+                "class rows of QĐ 5948 expand to every member, so a test drug from a class with "
+                "known class-level interactions is easier to score than a drug with a new "
+                "mechanism; the drug-disjoint figures hold for drugs like the dictionary's, not "
+                "novel classes",
+                "pharmacology.csv is curated from public references and awaits pharmacist "
+                "review; a drug with no properties listed is scored from its class tags and ATC "
+                "codes only",
+                "no dose, route, duration or patient factors: the score is about the pair only",
+                "NOT FOR CLINICAL USE without local validation: not a medical device",
+            ],
+        }
+        if self.ansm is not None:  # the model trained without ANSM, asked about ANSM's pairs
+            held_out, _ = fit(data, cfg, cfg.seed)
+            card["external_evaluation"] = external_of(held_out, self.names, self.threshold,
+                                                      self.kb, self.pharm, self.ansm)
+        return card
+
+    def frameworks(self) -> str:
+        return (f"scikit-learn {__import__('sklearn').__version__}, "
+                f"skl2onnx {__import__('skl2onnx').__version__}")
+
+    def plot(self, k: int, version: str, n: int) -> tuple[str, str, list[str]]:
+        return ("drug-disjoint", f"{INTERACTION_MODEL} {version}: pooled drug-disjoint test pairs",
+                ["no interaction", "interaction"])
+
+
+def train_and_register(out: Path, kb_root: Path | None = None, cfg: Config | None = None,
+                       pharmacology: Path | None = None, command: str | None = None,
+                       promote: bool = False, progress: bool = True,
+                       plots: bool = True, ansm: Path | None = ANSM_DIR) -> dict[str, Any]:
+    """Write ``out`` (a new ``models/interaction-risk/<version>`` folder); ``promote`` moves
+    ``current`` through the registry, nothing else does. With ``ansm`` (the thesaurus folder)
+    the card gets its ``external_evaluation``."""
+    recipe = InteractionRiskRecipe(kb_root, cfg, pharmacology, ansm, progress)
+    return pipeline.run(recipe, Path(out), RunOptions(
+        command=command or f"python -m training.interaction_risk --out {out}",
+        progress=progress, plots=plots, promote=promote))
 
 
 def external_of(model, names: list[str], threshold: float, kb: KnowledgeBase,

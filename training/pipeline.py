@@ -1,12 +1,20 @@
 """The training pipeline, written once: fit -> export -> parity -> calibrate -> threshold ->
 metrics -> plots -> card -> register.
 
-Each image model supplies a ``Recipe``: its data (split by patient), its fit, its stratified
-metrics and the model-specific parts of its card. Everything else is here, so every model
-version folder is made the same way and ``serving.registry.ModelVersion.load`` accepts it.
+Each model supplies a ``Recipe``: its data, its fit, its threshold rule, its graph (export and
+parity), its metrics and the model-specific parts of its card. Everything else is here, so
+every model version folder is made the same way and ``serving.registry.ModelVersion.load``
+accepts it. Validation comes in two kinds, and the steps take both:
 
-Calibration and thresholds are computed from the exported graph (what serving runs), on
-validation only. The fit is saved to a checkpoint beside nothing that ships
+* an image model (``ImageRecipe``) has validation images: the exported graph scores them (what
+  serving runs), Platt scaling calibrates its logits and each output's threshold is chosen on
+  those calibrated probabilities, on validation only;
+* the learned CDSS models (interaction risk, protocol anomaly) score validation themselves,
+  out of sample (``Validation.scores``: pairs of unseen drugs, held-out records) with models
+  fitted without those rows. Nothing is calibrated, and the threshold is chosen before export
+  because a graph may carry it (the protocol table's ``unusual`` output).
+
+An image model's fit is saved to a checkpoint beside nothing that ships
 (``var/train/<name>-<version>.pt``) so a failure after it does not cost the fit again
 (``--resume-fit``).
 """
@@ -18,9 +26,11 @@ import logging
 import platform
 import shlex
 import sys
+import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import yaml
@@ -37,41 +47,182 @@ log = logging.getLogger(__name__)
 class Fitted:
     """What a recipe's fit returns: the model to export and how the fit went."""
 
-    model: Any  # a torch.nn.Module returning the graph's outputs
+    model: Any  # a torch.nn.Module, a scikit-learn estimator, a lookup table: what export takes
     report: dict[str, Any]
     seconds: float
 
 
 @dataclass
 class Validation:
-    """The validation side as the pipeline needs it: model inputs, 0/1 labels, patients."""
+    """The validation side as the pipeline needs it: inputs or scores, 0/1 labels, patients."""
 
-    inputs: np.ndarray  # float32 [N, 1, H, W], the shared preprocessing chain applied
-    labels: np.ndarray  # int [N, K], one column per exported output
-    patients: np.ndarray  # [N] patient id, for patient-level folds and bootstrap
-    data: Any = None  # the recipe's own object (for its stratified metrics)
+    inputs: Any  # the graph's inputs (images: float32 [N, 1, H, W], the shared chain applied)
+    labels: np.ndarray  # int [N, K], one column per output
+    patients: np.ndarray | None = None  # [N] patient id, for patient-level folds and bootstrap
+    data: Any = None  # the recipe's own object (for its metrics and threshold rule)
+    # [N, K] scores the recipe measured out of sample; then the exported graph does not score
+    # validation and nothing is calibrated
+    scores: np.ndarray | None = None
 
 
-class Recipe(Protocol):
+class Recipe(ABC):
+    """What one model supplies to ``run``.
+
+    The optional parts default to a model with no checkpoint, no plots and nothing measured
+    on the written folder.
+    """
+
     name: str
-    outputs: tuple[str, ...]  # exported output labels, in graph order
+    outputs: tuple[str, ...]  # one per label column and threshold
+
+    @abstractmethod
+    def load(self) -> tuple[Any, Validation]:
+        """(what ``fit`` trains on, validation)."""
+
+    @abstractmethod
+    def fit(self, train: Any, progress: bool) -> Fitted: ...
+
+    @abstractmethod
+    def thresholds(self, val: Validation, prob: np.ndarray) -> np.ndarray:
+        """One operating point per output, from validation's labels and scores."""
+
+    @abstractmethod
+    def export(self, fitted: Fitted, path: Path, thresholds: np.ndarray | None) -> Path:
+        """Write the graph; ``thresholds`` are given when chosen before export."""
+
+    @abstractmethod
+    def parity(self, fitted: Fitted, onnx_path: Path, val: Validation,
+               thresholds: np.ndarray | None) -> dict[str, Any]:
+        """The card's ``parity``: the fitted model against onnxruntime; raises above the
+        tolerance, so a graph that computes something else is never registered."""
+
+    @abstractmethod
+    def describe(self, fitted: Fitted, thresholds: np.ndarray,
+                 calibration: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """The card's head after name, version, created: what the model does and how serving
+        calls it (task, input, output or outputs, threshold)."""
+
+    @abstractmethod
+    def metrics(self, val: Validation, prob: np.ndarray, thresholds: np.ndarray) -> dict:
+        """The card's ``metrics.validation``; with calibrated outputs, a section per output
+        (the recipe's stratified figures) to which ``run`` adds the figures at threshold."""
+
+    @abstractmethod
+    def card(self, val: Validation, fitted: Fitted) -> dict[str, Any]:
+        """The rest of the card (model, training, data, intended use, limitations); a
+        ``metrics`` entry adds sections beside ``validation``; ``run`` adds the training
+        command and ``run_facts`` to ``training``."""
+
+    @abstractmethod
+    def frameworks(self) -> str:
+        """What fitted and exported the model, for ``training.environment``."""
+
+    def environment(self) -> str:
+        return f"python {platform.python_version()}, {self.frameworks()}"
+
+    def run_facts(self, fitted: Fitted, seconds: float) -> dict[str, Any]:
+        """How the run went, last in ``training``: here the whole run's seconds."""
+        return {"seconds": round(seconds, 1), "environment": self.environment()}
+
+    def plot(self, k: int, version: str, n: int) -> tuple[str, str, list[str]] | None:
+        """(file prefix, title, class names) of output ``k``'s validation plots; None: none."""
+        return None
+
+    def save_fit(self, fitted: Fitted, path: Path) -> None:
+        """Keep the fit where a later run can resume from it; a quick fit keeps nothing."""
+        return None
+
+    def resume(self, path: Path) -> Fitted:
+        raise ValueError(f"{self.name} keeps no fit to resume from: train it again")
+
+    def after_written(self, out: Path, val: Validation, fitted: Fitted,
+                      mv: ModelVersion) -> tuple[list[Path], dict[str, Any]]:
+        """Figures and card facts measured on the written version, as serving loads it."""
+        return [], {}
+
+
+class ImageRecipe(Recipe):
+    """An image model: a torch network over ``image`` [N, 1, H, W] exported with
+    ``torch.onnx``, parity on validation images, Platt-calibrated outputs, each threshold the
+    highest with sensitivity >= ``target_sensitivity`` on validation. The model adds its data,
+    fit, network (``empty_model``), stratified metrics, card parts and ``figures``."""
+
     onnx_outputs: tuple[str, ...]  # graph output names, e.g. ("logits", "cam")
     input_spec: dict[str, Any]
     target_sensitivity: float
+    parity_images = 96
 
-    def load(self) -> tuple[Any, Validation]: ...
-
-    def fit(self, train: Any, progress: bool) -> Fitted: ...
-
-    def metrics(self, val: Validation, prob: np.ndarray, thresholds: np.ndarray) -> dict: ...
-
-    def card(self, val: Validation, fitted: Fitted) -> dict[str, Any]: ...
-
-    def figures(
-        self, out: Path, val: Validation, fitted: Fitted, session
-    ) -> tuple[list[Path], dict[str, Any]]: ...
-
+    @abstractmethod
     def empty_model(self) -> Any: ...
+
+    def figures(self, out: Path, val: Validation, fitted: Fitted,
+                session) -> tuple[list[Path], dict[str, Any]]:
+        """Figures drawn with the served session (``ModelSession``) and the facts they show."""
+        return [], {}
+
+    def thresholds(self, val: Validation, prob: np.ndarray) -> np.ndarray:
+        return np.asarray([
+            sensitivity_threshold(val.labels[:, k], prob[:, k], self.target_sensitivity)
+            for k in range(len(self.outputs))
+        ])
+
+    def export(self, fitted: Fitted, path: Path, thresholds: np.ndarray | None) -> Path:
+        return export_onnx(fitted.model, path, self.input_spec["size"],
+                           output_names=self.onnx_outputs)
+
+    def parity(self, fitted: Fitted, onnx_path: Path, val: Validation,
+               thresholds: np.ndarray | None) -> dict[str, Any]:
+        diff = parity_check(fitted.model, onnx_path, val.inputs[: self.parity_images])
+        return {"max_abs_diff": float(f"{diff:.3g}"), "tolerance": PARITY_TOLERANCE,
+                "images": int(min(self.parity_images, len(val.inputs))),
+                "compared": f"{', '.join(self.onnx_outputs)}: PyTorch vs onnxruntime CPU"}
+
+    def describe(self, fitted: Fitted, thresholds: np.ndarray,
+                 calibration: list[dict[str, Any]] | None) -> dict[str, Any]:
+        return {
+            "input": {**self.input_spec, "shape": [-1, 1, *self.input_spec["size"]],
+                      "layout": "NCHW"},
+            "outputs": [{
+                "name": name,
+                "calibration": calibration[k],
+                "threshold": round(float(thresholds[k]), 6),
+                "operating_point": f"highest threshold with sensitivity >= "
+                f"{self.target_sensitivity:.2f} on validation (calibrated probability)",
+            } for k, name in enumerate(self.outputs)],
+        }
+
+    def plot(self, k: int, version: str, n: int) -> tuple[str, str, list[str]]:
+        name = self.outputs[k]
+        return (f"val-{name}", f"{self.name} {version} {name}, validation (n={n})",
+                [f"no {name}", name])
+
+    def frameworks(self) -> str:
+        import torch
+
+        return f"{platform.machine()}, torch {torch.__version__}"
+
+    def run_facts(self, fitted: Fitted, seconds: float) -> dict[str, Any]:
+        return {"fit_seconds": round(fitted.seconds, 1), "fit": fitted.report,
+                "environment": self.environment()}
+
+    def save_fit(self, fitted: Fitted, path: Path) -> None:
+        import torch
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"state": fitted.model.state_dict(), "report": fitted.report,
+                    "seconds": fitted.seconds}, path)
+
+    def resume(self, path: Path) -> Fitted:
+        import torch
+
+        return recipe_resume(self, torch.load(path, weights_only=False))
+
+    def after_written(self, out: Path, val: Validation, fitted: Fitted,
+                      mv: ModelVersion) -> tuple[list[Path], dict[str, Any]]:
+        from serving.imaging.session import ModelSession
+
+        session = ModelSession(mv.name, mv.version, mv.onnx_path, mv.sha256, mv.card)
+        return self.figures(out, val, fitted, session)
 
 
 @dataclass
@@ -131,71 +282,53 @@ def onnx_outputs(onnx_path: Path, inputs: np.ndarray, batch: int = 64) -> list[n
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
+def calibrate(logits: np.ndarray, val: Validation) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Platt scaling of each output on the graph's validation logits: the card's calibration
+    blocks and the calibrated probabilities (from the unrounded fit, as the thresholds see)."""
+    fits = [platt(logits[:, k], val.labels[:, k]) for k in range(val.labels.shape[1])]
+    prob = calibrated(logits, [{"calibration": c} for c in fits])
+    held_out_ece = cross_fitted_ece(logits, val.labels, val.patients)
+    blocks = [{
+        "method": "Platt scaling on validation logits: p = sigmoid(slope*logit + intercept)",
+        "slope": round(c["slope"], 6),
+        "intercept": round(c["intercept"], 6),
+        "ece_uncalibrated": round(ece(val.labels[:, k], calibrated(
+            logits[:, k : k + 1], [{"calibration": {}}])[:, 0]), 4),
+        "ece_calibrated_on_validation": round(ece(val.labels[:, k], prob[:, k]), 4),
+        "ece_cross_fitted": held_out_ece[k],
+    } for k, c in enumerate(fits)]
+    return blocks, prob
+
+
 def run(recipe: Recipe, out: Path, options: RunOptions) -> dict[str, Any]:
     """Train ``recipe`` into the new version folder ``out``; returns the card."""
-    import torch
-
+    started = time.monotonic()
     out = Path(out)
     if (out / ONNX_FILE).exists():
         raise FileExistsError(f"{out} already holds a model: choose a new version folder")
     train, val = recipe.load()
-    checkpoint = Path(options.checkpoint_dir) / f"{recipe.name}-{out.name}.pt"
-    if options.resume_fit:
-        fitted = recipe_resume(recipe, torch.load(options.resume_fit, weights_only=False))
-        log.info("fit resumed from %s", options.resume_fit)
-    else:
-        fitted = recipe.fit(train, options.progress)
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {"state": fitted.model.state_dict(), "report": fitted.report,
-             "seconds": fitted.seconds}, checkpoint,
-        )
+    fitted = fit_or_resume(recipe, train, out, options)
 
-    onnx_path = export_onnx(
-        fitted.model, out / ONNX_FILE, recipe.input_spec["size"],
-        output_names=recipe.onnx_outputs,
-    )
-    parity = parity_check(fitted.model, onnx_path, val.inputs[:96])
-    logits = onnx_outputs(onnx_path, val.inputs)[0]
+    calibration, thresholds, prob = None, None, val.scores
+    if prob is not None:  # scored out of sample: the operating point may go into the graph
+        thresholds = recipe.thresholds(val, prob)
+    onnx_path = recipe.export(fitted, out / ONNX_FILE, thresholds)
+    parity = recipe.parity(fitted, onnx_path, val, thresholds)
+    if prob is None:  # the exported graph scores validation, as serving will
+        calibration, prob = calibrate(onnx_outputs(onnx_path, val.inputs)[0], val)
+        thresholds = recipe.thresholds(val, prob)
 
-    calibration = [platt(logits[:, k], val.labels[:, k]) for k in range(len(recipe.outputs))]
-    outputs = [{"name": n, "calibration": c} for n, c in zip(recipe.outputs, calibration,
-                                                                strict=True)]
-    prob = calibrated(logits, outputs)
-    thresholds = np.asarray([
-        sensitivity_threshold(val.labels[:, k], prob[:, k], recipe.target_sensitivity)
-        for k in range(len(recipe.outputs))
-    ])
-    held_out_ece = cross_fitted_ece(logits, val.labels, val.patients)
-    for k, o in enumerate(outputs):
-        o["threshold"] = round(float(thresholds[k]), 6)
-        o["calibration"] = {
-            "method": "Platt scaling on validation logits: p = sigmoid(slope*logit + intercept)",
-            "slope": round(calibration[k]["slope"], 6),
-            "intercept": round(calibration[k]["intercept"], 6),
-            "ece_uncalibrated": round(ece(val.labels[:, k], calibrated(
-                logits[:, k : k + 1], [{"calibration": {}}])[:, 0]), 4),
-            "ece_calibrated_on_validation": round(ece(val.labels[:, k], prob[:, k]), 4),
-            "ece_cross_fitted": held_out_ece[k],
-        }
-        o["operating_point"] = (
-            f"highest threshold with sensitivity >= {recipe.target_sensitivity:.2f} "
-            "on validation (calibrated probability)"
-        )
-
+    metrics = recipe.metrics(val, prob, thresholds)
+    body = recipe.card(val, fitted)
     card: dict[str, Any] = {
         "name": recipe.name,
         "version": out.name,
         "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "input": {**recipe.input_spec, "shape": [-1, 1, *recipe.input_spec["size"]],
-                  "layout": "NCHW"},
-        "outputs": outputs,
+        **recipe.describe(fitted, thresholds, calibration),
         "sha256": sha256_of(onnx_path),
-        "parity": {"max_abs_diff": float(f"{parity:.3g}"), "tolerance": PARITY_TOLERANCE,
-                   "images": int(min(96, len(val.inputs))),
-                   "compared": f"{', '.join(recipe.onnx_outputs)}: PyTorch vs onnxruntime CPU"},
-        "metrics": {"validation": recipe.metrics(val, prob, thresholds)},
-        **recipe.card(val, fitted),
+        "parity": parity,
+        "metrics": {"validation": metrics, **body.pop("metrics", {})},
+        **body,
     }
     card["training"] = {
         **card.get("training", {}),
@@ -203,46 +336,54 @@ def run(recipe: Recipe, out: Path, options: RunOptions) -> dict[str, Any]:
         **({"fit_resumed_from": f"{options.resume_fit} (the weights an earlier `haidang train "
             f"{recipe.name}` run saved; every step after the fit ran again)"}
            if options.resume_fit else {}),
-        "fit_seconds": round(fitted.seconds, 1),
-        "fit": fitted.report,
-        "environment": f"python {platform.python_version()}, {platform.machine()}, "
-        f"torch {torch.__version__}",
+        **recipe.run_facts(fitted, time.monotonic() - started),
     }
-    for k, name in enumerate(recipe.outputs):
-        section = card["metrics"]["validation"].setdefault(name, {})
-        section.update(output_metrics(val.labels[:, k], prob[:, k], thresholds[k]))
-        section["ece_on_calibration_set"] = section["ece"]
-        section["ece"] = held_out_ece[k]  # the honest figure: calibrated on other patients
+    if calibration is not None:  # per calibrated output: what `haidang evaluate` reports
+        for k, name in enumerate(recipe.outputs):
+            section = metrics.setdefault(name, {})
+            section.update(output_metrics(val.labels[:, k], prob[:, k], thresholds[k]))
+            section["ece_on_calibration_set"] = section["ece"]
+            section["ece"] = calibration[k]["ece_cross_fitted"]  # calibrated on other patients
     figures: list[str] = []
     if options.plots:
         from training.plots import write_plots
 
-        for k, name in enumerate(recipe.outputs):
-            paths = write_plots(
-                val.labels[:, k], prob[:, k], float(thresholds[k]), out, f"val-{name}",
-                f"{recipe.name} {out.name} {name}, validation (n={len(prob)})",
-                [f"no {name}", name],
-            )
-            figures += [p.name for p in paths]
-    (out / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True,
-                                                width=100), encoding="utf-8")
-    from serving.imaging.session import ModelSession
-
+        for k in range(len(recipe.outputs)):
+            named = recipe.plot(k, out.name, len(prob))
+            if named:
+                figures += [p.name for p in write_plots(
+                    val.labels[:, k], prob[:, k], float(thresholds[k]), out, *named)]
+    write_card(out, card)
     mv = ModelVersion.load(out)  # the folder must load as written
-    session = ModelSession(mv.name, mv.version, mv.onnx_path, mv.sha256, mv.card)
-    paths, facts = recipe.figures(out, val, fitted, session)
+    paths, facts = recipe.after_written(out, val, fitted, mv)
     figures += [p.name for p in paths]
     card.update(facts)
-    if figures or facts:
+    if figures:
         card["plots"] = figures
-        (out / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True,
-                                                    width=100), encoding="utf-8")
+    if figures or facts:
+        write_card(out, card)
     if options.promote:
-        ModelRegistry(out.parent.parent).promote(recipe.name, out.name)
+        ModelRegistry(out.parent.parent).promote(out.parent.name, out.name)
     return card
 
 
-def recipe_resume(recipe: Recipe, saved: dict[str, Any]) -> Fitted:
+def fit_or_resume(recipe: Recipe, train: Any, out: Path, options: RunOptions) -> Fitted:
+    """The recipe's fit, kept for ``--resume-fit``; or the fit an earlier run kept."""
+    if options.resume_fit:
+        fitted = recipe.resume(Path(options.resume_fit))
+        log.info("fit resumed from %s", options.resume_fit)
+        return fitted
+    fitted = recipe.fit(train, options.progress)
+    recipe.save_fit(fitted, Path(options.checkpoint_dir) / f"{recipe.name}-{out.name}.pt")
+    return fitted
+
+
+def write_card(out: Path, card: dict[str, Any]) -> None:
+    (out / CARD_FILE).write_text(yaml.safe_dump(card, sort_keys=False, allow_unicode=True,
+                                                width=100), encoding="utf-8")
+
+
+def recipe_resume(recipe: ImageRecipe, saved: dict[str, Any]) -> Fitted:
     """The ``Fitted`` a checkpoint holds, rebuilt with the recipe's own network."""
     model = recipe.empty_model()
     model.load_state_dict(saved["state"])

@@ -14,7 +14,8 @@ numpy table is checked exactly.
 
 Evaluation (data-agnostic, no labels needed): records are split 80/20 by their ``MA_LK``;
 on the held-out records every real drug line is a negative, and each record also gets one
-random dictionary ingredient swapped in as an injected positive.
+random dictionary ingredient swapped in as an injected positive. ``ProtocolRecipe`` supplies
+the data, table and metrics to the shared steps of ``training.pipeline``.
 
     python -m training.protocol --data 'exports/*.xml' --out models/protocol-anomaly/1.0.0
 """
@@ -22,10 +23,8 @@ random dictionary ingredient swapped in as an injected positive.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import glob
 import hashlib
-import platform
 import shlex
 import sys
 import time
@@ -34,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from serving.cdss.knowledge import KnowledgeBase
 from serving.cdss.learned import PROTOCOL_MODEL, diagnosis_group, drug_groups
 from serving.cdss.xml130 import Xml130Error, parse_xml130
-from serving.registry import CARD_FILE, ONNX_FILE, ModelRegistry, ModelVersion
+from training import pipeline
+from training.pipeline import Fitted, Recipe, RunOptions, Validation
 from training.xml130_synth import SYNTHETIC_FACILITY
 
 THRESHOLDS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05)
@@ -289,18 +288,24 @@ def evaluate(table: Table, held: list[Record], kb: KnowledgeBase, seed: int = 0)
 
 def choose_threshold(y, s, sup, min_support: float) -> tuple[float, dict[str, float]]:
     """The largest candidate threshold keeping specificity ≥ TARGET on real lines."""
-    from sklearn.metrics import roc_auc_score
-
     best = THRESHOLDS[0]
     for t in THRESHOLDS:
         flagged = (s < t) & (sup >= min_support)
         spec = 1 - flagged[y == 0].mean()
         if spec >= TARGET_SPECIFICITY:
             best = t
-    flagged = (s < best) & (sup >= min_support)
+    return best, metrics_at(y, s, sup, best, min_support)
+
+
+def metrics_at(y, s, sup, threshold: float, min_support: float) -> dict[str, float]:
+    """Injected lines found and real lines left alone when ``unusual`` = frequency <
+    ``threshold`` with support ≥ ``min_support``."""
+    from sklearn.metrics import roc_auc_score
+
+    flagged = (s < threshold) & (sup >= min_support)
     tp = int((flagged & (y == 1)).sum())
     fp = int((flagged & (y == 0)).sum())
-    metrics = {
+    return {
         "auc": round(float(roc_auc_score(y, -s)), 4),
         "sensitivity": round(tp / max(1, int((y == 1).sum())), 4),
         "specificity": round(1 - fp / max(1, int((y == 0).sum())), 4),
@@ -309,109 +314,132 @@ def choose_threshold(y, s, sup, min_support: float) -> tuple[float, dict[str, fl
         "n_real_lines": int((y == 0).sum()),
         "n_injected": int((y == 1).sum()),
     }
-    return best, metrics
+
+
+class ProtocolRecipe(Recipe):
+    """``protocol-anomaly`` for ``training.pipeline.run``. Validation: a table built on 80% of
+    the records scores the held-out 20% (real lines and injected ones), which sets the
+    threshold; the shipped table counts every record and carries the threshold in its graph."""
+
+    name = PROTOCOL_MODEL
+    outputs = ("unusual",)
+
+    def __init__(self, data: str | Path, kb_root: Path | None = None,
+                 min_support: float = MIN_SUPPORT, progress: bool = True):
+        self.data, self.kb_root = data, kb_root
+        self.min_support = min_support
+        self.progress = progress
+
+    def load(self) -> tuple[list[Record], Validation]:
+        self.kb = KnowledgeBase.load(self.kb_root)
+        self.records, self.stats, self.files = read_exports(self.data, self.kb, self.progress)
+        if len(self.records) < 100:
+            raise DataError(f"only {len(self.records)} usable records in {self.data}: need at "
+                            "least 100 records with a valid ICD-10 code")
+        train, held = _split(self.records)
+        y, s, sup = evaluate(build_table(train), held, self.kb)
+        return self.records, Validation(None, y[:, None], data=sup, scores=s[:, None])
+
+    def fit(self, train: list[Record], progress: bool) -> Fitted:
+        started = time.monotonic()
+        return Fitted(build_table(train), {}, time.monotonic() - started)
+
+    def thresholds(self, val: Validation, prob: np.ndarray) -> np.ndarray:
+        best, _ = choose_threshold(val.labels[:, 0], prob[:, 0], val.data, self.min_support)
+        return np.asarray([best])
+
+    def export(self, fitted: Fitted, path: Path, thresholds: np.ndarray) -> Path:
+        return export_onnx(fitted.model, float(thresholds[0]), self.min_support, path)
+
+    def parity(self, fitted: Fitted, onnx_path: Path, val: Validation,
+               thresholds: np.ndarray) -> dict[str, Any]:
+        return parity(fitted.model, onnx_path, float(thresholds[0]), self.min_support)
+
+    def describe(self, fitted: Fitted, thresholds: np.ndarray, calibration) -> dict[str, Any]:
+        table: Table = fitted.model
+        return {
+            "task": "prescription anomaly: how often a drug group (ATC level 4) is prescribed "
+            "with a diagnosis group (ICD-10 block); flags a drug very unusual for every "
+            "diagnosis of the patient (info alert with the observed frequency)",
+            "input": {
+                "drug_group": "int64 [N]: index into drug_groups (ATC level 4); "
+                "len(drug_groups) = unknown",
+                "diagnosis_group": "int64 [N]: index into diagnosis_groups (WHO ICD-10 block); "
+                "len(diagnosis_groups) = unknown (support 0, never unusual)",
+                "drug_groups": table.drug_groups,
+                "diagnosis_groups": table.diagnosis_groups,
+            },
+            "output": {
+                "frequency": "float32 [N]: share of records of the block holding the group",
+                "support": "float32 [N]: records of the block",
+                "unusual": "bool [N]: frequency < threshold and support >= min_support",
+            },
+            "threshold": float(thresholds[0]),
+            "min_support": self.min_support,
+            "threshold_method": f"largest of {list(THRESHOLDS)} keeping specificity ≥ "
+            f"{TARGET_SPECIFICITY} on the real drug lines of held-out records (20% by MA_LK); "
+            "serving flags a drug only when it is unusual for EVERY diagnosis block of the "
+            "patient",
+        }
+
+    def metrics(self, val: Validation, prob: np.ndarray, thresholds: np.ndarray) -> dict:
+        return {
+            **metrics_at(val.labels[:, 0], prob[:, 0], val.data, float(thresholds[0]),
+                         self.min_support),
+            "what": "held-out 20% of records (by MA_LK): real drug lines (negatives) vs one "
+            "random dictionary ingredient of another ATC group injected per record "
+            "(positives); score = highest frequency over the record's blocks",
+        }
+
+    def card(self, val: Validation, fitted: Fitted) -> dict[str, Any]:
+        records, data = self.records, self.data
+        facilities = {r.facility for r in records}
+        synthetic = facilities == {SYNTHETIC_FACILITY}
+        return {
+            "model": {"kind": "lookup table as an ONNX graph (Clip, Gather, Less, And), opset 17",
+                      "cells": int(fitted.model.counts.size)},
+            "training": {
+                "files": len(self.files),
+                **self.stats,
+                "n_records_used": len(records),
+                "n_records": len(records),
+            },
+            "data": {
+                "kind": "SYNTHETIC XML 130 exports (training/xml130_synth.py); no real patients, "
+                "no real hospital" if synthetic else "XML 130 exports (facility codes: "
+                f"{', '.join(sorted(str(f) for f in facilities))[:200]})",
+                "synthetic": synthetic,
+                "pattern": str(data),
+                **({"regenerate": "python -m training.xml130_synth --out var/exports --records "
+                    "6000 --per-file 500 --seed 0 (deterministic for a seed and a dictionary)"}
+                   if synthetic else {}),
+            },
+            "intended_use": "Decision support at prescribing: an info alert when a drug is "
+            "rarely prescribed for the patient's diagnoses in the prescribing history the model "
+            "learned. Retrain on the hospital's own XML 130 exports before relying on it.",
+            "serving": SERVING_DEMO if synthetic else SERVING_OWN,
+            "limitations": [
+                "trained on SYNTHETIC visits whose regimens were written by the developers: the "
+                "frequencies show the generator's habits, not any hospital's" if synthetic else
+                "frequencies show this hospital's habits, which may themselves be wrong",
+                "ATC level-4 and ICD-10 block granularity; drugs without an ATC code fall in the "
+                "unknown group",
+                "a rare drug is not a wrong drug: the alert is information, never a block",
+                "NOT FOR CLINICAL USE: not a medical device",
+            ],
+        }
+
+    def frameworks(self) -> str:
+        return f"onnx {__import__('onnx').__version__}"
 
 
 def train_and_register(data: str | Path, out: Path, kb_root: Path | None = None,
                        command: str | None = None, promote: bool = False,
                        progress: bool = True, min_support: float = MIN_SUPPORT) -> dict[str, Any]:
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} already exists: choose a new version folder")
-    started = time.time()
-    kb = KnowledgeBase.load(kb_root)
-    records, stats, files = read_exports(data, kb, progress)
-    if len(records) < 100:
-        raise DataError(f"only {len(records)} usable records in {data}: need at least 100 "
-                        "records with a valid ICD-10 code")
-    train, held = _split(records)
-    y, s, sup = evaluate(build_table(train), held, kb)
-    threshold, metrics = choose_threshold(y, s, sup, min_support)
-    table = build_table(records)  # the shipped table uses every record
-    out.mkdir(parents=True, exist_ok=True)
-    path = export_onnx(table, threshold, min_support, out / ONNX_FILE)
-    parity_fig = parity(table, path, threshold, min_support)
-    from training.export import sha256_of
-
-    facilities = {r.facility for r in records}
-    synthetic = facilities == {SYNTHETIC_FACILITY}
-    card: dict[str, Any] = {
-        "name": PROTOCOL_MODEL,
-        "version": out.name,
-        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "task": "prescription anomaly: how often a drug group (ATC level 4) is prescribed "
-        "with a diagnosis group (ICD-10 block); flags a drug very unusual for every "
-        "diagnosis of the patient (info alert with the observed frequency)",
-        "input": {
-            "drug_group": "int64 [N]: index into drug_groups (ATC level 4); "
-            "len(drug_groups) = unknown",
-            "diagnosis_group": "int64 [N]: index into diagnosis_groups (WHO ICD-10 block); "
-            "len(diagnosis_groups) = unknown (support 0, never unusual)",
-            "drug_groups": table.drug_groups,
-            "diagnosis_groups": table.diagnosis_groups,
-        },
-        "output": {
-            "frequency": "float32 [N]: share of records of the block holding the group",
-            "support": "float32 [N]: records of the block",
-            "unusual": "bool [N]: frequency < threshold and support >= min_support",
-        },
-        "threshold": threshold,
-        "min_support": min_support,
-        "threshold_method": f"largest of {list(THRESHOLDS)} keeping specificity ≥ "
-        f"{TARGET_SPECIFICITY} on the real drug lines of held-out records (20% by MA_LK); "
-        "serving flags a drug only when it is unusual for EVERY diagnosis block of the patient",
-        "sha256": sha256_of(path),
-        "metrics": {
-            "validation": {
-                **metrics,
-                "what": "held-out 20% of records (by MA_LK): real drug lines (negatives) vs one "
-                "random dictionary ingredient of another ATC group injected per record "
-                "(positives); score = highest frequency over the record's blocks",
-            },
-        },
-        "parity": parity_fig,
-        "model": {"kind": "lookup table as an ONNX graph (Clip, Gather, Less, And), opset 17",
-                  "cells": int(table.counts.size)},
-        "training": {
-            "command": command or f"python -m training.protocol --data '{data}' --out {out}",
-            "files": len(files),
-            **stats,
-            "n_records_used": len(records),
-            "n_records": len(records),
-            "seconds": round(time.time() - started, 1),
-            "environment": f"python {platform.python_version()}, onnx "
-            f"{__import__('onnx').__version__}",
-        },
-        "data": {
-            "kind": "SYNTHETIC XML 130 exports (training/xml130_synth.py); no real patients, "
-            "no real hospital" if synthetic else "XML 130 exports (facility codes: "
-            f"{', '.join(sorted(str(f) for f in facilities))[:200]})",
-            "synthetic": synthetic,
-            "pattern": str(data),
-            **({"regenerate": "python -m training.xml130_synth --out var/exports --records 6000 "
-                "--per-file 500 --seed 0 (deterministic for a seed and a dictionary)"}
-               if synthetic else {}),
-        },
-        "intended_use": "Decision support at prescribing: an info alert when a drug is rarely "
-        "prescribed for the patient's diagnoses in the prescribing history the model learned. "
-        "Retrain on the hospital's own XML 130 exports before relying on it.",
-        "serving": SERVING_DEMO if synthetic else SERVING_OWN,
-        "limitations": [
-            "trained on SYNTHETIC visits whose regimens were written by the developers: the "
-            "frequencies show the generator's habits, not any hospital's" if synthetic else
-            "frequencies show this hospital's habits, which may themselves be wrong",
-            "ATC level-4 and ICD-10 block granularity; drugs without an ATC code fall in the "
-            "unknown group",
-            "a rare drug is not a wrong drug: the alert is information, never a block",
-            "NOT FOR CLINICAL USE: not a medical device",
-        ],
-    }
-    (out / CARD_FILE).write_text(
-        yaml.safe_dump(card, sort_keys=False, allow_unicode=True, width=100), encoding="utf-8")
-    ModelVersion.load(out)
-    if promote:
-        ModelRegistry(out.parent.parent).promote(out.parent.name, out.name)
-    return card
+    recipe = ProtocolRecipe(data, kb_root, min_support, progress)
+    return pipeline.run(recipe, Path(out), RunOptions(
+        command=command or f"python -m training.protocol --data '{data}' --out {out}",
+        progress=progress, promote=promote))
 
 
 def summary(card: dict[str, Any]) -> str:
