@@ -49,6 +49,7 @@ from training.data import (
     shuffled_loader,
 )
 from training.export import PARITY_TOLERANCE, export_onnx, parity_check, sha256_of
+from training.networks import greyscale_resnet
 from training.schedule import learning_rate, schedule_progress
 
 log = logging.getLogger(__name__)
@@ -77,19 +78,7 @@ class TrainConfig:
 
 
 def build_network(cfg: TrainConfig) -> nn.Module:
-    from monai.networks.nets import ResNet
-
-    return ResNet(
-        block="basic",
-        layers=list(cfg.layers),
-        block_inplanes=list(cfg.widths),
-        spatial_dims=2,
-        n_input_channels=1,
-        conv1_t_size=3,
-        conv1_t_stride=1,
-        no_max_pool=True,
-        num_classes=1,
-    )
+    return greyscale_resnet(cfg.layers, cfg.widths, 1, small_images=True)
 
 
 class TriageModel(nn.Module):

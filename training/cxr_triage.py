@@ -35,6 +35,7 @@ from torch import nn
 
 from serving.imaging.preprocess import _spec, file_to_unit
 from training.data import AugmentedImages, augmentation, shuffled_loader, unit_at_model_size
+from training.networks import greyscale_resnet
 from training.pipeline import ImageRecipe
 
 log = logging.getLogger(__name__)
@@ -146,19 +147,7 @@ class TriageConfig:
 
 
 def build_member(cfg: TriageConfig) -> nn.Module:
-    from monai.networks.nets import ResNet
-
-    return ResNet(
-        block="basic",
-        layers=list(cfg.layers),
-        block_inplanes=list(cfg.widths),
-        spatial_dims=2,
-        n_input_channels=1,
-        conv1_t_size=7,
-        conv1_t_stride=2,
-        no_max_pool=False,
-        num_classes=len(TRAINED),
-    )
+    return greyscale_resnet(cfg.layers, cfg.widths, len(TRAINED))
 
 
 def feature_map(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
