@@ -12,6 +12,7 @@ stored the study's last instance (just before answering Success) and when the wr
 of the SR got Success from Orthanc. Time to flag = SR stored − last instance − quiet period.
 
     python -m bench.time_to_flag.run [--studies 60] [--interval 1.0] [--quiet 0.5]
+                                     [--workers 2] [--peer-workers 1] [--json FILE]
 """
 
 from __future__ import annotations
@@ -39,12 +40,29 @@ def main() -> int:
     ap.add_argument("--models-dir", default=str(ROOT / "models"))
     ap.add_argument("--workers", type=int, default=2,
                     help="gateway.job_workers: 1 = a thread of the gateway, more = processes")
+    ap.add_argument("--peer-workers", type=int, default=None,
+                    help="then measure again with this many job workers (e.g. 1) and report "
+                    "the ratio of the two: the same arrivals, the same machine, one run")
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
 
-    import logging
+    result = measure(args, args.workers)
+    if args.peer_workers is not None:
+        peer = measure(args, args.peer_workers)
+        ratio = peer["time_to_flag_ms"]["p95"] / result["time_to_flag_ms"]["p95"]
+        result = {"measured": result, "peer": peer, "p95_peer_over_measured": round(ratio, 2)}
+        print(f"\np95 time to flag: {args.peer_workers} job worker(s) / {args.workers} = "
+              f"**{ratio:.2f}×**")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
 
-    logging.basicConfig(level=logging.WARNING)
+
+def measure(args, workers: int) -> dict:
+    """One run: a fresh Orthanc and gateway, ``args.studies`` studies, the timings printed."""
+    from haidang.ground.logs import configure
+
+    configure(level="WARNING")  # and the worker processes, through the environment
     from tqdm import tqdm
 
     from dicom_gateway.analyses.cxr_pneumonia import warm_up
@@ -62,7 +80,7 @@ def main() -> int:
     settings = demo_settings(work, Path(args.models_dir), pacs)
     data = settings.model_dump(mode="json")
     data["gateway"]["quiet_period_s"] = args.quiet
-    data["gateway"]["job_workers"] = args.workers
+    data["gateway"]["job_workers"] = workers
     settings = type(settings).model_validate(data)
     studies = [(uid, files[0]) for uid, files in cxr_studies(work / "in", args.studies)]
     info = warm_up(settings)
@@ -131,9 +149,7 @@ def main() -> int:
                        ("queue", "job waits for the worker"), ("job", "analysis + spool writes"),
                        ("export", "write-back of SR to Orthanc")):
         print(f"| {label} | {stat(key)} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return result
 
 
 if __name__ == "__main__":
