@@ -129,12 +129,8 @@ class Gateway:
         observations = ctx.Queue()  # job metrics; each also says "exports are waiting"
         self._jobs_signal = ctx.Event()  # the assembler wakes the workers at once
 
-        def wake_exporters() -> None:
-            self._exports_ready.set()
-            self._pictures_ready.set()
-
         relay = threading.Thread(target=metrics.relay,
-                                 args=(observations, self._stop, wake_exporters),
+                                 args=(observations, self._stop, self._wake_exporters),
                                  name="haidang-metrics-relay", daemon=True)
         relay.start()
         self._threads.append(relay)
@@ -284,11 +280,15 @@ class Gateway:
         def step() -> bool:
             ran, exported = run_one_job(self.index, self.spool, self.settings, self.worker_id)
             if exported:
-                self._exports_ready.set()
-                self._pictures_ready.set()
+                self._wake_exporters()
             return ran
 
         self._loop("worker", step, self._jobs_ready, 0.5)
+
+    def _wake_exporters(self) -> None:
+        """A job committed exports: both senders look now, not at their next poll."""
+        self._exports_ready.set()
+        self._pictures_ready.set()
 
     def _exporter_loop(self) -> None:
         exporter = Exporter(self.settings, self.index, self.spool.root, lane="verdicts")
@@ -344,9 +344,10 @@ def run_worker(settings_json: str, parent_pid: int, worker_id: str, observations
                jobs_signal=None, ready=None) -> None:
     """A job worker process (``gateway.job_workers`` > 1): analyses studies, nothing else.
 
-    The gateway process keeps the listener, assembler and write-back; its exporter polls
-    the index, so it picks up what this process commits. SIGTERM lets the running study
-    finish (its lease covers a kill: the study is taken back).
+    The gateway process keeps the listener, assembler and write-back. Each finished job's
+    metrics go to it through ``observations``, which also wakes its senders; the assembler
+    wakes this process through ``jobs_signal``. SIGTERM lets the running study finish (its
+    lease covers a kill: the study is taken back).
     """
     from dicom_gateway.analyses import warm_up_routed
     from haidang.ground.logs import configure

@@ -161,12 +161,11 @@ def process_job(job: Job, index: Index, spool: Spool, settings: Settings) -> lis
     if not routed:
         log.debug("study %s matched no route: trace only", uid_hash(job.study_uid))
     export_ids = index.complete_job(job, results, error=error)
-    metrics.job_done("failed" if error else "done", time.perf_counter() - t0,
-                     max(0.0, time.time() - study["last_arrival"])
-                     if study.get("last_arrival") else None)
     timings = {"analysis": time.perf_counter() - t0}
     if study.get("last_arrival"):
         timings["since_last_image"] = max(0.0, time.time() - study["last_arrival"])
+    metrics.job_done("failed" if error else "done", timings["analysis"],
+                     timings.get("since_last_image"))
     study_line(log, uid_hash(job.study_uid), _verdict(results, job.generation), timings)
     return export_ids
 
