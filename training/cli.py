@@ -37,7 +37,7 @@ def register(sub) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        help="new version folder, e.g. models/cxr-triage/1.1.0 "
+        help="new version folder, e.g. models/cxr-triage/1.2.0 "
         "(required for the imaging models; the learned CDSS models default to the next version)",
     )
     p.add_argument(
@@ -179,7 +179,7 @@ def _with_run_flags(cfg, args):
 def _train_triage(args) -> int:
     if args.out is None:
         print("haidang train cxr-triage: give --out (new version folder, e.g. "
-              "models/cxr-triage/1.1.0)", file=sys.stderr)
+              "models/cxr-triage/1.2.0)", file=sys.stderr)
         return 2
     from training.cxr_triage import DATA, TriageConfig, TriageRecipe
     from training.pipeline import RunOptions, command_line, run

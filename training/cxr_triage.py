@@ -15,6 +15,9 @@ Why these choices:
   the class activation map is the classifier's weights applied to the last feature map, and
   the logits are its spatial mean plus the bias, so the map explains exactly those logits.
 * Ensemble: a few seeds averaged inside the one graph (logits and maps alike).
+* Pixel branch (``training.pixel_branch``): a linear model over 16-px block means, fitted on
+  the training films after the CNN and blended with it in the same graph; it adds the global
+  opacity signal the small CNN misses.
 * No model selection on validation: a fixed one-cycle schedule, EMA weights at the end.
   Validation is used for calibration and thresholds only (``training.pipeline``).
 """
@@ -37,6 +40,7 @@ from serving.imaging.preprocess import _spec, file_to_unit
 from training.data import AugmentedImages, augmentation, shuffled_loader, unit_at_model_size
 from training.networks import greyscale_resnet
 from training.pipeline import ImageRecipe
+from training.pixel_branch import PixelBranch, fit_pixel_branch, grid_for, inner_cells
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +145,7 @@ class TriageConfig:
     threads: int = 2
     val_fraction: float = 0.25
     split_seed: int = 18
+    pixel_branch: bool = True  # blend in the linear model on block means (training.pixel_branch)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,24 +167,38 @@ class TriageNet(nn.Module):
     """What is exported: ``image`` [N,1,H,W] -> ``logits`` [N,K], ``cam`` [N,K,h,w].
 
     Per member: cam = W·F (classifier weights over the last feature map), logits = mean(cam)
-    + b, which is exactly the member's own pooled classifier. Members are averaged.
+    + b, which is exactly the member's own pooled classifier. Members are averaged. With a
+    ``pixels`` branch (``training.pixel_branch``) the CNN's map and the branch's per-cell
+    contributions are blended on the branch's finer grid, still with logits = mean(cam) + bias.
     """
 
-    def __init__(self, members: list[nn.Module], outputs: int = len(OUTPUTS)):
+    def __init__(self, members: list[nn.Module], outputs: int = len(OUTPUTS),
+                 pixels: PixelBranch | None = None):
         super().__init__()
         self.members = nn.ModuleList(members)
         self.outputs = outputs
+        self.pixels = pixels
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def cnn(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The members' averaged map [N,K,h,w] and bias [K]."""
         cams, biases = [], []
         for m in self.members:
             feats = feature_map(m, image)
             weight = m.fc.weight[: self.outputs]
             cams.append(torch.einsum("kc,nchw->nkhw", weight, feats))
             biases.append(m.fc.bias[: self.outputs])
-        cam = torch.stack(cams).mean(0)
-        logits = cam.mean(dim=(2, 3)) + torch.stack(biases).mean(0)
-        return logits, cam
+        return torch.stack(cams).mean(0), torch.stack(biases).mean(0)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cam, bias = self.cnn(image)
+        if self.pixels is not None:
+            return self.pixels.blend(cam, bias, image)
+        return cam.mean(dim=(2, 3)) + bias, cam
+
+    def bias(self) -> torch.Tensor:
+        """The constant in logits = mean(cam) + bias."""
+        bias = torch.stack([m.fc.bias[: self.outputs] for m in self.members]).mean(0)
+        return bias if self.pixels is None else self.pixels.bias(bias)
 
 
 def train_transforms(spec: Mapping[str, Any]):
@@ -222,6 +241,7 @@ class FitResult:
     members: list[dict[str, Any]]
     seconds: float
     device: str
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def device_of() -> torch.device:
@@ -297,9 +317,43 @@ def fit(train: CxrSet, cfg: TriageConfig, progress: bool = True,
             }
         )
         log.info("seed %d: %d steps in %.0f s", seed, step, time.monotonic() - seed_start)
-    return FitResult(
-        TriageNet(members).eval(), reports, time.monotonic() - start, device.type
-    )
+    model = TriageNet(members).eval()
+    extra: dict[str, Any] = {}
+    if cfg.pixel_branch:
+        extra = attach_pixel_branch(model, train, spec)
+    return FitResult(model, reports, time.monotonic() - start, device.type, extra)
+
+
+def attach_pixel_branch(model: TriageNet, train: CxrSet,
+                        spec: Mapping[str, Any] = SPEC) -> dict[str, Any]:
+    """Fit ``training.pixel_branch`` on the training films and put it in ``model``.
+
+    Returns the card's facts: per output, the C that grouped cross-validation picked, its
+    out-of-fold AUC and the films it was fitted on.
+    """
+    start = time.monotonic()
+    model.pixels = None
+    cnn_logits = torch_logits(model, train.images)
+    size = int(_spec(spec)["size"][0])
+    with torch.no_grad():
+        cnn_grid = model.cnn(torch.zeros(1, 1, size, size))[0].shape[-1]
+    no_finding = train.targets[:, 0] == 0
+    pair = [None, no_finding | (train.targets[:, 1] == 1)]  # pneumonia vs No Finding
+    branch, report = fit_pixel_branch(
+        normalised(train.images, spec).numpy(), train.targets[:, : len(OUTPUTS)], pair,
+        train.column("patient_id"), cnn_logits, cnn_grid)
+    model.pixels = branch
+    facts = {
+        "grid": f"{branch.grid}x{branch.grid} block means of the model input; the inner "
+        f"{len(inner_cells(branch.grid))} cells are read, the outer ring (film border, "
+        "collimation, markers) is left out",
+        "outputs": {OUTPUTS[k]: {**r, "fitted_on": "all training films" if pair[k] is None
+                                 else "training films with pneumonia or No Finding"}
+                    for k, r in report.items()},
+        "seconds": round(time.monotonic() - start, 1),
+    }
+    log.info("pixel branch: %s", facts)
+    return {"pixel_branch": facts}
 
 
 @torch.no_grad()
@@ -376,12 +430,35 @@ class TriageRecipe(ImageRecipe):
         result = fit(train, self.cfg, progress, self.input_spec)
         return Fitted(
             result.model,
-            {"members": result.members, "device": result.device},
+            {"members": result.members, "device": result.device, **result.extra},
             result.seconds,
         )
 
     def empty_model(self) -> TriageNet:
-        return TriageNet([build_member(self.cfg) for _ in self.cfg.seeds])
+        model = TriageNet([build_member(self.cfg) for _ in self.cfg.seeds])
+        if self.cfg.pixel_branch:
+            size = int(self.input_spec["size"][0])
+            with torch.no_grad():
+                cnn_grid = model.cnn(torch.zeros(1, 1, size, size))[0].shape[-1]
+            model.pixels = PixelBranch(grid_for(size, cnn_grid), len(OUTPUTS))
+        return model
+
+    def resume(self, path: Path):
+        """A saved fit; one saved before the pixel branch existed gets the branch fitted
+        now, on the same training films (the CNN's weights are used as saved)."""
+        from training.pipeline import Fitted
+
+        saved = torch.load(path, weights_only=False)
+        model = self.empty_model()
+        missing, unexpected = model.load_state_dict(saved["state"], strict=False)
+        if unexpected or any(not k.startswith("pixels.") for k in missing):
+            raise ValueError(f"{path}: not a cxr-triage fit for this configuration (missing "
+                             f"{missing[:3]}, unexpected {unexpected[:3]}); check --seeds")
+        report = dict(saved.get("report", {}))
+        if missing:
+            report.update(attach_pixel_branch(model, self.train_set, self.input_spec))
+            report["pixel_branch"]["added_on_resume"] = True
+        return Fitted(model.eval(), report, float(saved.get("seconds", 0.0)))
 
     def metrics(self, val, prob: np.ndarray, thresholds: np.ndarray) -> dict[str, Any]:
         """Per output: AUC with a patient bootstrap 95% interval, overall and by stratum."""
@@ -427,8 +504,7 @@ class TriageRecipe(ImageRecipe):
             "`abnormal` at its threshold is reported as a finding but does not make a study "
             "URGENT",
             "output": {"name": "logits", "activation": "calibrated sigmoid (outputs[].calibration)",
-                       "cam": "cam [N, K, h, w]: classifier weights applied to the last feature "
-                       "map, from the same forward pass; logits = mean(cam) + bias"},
+                       "cam": self._cam_text()},
             "population": {
                 "age_min_years": 18,
                 "views": ["PA", "AP"],
@@ -446,7 +522,11 @@ class TriageRecipe(ImageRecipe):
             "model": {
                 "architecture": f"ensemble of {len(self.cfg.seeds)} MONAI ResNet (basic blocks, "
                 f"layers {self.cfg.layers}, widths {self.cfg.widths}, 7x7 stride-2 stem + "
-                "max-pool), 224 px, trained from scratch (no pretrained weights)",
+                "max-pool), 224 px, trained from scratch (no pretrained weights)"
+                + ("; blended with a pixel branch: a logistic regression on 16-px block means "
+                   "of the same input (training.pixel_branch), each branch's logit "
+                   "standardised on the training films and the two added with equal weight"
+                   if self.cfg.pixel_branch else ""),
                 "parameters": int(sum(p.numel() for p in fitted.model.parameters())),
                 "heads": f"{len(TRAINED)} trained ({', '.join(TRAINED)}); the first "
                 f"{len(OUTPUTS)} exported",
@@ -480,13 +560,28 @@ class TriageRecipe(ImageRecipe):
                 "not validated on Vietnamese hospitals, other equipment or other populations",
                 "labels were mined from reports by NLP and are noisy",
                 "224-px input: fine detail (small nodules, subtle pneumothorax) is lost",
-                "the class activation map is on a coarse 7x7 grid: it shows the region, not "
-                "the lesion's outline",
+                f"the activation map is on a coarse {self._grid_text()} grid: it shows the "
+                "region, not the lesion's outline",
                 "thresholds were chosen on validation with its prevalence; flagged share and "
                 "PPV shift with prevalence",
                 "NOT FOR CLINICAL USE: not a medical device, not clinically validated",
             ],
         }
+
+    def _grid_text(self) -> str:
+        size = int(self.input_spec["size"][0])
+        grid = size // 16 if self.cfg.pixel_branch else size // 32
+        return f"{grid}x{grid}"
+
+    def _cam_text(self) -> str:
+        if not self.cfg.pixel_branch:
+            return ("cam [N, K, h, w]: classifier weights applied to the last feature map, "
+                    "from the same forward pass; logits = mean(cam) + bias")
+        return (f"cam [N, K, {self._grid_text()}] from the same forward pass: the CNN's class "
+                "activation map (classifier weights over the last feature map, upsampled "
+                "nearest to the finer grid) over its blend scale, plus each grid cell's "
+                "contribution to the pixel branch's logit over that branch's scale; logits = "
+                "mean(cam) + bias exactly")
 
     def figures(self, out: Path, val, fitted, session) -> tuple[list[Path], dict[str, Any]]:
         """Class activation maps over validation films: a picture to look at

@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -61,21 +62,31 @@ def sample_inputs(spec: dict) -> np.ndarray:
 def network_config(card: dict):
     from training.cxr_triage import TriageConfig
 
-    cfg = TriageConfig()
+    cfg = TriageConfig(pixel_branch=False)  # graphs older than the pixel branch lack it
     train = (card.get("training") or {}).get("config") or {}
-    for key in ("widths", "layers", "seeds"):
+    for key in ("widths", "layers", "seeds", "pixel_branch"):
         if key in train:
             setattr(cfg, key, train[key])
     return cfg
 
 
-def _module_name(conv_output: str) -> str:
-    """'/members.0/layer1/layer1.0/conv1/Conv_output_0' -> 'members.0.layer1.0.conv1'."""
-    parts, names, prev = conv_output.strip("/").split("/")[:-1], [], ""
+_CALL = re.compile(r"_(\d+)$")  # torch.onnx's suffix on the k-th call of one module
+
+
+def _module_name(conv_output: str) -> tuple[int, str]:
+    """'/layer1/layer1.0_2/conv1_2/Conv_output_0' -> (2, 'layer1.0.conv1').
+
+    TriageNet calls each member's layers directly, so the graph's scopes name the layers
+    without ``members.i``; the i-th member's call of a layer carries the suffix ``_i``.
+    """
+    parts, names, prev, member = conv_output.strip("/").split("/")[:-1], [], "", 0
     for part in parts:
+        call = _CALL.search(part)
+        if call:
+            member, part = int(call.group(1)), part[: call.start()]
         names.append(part[len(prev) + 1:] if prev and part.startswith(prev + ".") else part)
         prev = part
-    return ".".join(names)
+    return member, ".".join(names)
 
 
 def _batch_norm_after(conv: str) -> str:
@@ -89,27 +100,31 @@ def _batch_norm_after(conv: str) -> str:
 
 
 def torch_from_onnx(onnx_path: Path, cfg):
-    """The eager network carrying the registered graph's (BatchNorm-folded) weights."""
+    """The eager network carrying the registered graph's (BatchNorm-folded) weights.
+
+    Members' convolutions are matched by scope name, their classifier rows (Einsum) and
+    biases (ReduceMean over the stacked biases) in graph order; the pixel branch's buffers
+    by name, or by the node that uses a folded one (its weights, scales and constant).
+    """
     import onnx
     import torch
     from onnx import numpy_helper
 
-    from training.cxr_triage import TriageNet, build_member
+    from training.cxr_triage import TriageRecipe
 
-    model = TriageNet([build_member(cfg) for _ in cfg.seeds]).eval()
+    model = TriageRecipe(cfg=cfg, size=224).empty_model().eval()
     graph = onnx.load(str(onnx_path)).graph
     weights = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in graph.initializer}
     modules = dict(model.named_modules())
     state = model.state_dict()
     loaded: set[str] = set()
+    outputs = model.outputs
     with torch.no_grad():
         for node in graph.node:
             if node.op_type != "Conv":
                 continue
-            conv_name = _module_name(node.output[0])
-            if conv_name not in modules and len(cfg.seeds) == 1:
-                # TriageNet calls a member's layers directly: the graph's scopes omit members.0
-                conv_name = f"members.0.{conv_name}"
+            member, name = _module_name(node.output[0])
+            conv_name = name if name in modules else f"members.{member}.{name}"
             bn_name = _batch_norm_after(conv_name)
             conv, bn = modules[conv_name], modules[bn_name]
             conv.weight.copy_(weights[node.input[1]])
@@ -120,24 +135,58 @@ def torch_from_onnx(onnx_path: Path, cfg):
             bn.running_mean.zero_()
             bn.running_var.fill_(1.0 - bn.eps)  # (x - 0) / sqrt(1 - eps + eps) = x
             loaded |= {conv_name, bn_name}
-        for node in graph.node:  # TriageNet: the classifier rows the graph uses, folded
-            if node.op_type == "Einsum" and len(cfg.seeds) == 1:
-                w = next(weights[i] for i in node.input if i in weights)
-                state["members.0.fc.weight"][: w.shape[0]] = w
-                loaded.add("members.0.fc")
+        einsums = [n for n in graph.node if n.op_type == "Einsum"]
+        for i, node in enumerate(einsums):  # the classifier rows each member's map uses
+            w = next(weights[x] for x in node.input if x in weights)
+            state[f"members.{i}.fc.weight"][: w.shape[0]] = w
+            loaded.add(f"members.{i}.fc")
+        for node in graph.node:
             if node.op_type == "ReduceMean" and node.input[0] in weights:
-                b = weights[node.input[0]]  # the members' biases, stacked
-                state["members.0.fc.bias"][: b.shape[-1]] = b.reshape(-1)
+                b = weights[node.input[0]].reshape(len(einsums), -1)  # the members' biases
+                for i in range(len(einsums)):
+                    state[f"members.{i}.fc.bias"][: b.shape[1]] = b[i]
         for name, value in weights.items():
-            if name in state:  # the fully connected layers keep their names
-                state[name].copy_(value)
-                loaded.add(name.rpartition(".")[0])
+            if name in state:  # named parameters and buffers keep their names
+                state[name].copy_(value.reshape(state[name].shape))
+                loaded.add(name if name.startswith("pixels.") else name.rpartition(".")[0])
+        if model.pixels is not None:
+            loaded |= _pixel_branch_from_graph(graph, weights, state, outputs)
     kinds = (torch.nn.Conv2d, torch.nn.BatchNorm2d, torch.nn.Linear)
     expected = {n for n, m in modules.items() if isinstance(m, kinds)}
+    if model.pixels is not None:
+        expected |= {"pixels.weight", "pixels.pixel_scale", "pixels.intercept",
+                     "pixels.centre", "pixels.cnn_centre", "pixels.cnn_scale"}
     if expected - loaded:
         raise SystemExit(f"weights missing for {sorted(expected - loaded)}; is the card's "
                          "training config the architecture of model.onnx?")
     return model
+
+
+def _pixel_branch_from_graph(graph, weights: dict, state: dict, outputs: int) -> set[str]:
+    """The pixel branch's folded constants: the Mul under /pixels/ holds its weights; the Div
+    of the branch's map (not the upsampled CNN map) its scale; the Add into the blended bias
+    the constant (intercept - pixel_centre) / pixel_scale, kept as intercept with centre 0."""
+    found: set[str] = set()
+    scale = constant = None
+    for node in graph.node:
+        held = [x for x in node.input if x in weights and not x.startswith("pixels.")]
+        if not held:
+            continue
+        value = weights[held[0]]
+        if node.op_type == "Mul" and node.name.startswith("/pixels/"):
+            state["pixels.weight"].copy_(value.reshape(state["pixels.weight"].shape))
+            found.add("pixels.weight")
+        elif node.op_type == "Div" and "Resize" not in node.input[0]:
+            scale = value.reshape(outputs)
+            state["pixels.pixel_scale"].copy_(scale)
+            found.add("pixels.pixel_scale")
+        elif node.op_type == "Add" and node.output[0] != "cam" and value.numel() == outputs:
+            constant = value.reshape(outputs)
+    if scale is not None and constant is not None:
+        state["pixels.pixel_centre"].zero_()
+        state["pixels.intercept"].copy_(constant * scale)
+        found.add("pixels.intercept")
+    return found
 
 
 def graph_flops(onnx_path: Path, size: tuple[int, int]) -> float:

@@ -105,11 +105,39 @@ def test_cam_comes_from_the_same_forward_pass_with_onnx_parity(tiny_model):
     logits, cam = sess.run(None, {"image": x})
     with torch.no_grad():
         t_logits, t_cam = model(torch.from_numpy(x))
-    assert cam.shape == (12, len(OUTPUTS), TINY // 32, TINY // 32)
+    assert model.pixels is not None  # the default recipe blends in the pixel branch
+    assert cam.shape == (12, len(OUTPUTS), TINY // 16, TINY // 16)
     np.testing.assert_allclose(cam, t_cam.numpy(), atol=1e-4)
     np.testing.assert_allclose(logits, t_logits.numpy(), atol=1e-4)
-    bias = model.members[0].fc.bias[: len(OUTPUTS)].detach().numpy()
+    bias = model.bias().detach().numpy()
     np.testing.assert_allclose(logits, cam.mean(axis=(2, 3)) + bias, atol=1e-4)
+
+
+def test_pixel_branch_blend_is_the_sum_of_standardised_logits(tiny_model):
+    """The blended logit is (cnn - centre)/scale + (pixel - centre)/scale, the pixel logit
+    is a logistic regression on 16-px block means, and its C came from grouped CV."""
+    from training.pipeline import recipe_resume
+
+    recipe = TriageRecipe(NIH, tiny_config(), size=TINY)
+    saved = torch.load(tiny_model.parent.parent / "checkpoints" / "cxr-triage-0.0.1.pt",
+                       weights_only=False)
+    model = recipe_resume(recipe, saved).model
+    px = model.pixels
+    x = torch.from_numpy((load_labelled_folder(NIH, recipe.input_spec, limit=6).images
+                           .astype(np.float32) - 0.5) / 0.25)
+    with torch.no_grad():
+        logits, _ = model(x)
+        cnn_cam, cnn_bias = model.cnn(x)
+        cnn = cnn_cam.mean(dim=(2, 3)) + cnn_bias
+        blocks = x.reshape(6, TINY // 16, 16, TINY // 16, 16).mean(dim=(2, 4)).reshape(6, -1)
+        pixel = (blocks - px.centre) @ px.weight.T + px.intercept
+        expected = (cnn - px.cnn_centre) / px.cnn_scale + (pixel - px.pixel_centre) / px.pixel_scale
+    np.testing.assert_allclose(logits.numpy(), expected.numpy(), atol=1e-4)
+    assert float(px.weight.abs().sum()) > 0
+    facts = saved["report"]["pixel_branch"]["outputs"]
+    assert set(facts) == set(OUTPUTS)
+    assert facts["pneumonia"]["films"] < facts["abnormal"]["films"]  # pneumonia vs No Finding
+    assert all(f["C"] > 0 and 0.5 < f["cv_auc"] <= 1 for f in facts.values()), facts
 
 
 def test_serving_and_evaluate_give_identical_calibrated_probabilities(tiny_model, tmp_path):
@@ -143,7 +171,7 @@ def test_serving_and_evaluate_give_identical_calibrated_probabilities(tiny_model
             assert float(row[name]) == pytest.approx(pred.probabilities[name], abs=1e-6)
             assert pred.probabilities[name] == pytest.approx(hand[k], abs=1e-6)
         assert (row["flagged"] == "true") == pred.finding
-        assert pred.cams and np.asarray(pred.cams["pneumonia"]).shape == (TINY // 32,) * 2
+        assert pred.cams and np.asarray(pred.cams["pneumonia"]).shape == (TINY // 16,) * 2
 
 
 def test_evaluate_json_and_predictions_format(tiny_model, tmp_path, capsys):
