@@ -40,7 +40,7 @@ from serving.imaging.preprocess import _spec, file_to_unit
 from training.data import AugmentedImages, augmentation, shuffled_loader, unit_at_model_size
 from training.networks import greyscale_resnet
 from training.pipeline import ImageRecipe
-from training.pixel_branch import PixelBranch, fit_pixel_branch, grid_for, inner_cells
+from training.pixel_branch import CELL, PixelBranch, fit_pixel_branch, grid_for, inner_cells
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +181,17 @@ class TriageNet(nn.Module):
 
     def cnn(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The members' averaged map [N,K,h,w] and bias [K]."""
-        cams, biases = [], []
-        for m in self.members:
-            feats = feature_map(m, image)
-            weight = m.fc.weight[: self.outputs]
-            cams.append(torch.einsum("kc,nchw->nkhw", weight, feats))
-            biases.append(m.fc.bias[: self.outputs])
-        return torch.stack(cams).mean(0), torch.stack(biases).mean(0)
+        cams = [torch.einsum("kc,nchw->nkhw", m.fc.weight[: self.outputs], feature_map(m, image))
+                for m in self.members]
+        return torch.stack(cams).mean(0), self.cnn_bias()
+
+    def cnn_bias(self) -> torch.Tensor:
+        return torch.stack([m.fc.bias[: self.outputs] for m in self.members]).mean(0)
+
+    def cnn_grid(self, size: int) -> int:
+        """Side of the members' last feature map for a ``size``-px input."""
+        with torch.no_grad():
+            return int(feature_map(self.members[0], torch.zeros(1, 1, size, size)).shape[-1])
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         cam, bias = self.cnn(image)
@@ -197,7 +201,7 @@ class TriageNet(nn.Module):
 
     def bias(self) -> torch.Tensor:
         """The constant in logits = mean(cam) + bias."""
-        bias = torch.stack([m.fc.bias[: self.outputs] for m in self.members]).mean(0)
+        bias = self.cnn_bias()
         return bias if self.pixels is None else self.pixels.bias(bias)
 
 
@@ -335,13 +339,11 @@ def attach_pixel_branch(model: TriageNet, train: CxrSet,
     model.pixels = None
     cnn_logits = torch_logits(model, train.images)
     size = int(_spec(spec)["size"][0])
-    with torch.no_grad():
-        cnn_grid = model.cnn(torch.zeros(1, 1, size, size))[0].shape[-1]
     no_finding = train.targets[:, 0] == 0
     pair = [None, no_finding | (train.targets[:, 1] == 1)]  # pneumonia vs No Finding
     branch, report = fit_pixel_branch(
         normalised(train.images, spec).numpy(), train.targets[:, : len(OUTPUTS)], pair,
-        train.column("patient_id"), cnn_logits, cnn_grid)
+        train.column("patient_id"), cnn_logits, model.cnn_grid(size))
     model.pixels = branch
     facts = {
         "grid": f"{branch.grid}x{branch.grid} block means of the model input; the inner "
@@ -438,9 +440,7 @@ class TriageRecipe(ImageRecipe):
         model = TriageNet([build_member(self.cfg) for _ in self.cfg.seeds])
         if self.cfg.pixel_branch:
             size = int(self.input_spec["size"][0])
-            with torch.no_grad():
-                cnn_grid = model.cnn(torch.zeros(1, 1, size, size))[0].shape[-1]
-            model.pixels = PixelBranch(grid_for(size, cnn_grid), len(OUTPUTS))
+            model.pixels = PixelBranch(grid_for(size, model.cnn_grid(size)), len(OUTPUTS))
         return model
 
     def resume(self, path: Path):
@@ -570,7 +570,7 @@ class TriageRecipe(ImageRecipe):
 
     def _grid_text(self) -> str:
         size = int(self.input_spec["size"][0])
-        grid = size // 16 if self.cfg.pixel_branch else size // 32
+        grid = size // CELL if self.cfg.pixel_branch else size // 32
         return f"{grid}x{grid}"
 
     def _cam_text(self) -> str:

@@ -43,7 +43,8 @@ class PixelBranch(nn.Module):
     """``image`` [N,1,H,W] -> per-cell contributions [N,K,H/16,W/16] (sum = logit - intercept).
 
     Buffers (all fitted on training films): ``centre`` [g*g] block means' training mean;
-    ``weight`` [K, g*g] the logistic weights on unscaled block means; ``intercept`` [K]; and
+    ``weight`` [K, g*g] and ``intercept`` [K], the logistic regression as
+    ``w·(block means - centre) + intercept``; and
     the blend: ``pixel_centre``/``pixel_scale`` and ``cnn_centre``/``cnn_scale`` [K], each
     branch's logit mean and standard deviation over the training films.
     """
@@ -124,14 +125,13 @@ def fit_pixel_branch(images: np.ndarray, targets: np.ndarray, pair: list[np.ndar
         w = np.zeros(len(centre))
         w[inner] = lr.coef_[0] / scale[inner]
         weights.append(w)
-        intercepts.append(float(lr.intercept_[0] - (w * centre).sum()))
+        intercepts.append(float(lr.intercept_[0]))  # the logit is w·(x - centre) + intercept
         report[k] = {"C": C, "cv_auc": None if cv_auc is None else round(cv_auc, 4),
                      "films": int(rows.sum()), "positive": int(y.sum())}
     branch.centre.copy_(torch.from_numpy(centre.astype(np.float32)))
     branch.weight.copy_(torch.from_numpy(np.asarray(weights, np.float32)))
     branch.intercept.copy_(torch.tensor(intercepts, dtype=torch.float32))
-    pixel_logits = (feats - centre) @ np.asarray(weights).T + (
-        np.asarray(intercepts) + (np.asarray(weights) * centre).sum(1))
+    pixel_logits = (feats - centre) @ np.asarray(weights).T + np.asarray(intercepts)
     for name, values in (("pixel", pixel_logits), ("cnn", cnn_logits)):
         getattr(branch, f"{name}_centre").copy_(torch.from_numpy(values.mean(0).astype(np.float32)))
         getattr(branch, f"{name}_scale").copy_(
