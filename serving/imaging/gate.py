@@ -189,7 +189,15 @@ class ImageGate:
         if rule:
             return refused(rule)
         prob, distance = self.scores([gate_input(unit)])
-        return self.verdict(prob[0], float(distance[0]))
+        verdict = self.verdict(prob[0], float(distance[0]))
+        if verdict.reason == "inverted":
+            # "inverted" tells the PACS team to fix a photometric setting, so say it only when
+            # it is true: the same pixels turned back must pass as a frontal chest film. A
+            # hand film (bright bones on black) also looks "inverted" to the classifier.
+            prob, distance = self.scores([gate_input(1.0 - unit)])
+            if not self.verdict(prob[0], float(distance[0])).analysed:
+                return refused("not_chest")
+        return verdict
 
     def verdict(self, prob: np.ndarray, distance: float) -> GateVerdict:
         if prob[0] >= self.min_frontal and distance <= self.max_distance:

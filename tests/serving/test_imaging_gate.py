@@ -29,8 +29,8 @@ def gate() -> ImageGate:
     return ImageGate.from_model_dir(MODEL)
 
 
-def validation_films(count: int) -> list[np.ndarray]:
-    """NIH films of patients the model (and the gate) never trained on."""
+def split_rows() -> tuple[list[dict], np.ndarray, np.ndarray]:
+    """NIH rows and the model's (train, validation) indices, split by patient as trained."""
     import yaml
 
     card = yaml.safe_load((MODEL / "card.yaml").read_text(encoding="utf-8"))
@@ -41,7 +41,13 @@ def validation_films(count: int) -> list[np.ndarray]:
     data = CxrSet(np.zeros((len(rows), 1, 1, 1), np.float16), np.zeros((len(rows), 7)), rows)
     data.targets[:] = [[float(f != "No Finding"), float("Pneumonia" in f), 0, 0, 0, 0, 0]
                        for f in (r["findings"] for r in rows)]
-    _, val = patient_split(data, cfg["val_fraction"], cfg["split_seed"])
+    train, val = patient_split(data, cfg["val_fraction"], cfg["split_seed"])
+    return rows, train, val
+
+
+def validation_films(count: int) -> list[np.ndarray]:
+    """NIH films of patients the model (and the gate) never trained on."""
+    rows, _, val = split_rows()
     return [picture_to_unit(NIH / "images" / rows[i]["image"]) for i in val[:count]]
 
 
@@ -58,6 +64,27 @@ def test_accepts_frontal_chest_films(gate):
     ds = pydicom.dcmread(SAMPLES / "real-cr-chest-rg1.dcm")  # MONOCHROME1 CR, as stored
     raw = np.asarray(ds.pixel_array, np.float64)
     assert gate.judge(raw, "MONOCHROME1") == GateVerdict(True, "", "", "")
+
+
+def test_threshold_sits_where_the_calibration_patients_put_it(gate):
+    """The frontal-probability threshold was chosen on calibration patients (training side,
+    never trained on): the served gate must accept about the card's share of their films,
+    and the calibration and validation patients must not overlap."""
+    import yaml
+
+    from serving.imaging.gate import displayed_unit, gate_input
+    from training.gate import CALIBRATION_FRACTION, FRONTAL_ACCEPTANCE, calibration_split
+
+    card = yaml.safe_load((MODEL / "card.yaml").read_text(encoding="utf-8"))
+    rows, train, val = split_rows()
+    _, cal = calibration_split(rows, train, CALIBRATION_FRACTION,
+                               card["training"]["config"]["split_seed"])
+    assert not {rows[i]["patient_id"] for i in cal} & {rows[i]["patient_id"] for i in val}
+    films = [picture_to_unit(NIH / "images" / rows[i]["image"]) for i in cal]
+    prob, _ = gate.scores([gate_input(displayed_unit(f)) for f in films])
+    passed = float(np.mean(prob[:, 0] >= gate.min_frontal))
+    assert abs(passed - FRONTAL_ACCEPTANCE) <= 0.01, passed
+    assert gate.min_frontal == pytest.approx(card["gate"]["min_frontal_probability"])
 
 
 def test_refuses_a_blank_image(gate):
@@ -93,6 +120,21 @@ def test_refuses_a_lateral_view(gate):
     verdicts = [gate.judge(synthetic_lateral(f, rng)) for f in films]
     assert not any(v.analysed for v in verdicts)
     assert [v.reason for v in verdicts].count("lateral") >= 8
+
+
+def test_refuses_the_real_lateral_films_labelled_frontal(gate):
+    """Two NIH films labelled PA/AP are lateral views (``not-frontal.csv``): the only real
+    lateral films in the data. 1.2.0's gate accepted both, and the model would have flagged
+    both URGENT. The one of a training-side patient is among the gate's training laterals;
+    00002592_003 (a validation patient) never was."""
+    rows = list(csv.DictReader(open(NIH / "not-frontal.csv", encoding="utf-8")))
+    laterals = [r["image"] for r in rows if r["kind"] == "lateral"]
+    assert len(laterals) == 2
+    for name in laterals:
+        verdict = gate.judge(picture_to_unit(NIH / "images" / name))
+        assert not verdict.analysed
+        assert verdict.reason in ("lateral", "not_chest"), verdict
+        assert verdict.reason_vi and verdict.reason_en
 
 
 def test_refuses_an_inverted_grey_scale(gate):
