@@ -8,10 +8,18 @@ PACS data, so the pixels are judged on their own, whatever the header says:
 2. **A small learned check** (``gate.onnx`` beside the model, sha256 in the card): a CNN on
    the whole image padded to a square at 64 px, with four classes: frontal chest, the same
    with its grey scale inverted, lateral chest, and anything else (CT, MR, US, NM,
-   extremities, ...). It also returns its embedding.
+   extremities, ...). It also returns its embedding. The film passes when its frontal
+   probability reaches the card's ``min_frontal_probability``, which training reads off
+   patients the gate never saw, so it sits on this gate's own score scale (a fixed 0.5
+   did not: it moved acceptance by seed alone). Several members may be averaged in the
+   one graph.
 3. **A feature-space distance**: the Mahalanobis distance of that embedding from the frontal
    chest films it was trained on (``gate.npz``). Few real non-chest images exist to learn
    from, so an image unlike every training film is refused even if the classifier is unsure.
+
+A refusal names the likeliest other class, with one check: ``inverted`` (which tells the
+PACS team to fix a photometric setting) is said only when the pixels turned back pass as a
+frontal chest film; otherwise the image is ``not_chest``.
 
 Everything comes from the card's ``gate`` section and the files beside the model; refusal
 reasons are machine codes plus a Vietnamese and an English sentence for clinicians.
