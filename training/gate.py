@@ -284,9 +284,9 @@ def build_sets(model_dir: Path, rng: np.random.Generator) -> tuple[dict, dict, d
 
     def found(kind: str, held: bool) -> list:
         """Listed films of ``kind`` on the validation side (held) or the training side."""
-        return [(r["image"], nih.images[i, 0].astype(np.float32))
-                for i, r in enumerate(nih.rows)
-                if odd.get(r["image"]) == kind and (r["patient_id"] in held_patients) == held]
+        return films([i for i, r in enumerate(nih.rows)
+                      if odd.get(r["image"]) == kind
+                      and (r["patient_id"] in held_patients) == held])
 
     with np.load("datasets/pneumoniamnist/pneumoniamnist_trainval.npz") as npz:
         pm_train = [("pneumoniamnist", x / 255.0) for x in npz["train_images"][:600]]
