@@ -59,6 +59,13 @@ def register(sub) -> None:
         help="stop adding epochs after this many minutes in all (default 13); keeps the best",
     )
     p.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=None,
+        help="cxr-triage: epochs of contrastive pretraining on the training films before the "
+        "fit (default 60, about 25 min on 2 cores; 0: train from scratch)",
+    )
+    p.add_argument(
         "--size", type=int, default=28, help="cxr-pneumonia input size in pixels (default 28)"
     )
     p.add_argument("--promote", action="store_true", help="make the new version current")
@@ -185,6 +192,8 @@ def _train_triage(args) -> int:
     from training.pipeline import RunOptions, command_line, run
 
     cfg = _with_run_flags(TriageConfig(), args)
+    if args.pretrain_epochs is not None:
+        cfg.pretrain_epochs = args.pretrain_epochs
     options = RunOptions(command=command_line(), progress=not args.no_progress,
                          promote=args.promote, resume_fit=args.resume_fit)
     try:

@@ -5,9 +5,10 @@ Why these choices:
 * Data: the NIH ChestX-ray14 subset in ``datasets/nih-cxr`` (1,838 adult frontal films, NIH's
   own multi-label findings). Split by ``patient_id`` so no patient is on both sides.
 * Network: a MONAI ``ResNet`` (basic blocks) at 224 px with the usual stride-2 stem and
-  max-pool, small enough to train from scratch on 2 CPU cores. No pretrained weights: the
-  chest models on PyPI that ship weights were trained on ChestX-ray14 itself, which would leak
-  the very patients held back for evaluation.
+  max-pool, small enough to train on 2 CPU cores. No outside weights: the chest models on
+  PyPI that ship weights were trained on ChestX-ray14 itself, which would leak the very
+  patients held back for evaluation. Instead the convolutional layers are first pretrained
+  without labels, contrastively, on the training films (``training.contrastive``).
 * Multi-task: besides the two served outputs (``abnormal``, ``pneumonia``) the network learns
   the five other frequent NIH findings as auxiliary heads; they share the features and help
   a model that sees only ~1,400 training films. Only the served outputs are exported.
@@ -146,6 +147,8 @@ class TriageConfig:
     val_fraction: float = 0.25
     split_seed: int = 18
     pixel_branch: bool = True  # blend in the linear model on block means (training.pixel_branch)
+    pretrain_epochs: int = 60  # contrastive pretraining first (training.contrastive); 0: none
+    pretrain_budget_s: float = 30 * 60.0  # its own time budget; the schedule compresses to fit
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -271,6 +274,10 @@ def fit(train: CxrSet, cfg: TriageConfig, progress: bool = True,
     )
     transform = train_transforms(spec)
     start = time.monotonic()
+    extra: dict[str, Any] = {}
+    initial = None
+    if cfg.pretrain_epochs > 0:
+        initial, extra["pretraining"] = pretrained_start(train, cfg, spec, device, progress)
     members, reports = [], []
     per_seed = cfg.time_budget_s / max(len(cfg.seeds), 1)
     for seed in cfg.seeds:
@@ -279,7 +286,10 @@ def fit(train: CxrSet, cfg: TriageConfig, progress: bool = True,
         transform.set_random_state(seed=seed)
         loader = shuffled_loader(AugmentedImages(train.images, train.targets, transform),
                                  cfg.batch_size, seed, drop_last=True)
-        net = build_member(cfg).to(device)
+        net = build_member(cfg)
+        if initial is not None:  # every member starts from the one pretraining; own head
+            net.load_state_dict(initial, strict=False)
+        net = net.to(device)
         ema = torch.optim.swa_utils.AveragedModel(
             net,
             multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
@@ -322,10 +332,27 @@ def fit(train: CxrSet, cfg: TriageConfig, progress: bool = True,
         )
         log.info("seed %d: %d steps in %.0f s", seed, step, time.monotonic() - seed_start)
     model = TriageNet(members).eval()
-    extra: dict[str, Any] = {}
     if cfg.pixel_branch:
-        extra = attach_pixel_branch(model, train, spec)
+        extra.update(attach_pixel_branch(model, train, spec))
     return FitResult(model, reports, time.monotonic() - start, device.type, extra)
+
+
+def pretrained_start(train: CxrSet, cfg: TriageConfig, spec: Mapping[str, Any],
+                     device: torch.device, progress: bool) -> tuple[dict[str, torch.Tensor],
+                                                                    dict[str, Any]]:
+    """Contrastive pretraining of one member on the training films (``training.contrastive``);
+    returns its weights without the classifier, for every member to start from, and the
+    report the card records."""
+    from training.contrastive import PretrainConfig, pretrain
+
+    net = build_member(cfg)
+    pcfg = PretrainConfig(epochs=cfg.pretrain_epochs, time_budget_s=cfg.pretrain_budget_s,
+                          seed=cfg.seeds[0] if cfg.seeds else 0)
+    report = pretrain(net, feature_map, cfg.widths[-1], train.images, train_transforms(spec),
+                      pcfg, device, progress)
+    weights = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()
+               if not k.startswith("fc.")}
+    return weights, report
 
 
 def attach_pixel_branch(model: TriageNet, train: CxrSet,
@@ -522,7 +549,11 @@ class TriageRecipe(ImageRecipe):
             "model": {
                 "architecture": f"ensemble of {len(self.cfg.seeds)} MONAI ResNet (basic blocks, "
                 f"layers {self.cfg.layers}, widths {self.cfg.widths}, 7x7 stride-2 stem + "
-                "max-pool), 224 px, trained from scratch (no pretrained weights)"
+                "max-pool), 224 px, no outside weights"
+                + ("; its convolutional layers first pretrained without labels on the training "
+                   f"films (SimCLR, training.contrastive, {self.cfg.pretrain_epochs} epochs), "
+                   "every member starting from that one pretraining"
+                   if self.cfg.pretrain_epochs > 0 else "; trained from scratch")
                 + ("; blended with a pixel branch: a logistic regression on 16-px block means "
                    "of the same input (training.pixel_branch), each branch's logit "
                    "standardised on the training films and the two added with equal weight"
@@ -556,7 +587,7 @@ class TriageRecipe(ImageRecipe):
             "bring frontal chest radiographs that may show pneumonia to a radiologist sooner. "
             "Not a diagnosis; a radiologist reads every study.",
             "limitations": [
-                "trained from scratch on 1.4k images of one source (NIH Clinical Center, USA); "
+                "trained on 1.4k images of one source (NIH Clinical Center, USA); "
                 "not validated on Vietnamese hospitals, other equipment or other populations",
                 "labels were mined from reports by NLP and are noisy",
                 "224-px input: fine detail (small nodules, subtle pneumothorax) is lost",

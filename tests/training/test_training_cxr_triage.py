@@ -43,7 +43,8 @@ TINY = 96  # px; the CAM grid is TINY / 32 = 3
 
 def tiny_config() -> TriageConfig:
     return TriageConfig(epochs=8, seeds=[0], widths=[8, 16, 32, 64], batch_size=32, lr=3e-3,
-                        time_budget_s=1800)  # the budget never binds: deterministic
+                        time_budget_s=1800,  # the budget never binds: deterministic
+                        pretrain_epochs=2)  # the contrastive start runs, briefly
 
 
 @pytest.fixture(scope="module")
