@@ -75,8 +75,10 @@ def test_every_channel_survives_outages_a_crash_and_a_reanalysis(tmp_path, ortha
         wait_until(lambda: _pacs(orthanc, study_uid, "SR") and _pacs(orthanc, study_uid, "PR")
                    and _pacs(orthanc, study_uid, "OT"), timeout=120, what="SR, GSPS, SC in PACS")
         def first_attempts():
+            # retries run every 0.2-0.5 s: wait for a moment when none is in flight ("sending")
             rows = [r for r in gw.index.list_exports() if r["channel"] != "dicom"]
-            return rows if rows and all(r["attempts"] >= 1 for r in rows) else None
+            done = rows and all(r["attempts"] >= 1 and r["state"] != "sending" for r in rows)
+            return rows if done else None
 
         waiting = wait_until(first_attempts, timeout=30, what="failed first attempts")
         [result] = [r for r in gw.index.results(study_uid) if r["analysis"] == "cxr-pneumonia"]
