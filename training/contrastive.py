@@ -79,6 +79,7 @@ def pretrain(net: nn.Module, features: Callable[[nn.Module, torch.Tensor], torch
     from monai.utils import set_determinism
     from tqdm import tqdm
 
+    from training.data import shuffled_loader
     from training.schedule import learning_rate, schedule_progress
 
     set_determinism(seed=cfg.seed)
@@ -88,9 +89,8 @@ def pretrain(net: nn.Module, features: Callable[[nn.Module, torch.Tensor], torch
     head.to(device)
     params = list(net.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loader = torch.utils.data.DataLoader(
-        TwoViews(images, transform), batch_size=min(cfg.batch_size, len(images)),
-        shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
+    loader = shuffled_loader(TwoViews(images, transform), min(cfg.batch_size, len(images)),
+                             cfg.seed, drop_last=True)
     steps, step, done, start = cfg.epochs * len(loader), 0, 0.0, time.monotonic()
     losses: list[float] = []
     bar = tqdm(total=steps, desc="contrastive pretraining", unit="step", disable=not progress)
