@@ -1,4 +1,5 @@
-"""``haidang train``, ``haidang evaluate``, ``haidang models list|promote``.
+"""``haidang train``, ``haidang evaluate``, ``haidang learning-curve``,
+``haidang models list|promote``.
 
 Registration is cheap; torch, MONAI and onnxruntime are imported inside the handlers.
 """
@@ -98,6 +99,25 @@ def register(sub) -> None:
         "(nothing is written into the model folder otherwise)"
     )
     p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser(
+        "learning-curve",
+        help="cxr-triage: validation AUC against the share of training patients labelled, and "
+        "the labelled films a target needs at that slope (JSON and a plot)",
+    )
+    p.add_argument("model", choices=("cxr-triage",))
+    p.add_argument("--data", type=Path, help="images/ and labels.csv (default datasets/nih-cxr)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for learning-curve.json and learning-curve.png")
+    p.add_argument("--shares", default="0.25,0.5,1",
+                   help="shares of the training patients, comma-separated (default 0.25,0.5,1)")
+    p.add_argument("--draws", type=int, default=2,
+                   help="random patient subsets per share; also the member's seed (default 2)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per fit (default 30)")
+    p.add_argument("--pretrain-epochs", type=int, default=None,
+                   help="contrastive pretraining on all training films, once (default 60)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_learning_curve)
 
     p = sub.add_parser("models", help="the model registry: list versions, promote one to current")
     p.add_argument(
@@ -210,6 +230,39 @@ def _train_triage(args) -> int:
               f"sensitivity {m[name]['sensitivity']}, specificity {m[name]['specificity']}, "
               f"ECE {m[name]['ece']}")
     print(f"written to {args.out}" + (" (current)" if args.promote else ""))
+    return 0
+
+
+def _learning_curve(args) -> int:
+    from training.cxr_triage import DATA, TriageConfig
+    from training.learning_curve import CurveConfig, learning_curve, write
+
+    try:
+        shares = [float(s) for s in args.shares.split(",") if s.strip()]
+        # budgets that do not bind on 2 cores: every point runs its full schedule
+        triage = TriageConfig(time_budget_s=3600.0, pretrain_budget_s=3600.0)
+        if args.epochs:
+            triage.epochs = args.epochs
+        if args.pretrain_epochs is not None:
+            triage.pretrain_epochs = args.pretrain_epochs
+        cfg = CurveConfig(shares=shares, draws=args.draws, triage=triage)
+    except ValueError as exc:
+        print(f"haidang learning-curve: {exc}", file=sys.stderr)
+        return 2
+    data = args.data or DATA
+    if not (Path(data) / "labels.csv").is_file():
+        print(f"haidang learning-curve: {data}/labels.csv not found: give --data, a folder "
+              "with images/ and labels.csv", file=sys.stderr)
+        return 2
+    result = learning_curve(data, cfg, progress=not args.no_progress)
+    for kind, fits in result["fit_log2_films"].items():
+        for score, f in fits.items():
+            print(f"{kind} {score}: {f['per_doubling']:+.4f} AUC per doubling "
+                  f"(SE {f['standard_error']}); {f['target']} needs ~{f['films_for_target']} "
+                  f"labelled films ({f['films_for_target_at_steepest_slope']} at the steepest "
+                  "slope in its 95% range)")
+    for path in write(result, args.out):
+        print(f"written {path}")
     return 0
 
 

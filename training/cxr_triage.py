@@ -256,8 +256,13 @@ def device_of() -> torch.device:
 
 
 def fit(train: CxrSet, cfg: TriageConfig, progress: bool = True,
-        spec: Mapping[str, Any] = SPEC) -> FitResult:
-    """Train ``len(cfg.seeds)`` members on ``train``; returns the ensemble (on CPU, eval)."""
+        spec: Mapping[str, Any] = SPEC,
+        pretrained: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None) -> FitResult:
+    """Train ``len(cfg.seeds)`` members on ``train``; returns the ensemble (on CPU, eval).
+
+    ``pretrained`` (what ``pretrained_start`` returns) reuses a pretraining done once, e.g. on
+    all training films before fitting on a share of their labels (``training.learning_curve``).
+    """
     from monai.data import set_track_meta
     from monai.utils import set_determinism
     from tqdm import tqdm
@@ -276,7 +281,9 @@ def fit(train: CxrSet, cfg: TriageConfig, progress: bool = True,
     start = time.monotonic()
     extra: dict[str, Any] = {}
     initial = None
-    if cfg.pretrain_epochs > 0:
+    if pretrained is not None:
+        initial, extra["pretraining"] = pretrained
+    elif cfg.pretrain_epochs > 0:
         initial, extra["pretraining"] = pretrained_start(train, cfg, spec, device, progress)
     members, reports = [], []
     per_seed = cfg.time_budget_s / max(len(cfg.seeds), 1)
