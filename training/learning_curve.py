@@ -23,12 +23,13 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from training import metrics
 from training.cxr_triage import (
     DATA,
     SPEC,
@@ -84,14 +85,11 @@ def patients_share(train: CxrSet, share: float, draw: int) -> np.ndarray:
 
 def validation_scores(logits: np.ndarray, val: CxrSet) -> dict[str, float]:
     """Abnormal vs No Finding, and pneumonia vs No Finding (other findings left out)."""
-    from sklearn.metrics import roc_auc_score
-
     abnormal, pneumonia = val.targets[:, 0] == 1, val.targets[:, 1] == 1
     pair = ~abnormal | pneumonia
     return {
-        "abnormal": round(float(roc_auc_score(abnormal, logits[:, 0])), 4),
-        "pneumonia_vs_no_finding": round(float(roc_auc_score(pneumonia[pair],
-                                                             logits[pair, 1])), 4),
+        "abnormal": round(metrics.auc(abnormal, logits[:, 0]), 4),
+        "pneumonia_vs_no_finding": round(metrics.auc(pneumonia[pair], logits[pair, 1]), 4),
     }
 
 
@@ -143,8 +141,7 @@ def learning_curve(data_dir: Path = DATA, cfg: CurveConfig | None = None,
     for share, draw in tqdm(plan, desc="learning curve", unit="fit", disable=not progress):
         t0 = time.monotonic()
         sub = train.subset(patients_share(train, share, draw))
-        member = TriageConfig(**{**cfg.triage.as_dict(), "seeds": [draw]})
-        model = fit(sub, member, False, spec, pretrained).model
+        model = fit(sub, replace(cfg.triage, seeds=[draw]), False, spec, pretrained).model
         blended = validation_scores(torch_logits(model, val.images), val)
         model.pixels = None
         points.append(CurvePoint(share, draw, len(sub), int(sub.targets[:, 1].sum()),
